@@ -1,0 +1,57 @@
+"""The ``gradsurg`` command line: ``gradsurg <command> [options]``.
+
+Each command lives in its own module, which exposes ``add_arguments(parser)``
+and ``run(args) -> int``; the module is imported only when its command runs,
+so ``gradsurg --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("gradsurg.bench", "benchmark the paradigm engine against eager PyTorch and torch.compile"),
+    "evaluate": ("gradsurg.train.evaluate", "STS evaluation (Spearman/Pearson of cosine) of an encoder on one file"),
+    "ablate": ("gradsurg.train.ablate", "train sentence encoders over a grid of losses/components/seeds"),
+    "plot": ("gradsurg.analysis.cli", "draw the paper's GD / W / R diagnostic figures"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradsurg",
+        description="Gradient surgery for contrastive representation learning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        p.set_defaults(_add_arguments_pending=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help") and argv[0] not in COMMANDS:
+            parser.error(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # an optional extra is missing
+        print(f"gradsurg {name}: cannot import {module_name}: {exc}", file=sys.stderr)
+        return 2
+    cmd_parser = argparse.ArgumentParser(prog=f"gradsurg {name}", description=help_text)
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Triton kernels of gradsurg (installed as ``gradsurg.kernels``)."""
