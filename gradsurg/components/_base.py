@@ -1,0 +1,79 @@
+"""Shared machinery of the three component families (GD, W, R)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from torch import Tensor
+
+from ._rows import Rows
+
+
+def check_positive(name: str, value: float, owner: str) -> float:
+    """``value`` must be a finite real number > 0."""
+    _check_real(name, value, owner)
+    if not value > 0:
+        raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float, owner: str, upper: float | None = None) -> float:
+    """``value`` must be a finite real number >= 0 (and <= ``upper``)."""
+    _check_real(name, value, owner)
+    if value < 0 or (upper is not None and value > upper):
+        bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
+        raise ValueError(f"{owner}: {name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_real(name: str, value: float, owner: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Component:
+    """Base of every component: a frozen, hashable set of hyper-parameters.
+
+    ``kind`` names the family member; ``params()`` gives the hyper-parameters
+    as a dict. Kernels specialise on ``(kind, params())``.
+    """
+
+    kind = "component"
+
+    def params(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __repr__(self) -> str:  # e.g. Softmax(temperature=0.05)
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Dissipation(Component):
+    """Gradient dissipation: a scalar ``GD_i >= 0`` per anchor."""
+
+    family = "dissipation"
+
+    def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Weight(Component):
+    """Weights ``W_ij >= 0`` over the negatives, each row summing to 1."""
+
+    family = "weight"
+
+    def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
+        """Return the (n, M) weights with ``W_ii = 0``; may reuse ``rows``' buffers."""
+        raise NotImplementedError
+
+
+class Ratio(Component):
+    """Ratio ``R_i``: the pull to the positive relative to the negatives' push."""
+
+    family = "ratio"
+
+    def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,139 @@
+r"""Gradient dissipation (GD): how much anchor i is still optimised.
+
+Every effective contrastive loss switches off anchors whose positive is
+already clearly closer than their negatives; the members below are the
+dissipations of the losses of the paper (PARADIGM.md section 3) plus a
+constant (no dissipation).
+
+==================  =====================================================================
+member              :math:`GD_i`
+==================  =====================================================================
+InfoNCE(tau)        ``sigmoid(LSE_{j!=i}(s_ij/tau) - s_ii/tau) / tau`` = ``(1 - p_ii)/tau``
+ArcCon(tau, u)      ``sigmoid(LSE_{j!=i}(s_ij/tau) - cos(theta_ii + u)/tau) / tau``
+Margin(m)           ``1[s_ii - s_ij* < m]``, ``j* = argmax_{j!=i} s_ij``
+EuclideanMargin(m)  ``1[d_ij* - d_ii < m] / d_ij*``, ``d = sqrt(max(2 - 2 s, 1e-4))``
+AngularMargin(m)    ``1[theta_ij* - theta_ii < m] / sin(theta_ij*)``, ``theta = arccos s``
+Constant(c)         ``c``
+==================  =====================================================================
+
+The softmax forms are computed as a sigmoid of the log-sum-exp gap, never as
+``1 - p_ii`` (which cancels when the positive is confident).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._base import Dissipation, check_nonnegative, check_positive
+from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
+
+__all__ = ["InfoNCE", "ArcCon", "Margin", "EuclideanMargin", "AngularMargin", "Constant", "Dissipation"]
+
+
+@dataclass(frozen=True, repr=False)
+class InfoNCE(Dissipation):
+    """``GD_i = (1 - p_ii) / tau`` with ``p`` the softmax of ``s_i / tau`` over all candidates."""
+
+    temperature: float = 0.05
+    kind = "info_nce"
+
+    def __post_init__(self):
+        check_positive("temperature", self.temperature, "dissipation.InfoNCE")
+
+    def gap(self, rows: Rows) -> Tensor:
+        """``LSE_{j!=i}(s_ij/tau) - s_ii/tau``; the loss is ``softplus(gap)``."""
+        return rows.lse(self.temperature) - rows.pos / self.temperature
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.sigmoid(self.gap(rows)) / self.temperature
+
+
+@dataclass(frozen=True, repr=False)
+class ArcCon(Dissipation):
+    """InfoNCE's dissipation with the positive logit ``cos(theta_ii + margin) / tau``."""
+
+    temperature: float = 0.05
+    margin: float = math.radians(10)
+    kind = "arccon"
+
+    def __post_init__(self):
+        check_positive("temperature", self.temperature, "dissipation.ArcCon")
+        check_nonnegative("margin", self.margin, "dissipation.ArcCon", upper=math.pi)
+
+    def gap(self, rows: Rows) -> Tensor:
+        positive = torch.cos(angle(rows.pos) + self.margin)
+        return rows.lse(self.temperature) - positive / self.temperature
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.sigmoid(self.gap(rows)) / self.temperature
+
+
+@dataclass(frozen=True, repr=False)
+class Margin(Dissipation):
+    """``GD_i = 1[s_ii - max_{j!=i} s_ij < margin]`` (the margin triplet loss's, MPT)."""
+
+    margin: float = 0.3
+    kind = "margin"
+
+    def __post_init__(self):
+        check_nonnegative("margin", self.margin, "dissipation.Margin", upper=2.0)
+
+    def hinge(self, rows: Rows) -> Tensor:
+        """``max_{j!=i} s_ij - s_ii + m``; the MPT loss is ``relu(hinge)``."""
+        return rows.hardest_value - rows.pos + self.margin
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return (self.hinge(rows) > 0).to(rows.s.dtype)
+
+
+@dataclass(frozen=True, repr=False)
+class EuclideanMargin(Dissipation):
+    """``GD_i = 1[d_ij* - d_ii < m] / d_ij*`` (MET), ``d = sqrt(max(2 - 2s, 1e-4))``."""
+
+    margin: float = 0.45
+    kind = "euclidean_margin"
+
+    def __post_init__(self):
+        check_nonnegative("margin", self.margin, "dissipation.EuclideanMargin", upper=2.0)
+
+    def hinge(self, rows: Rows) -> Tensor:
+        return euclid(rows.pos) - euclid(rows.hardest_value) + self.margin
+
+    def __call__(self, rows: Rows) -> Tensor:
+        active = (self.hinge(rows) > 0).to(rows.s.dtype)
+        return active * euclid_slope(rows.hardest_value)
+
+
+@dataclass(frozen=True, repr=False)
+class AngularMargin(Dissipation):
+    """``GD_i = 1[theta_ij* - theta_ii < m] / sin(theta_ij*)`` (MAT)."""
+
+    margin: float = 0.15 * math.pi
+    kind = "angular_margin"
+
+    def __post_init__(self):
+        check_nonnegative("margin", self.margin, "dissipation.AngularMargin", upper=math.pi)
+
+    def hinge(self, rows: Rows) -> Tensor:
+        return angle(rows.pos) - angle(rows.hardest_value) + self.margin
+
+    def __call__(self, rows: Rows) -> Tensor:
+        active = (self.hinge(rows) > 0).to(rows.s.dtype)
+        return active * angle_slope(rows.hardest_value)
+
+
+@dataclass(frozen=True, repr=False)
+class Constant(Dissipation):
+    """``GD_i = value`` for every anchor: no dissipation."""
+
+    value: float = 1.0
+    kind = "constant"
+
+    def __post_init__(self):
+        check_nonnegative("value", self.value, "dissipation.Constant")
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.full((rows.n,), self.value, dtype=rows.s.dtype, device=rows.s.device)

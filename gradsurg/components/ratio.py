@@ -1,0 +1,76 @@
+r"""Ratio (R): how strongly the positive is pulled relative to the negatives' push.
+
+==============  ===================================================================
+member          :math:`R_i`
+==============  ===================================================================
+Constant(c)     ``c`` (1 for InfoNCE and MPT)
+Arc(u)          ``sin(theta_ii + u) / sin(theta_ii)`` (ArcCon), ``theta = arccos s``
+Euclidean()     ``d_ij* / d_ii`` (MET), ``d = sqrt(max(2 - 2 s, 1e-4))``
+Angular()       ``sin(theta_ij*) / sin(theta_ii)`` (MAT)
+==============  ===================================================================
+
+``j*`` is the hardest negative. Where a clamp of the plain formula is active
+(``theta`` at its ``1e-7`` bound, ``d`` at its floor) the positive's slope is
+zero, and so is R: the closed forms equal autograd of the plain formulas
+everywhere, not only away from the clamps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._base import Ratio, check_nonnegative
+from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
+
+__all__ = ["Constant", "Arc", "Euclidean", "Angular", "Ratio"]
+
+
+@dataclass(frozen=True, repr=False)
+class Constant(Ratio):
+    """``R_i = value``."""
+
+    value: float = 1.0
+    kind = "constant"
+
+    def __post_init__(self):
+        check_nonnegative("value", self.value, "ratio.Constant")
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.full((rows.n,), self.value, dtype=rows.s.dtype, device=rows.s.device)
+
+
+@dataclass(frozen=True, repr=False)
+class Arc(Ratio):
+    """``R_i = sin(theta_ii + margin) / sin(theta_ii)``: ArcCon's additive angular margin."""
+
+    margin: float = math.radians(10)
+    kind = "arc"
+
+    def __post_init__(self):
+        check_nonnegative("margin", self.margin, "ratio.Arc", upper=math.pi)
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.sin(angle(rows.pos) + self.margin) * angle_slope(rows.pos)
+
+
+@dataclass(frozen=True, repr=False)
+class Euclidean(Ratio):
+    """``R_i = d_ij* / d_ii``: MET's ratio."""
+
+    kind = "euclidean"
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return euclid(rows.hardest_value) * euclid_slope(rows.pos)
+
+
+@dataclass(frozen=True, repr=False)
+class Angular(Ratio):
+    """``R_i = sin(theta_ij*) / sin(theta_ii)``: MAT's ratio."""
+
+    kind = "angular"
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.sin(angle(rows.hardest_value)) * angle_slope(rows.pos)

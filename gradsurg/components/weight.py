@@ -1,0 +1,77 @@
+r"""Weight (W): how the push away from the negatives is spread over them.
+
+``W_ii = 0``, ``W_ij >= 0`` and ``sum_{j!=i} W_ij = 1`` for every member.
+
+==============  ==============================================================
+member          :math:`W_ij` (j != i)
+==============  ==============================================================
+Softmax(tau)    ``exp(s_ij/tau) / sum_{k!=i} exp(s_ik/tau)``
+Hardest()       ``1[j == argmax_{k!=i} s_ik]`` (ties: the lowest index)
+Power(p)        ``max(s_ij, 1e-4)^p / sum_{k!=i} max(s_ik, 1e-4)^p``
+Uniform()       ``1 / (M - 1)``
+==============  ==============================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._base import Weight, check_positive
+from ._rows import Rows
+
+__all__ = ["Softmax", "Hardest", "Power", "Uniform", "Weight"]
+
+
+@dataclass(frozen=True, repr=False)
+class Softmax(Weight):
+    """Softmax of ``s_ij / tau`` over the negatives: the push concentrates on hard ones as tau falls."""
+
+    temperature: float = 0.05
+    kind = "softmax"
+
+    def __post_init__(self):
+        check_positive("temperature", self.temperature, "weight.Softmax")
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return rows.softmax(self.temperature)
+
+
+@dataclass(frozen=True, repr=False)
+class Hardest(Weight):
+    """All the weight on the most similar negative (the margin losses' W)."""
+
+    kind = "hardest"
+
+    def __call__(self, rows: Rows) -> Tensor:
+        w = torch.zeros_like(rows.s)
+        w[rows.rows, rows.hardest_index] = 1.0
+        return w
+
+
+@dataclass(frozen=True, repr=False)
+class Power(Weight):
+    """Power weights ``max(s_ij, 1e-4)^p``, normalised over the negatives."""
+
+    p: float = 5.0
+    kind = "power"
+
+    def __post_init__(self):
+        check_positive("p", self.p, "weight.Power")
+
+    def __call__(self, rows: Rows) -> Tensor:
+        w = rows.powers(self.p)
+        return w.div_(w.sum(dim=1, keepdim=True))
+
+
+@dataclass(frozen=True, repr=False)
+class Uniform(Weight):
+    """Equal weight ``1 / (M - 1)`` on every negative."""
+
+    kind = "uniform"
+
+    def __call__(self, rows: Rows) -> Tensor:
+        w = torch.full_like(rows.s, 1.0 / (rows.m - 1))
+        w[rows.rows, rows.cols] = 0.0
+        return w

@@ -1,0 +1,26 @@
+"""L2 normalisation and its backward, shared by every backend.
+
+``u = x / |x|``. The backward of the cosine similarity through the
+normalisation is ``dx = (du - (du . u) u) / |x|``. A row with ``|x| < eps``
+has no direction: its unit vector is taken as 0 and it receives no gradient
+(so a zero vector gives a finite loss and finite, zero gradients).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS = 1e-12
+
+
+def normalize(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``(u, inv_norm)`` with ``inv_norm = 1/|x|`` (0 for rows with ``|x| < eps``)."""
+    norm = torch.linalg.vector_norm(x, dim=1)
+    inv = torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
+    return x * inv[:, None], inv
+
+
+def normalize_backward(du: Tensor, u: Tensor, inv_norm: Tensor) -> Tensor:
+    """``(du - (du . u) u) / |x|`` row by row (0 where the row had no direction)."""
+    radial = (du * u).sum(dim=1, keepdim=True)
+    return (du - radial * u) * inv_norm[:, None]

@@ -1,0 +1,86 @@
+"""Input validation shared by every entry point: clear errors, never a silent NaN."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+BACKENDS = ("auto", "torch", "triton")
+
+
+def check_embeddings(
+    anchors: Tensor,
+    positives: Tensor,
+    negatives: Tensor | None,
+    *,
+    symmetric: bool = False,
+    check_finite: bool = True,
+    where: str = "paradigm_loss",
+) -> Tensor | None:
+    """Validate the three embedding tensors; return ``negatives`` (None when K = 0).
+
+    Raises ``TypeError`` for non-tensors and non-floating dtypes, ``ValueError``
+    for wrong ranks, mismatched shapes, dtypes or devices, empty batches, a
+    batch without any negative, and non-finite values.
+    """
+    named = [("anchors", anchors), ("positives", positives)]
+    if negatives is not None:
+        named.append(("negatives", negatives))
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}"
+            )
+        if t.dim() != 2:
+            raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
+    n, d = anchors.shape
+    if n == 0:
+        raise ValueError(f"{where}: anchors is an empty batch (shape {tuple(anchors.shape)}); need N >= 1 rows")
+    if d == 0:
+        raise ValueError(f"{where}: anchors has embedding size d = 0; need d >= 1")
+    if positives.shape != anchors.shape:
+        raise ValueError(
+            f"{where}: positives must have the shape of anchors (N, d) = {tuple(anchors.shape)}, "
+            f"got {tuple(positives.shape)}"
+        )
+    if negatives is not None:
+        if negatives.shape[1] != d:
+            raise ValueError(
+                f"{where}: negatives must have shape (K, d) with d = {d} like anchors, got {tuple(negatives.shape)}"
+            )
+    for name, t in named[1:]:
+        if t.dtype != anchors.dtype:
+            raise ValueError(f"{where}: {name} has dtype {t.dtype} but anchors has {anchors.dtype}; use one dtype")
+        if t.device != anchors.device:
+            raise ValueError(
+                f"{where}: {name} is on device {t.device} but anchors is on {anchors.device}; use one device"
+            )
+    if negatives is not None and negatives.shape[0] == 0:
+        negatives = None
+    m = n + (0 if negatives is None else negatives.shape[0])
+    if m < 2:
+        raise ValueError(
+            f"{where}: the batch has no negative: N = {n} anchor(s) and "
+            f"{m - n} extra negative(s); need N >= 2 or negatives of shape (K >= 1, d)"
+        )
+    if symmetric and n < 2:
+        raise ValueError(
+            f"{where}: symmetric=True needs N >= 2 anchors (the positive->anchor direction has only the "
+            f"anchors as candidates), got N = {n}"
+        )
+    if check_finite:
+        for name, t in named:
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise ValueError(
+                    f"{where}: {name} contains NaN or infinite values; pass check_finite=False to skip this check"
+                )
+    return negatives
+
+
+def check_options(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")

@@ -1,0 +1,132 @@
+r"""A paradigm: one choice of dissipation (GD), weight (W) and ratio (R).
+
+For anchor i and candidate j the paradigm sets
+
+.. math::
+
+    \frac{\partial L_i}{\partial s_{ij}} = GD_i \, (W_{ij} - [j = i] \, R_i)
+
+and so ``dL_i/du_i = GD_i * sum_{j != i} W_ij (v_j - R_i v_i)``, the paper's
+unified gradient. The value reported for a paradigm is the true loss when
+its components are those of a known loss (InfoNCE, ArcCon, MPT, MET, MAT),
+and otherwise the surrogate with exactly the set gradient,
+
+.. math::
+
+    L^{sur}_i = GD_i \Big( \sum_{j \ne i} W_{ij} s_{ij} - R_i s_{ii} \Big)
+
+with GD, W and R held constant.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .components import dissipation as D
+from .components import ratio as R
+from .components import weight as W
+from .components._base import Dissipation, Ratio, Weight
+from .components._rows import Rows
+
+
+@dataclass(frozen=True)
+class Paradigm:
+    """A gradient built from a dissipation, a weight and a ratio.
+
+    Example::
+
+        >>> import gradsurg
+        >>> from gradsurg import dissipation, weight, ratio
+        >>> p = gradsurg.Paradigm(dissipation.Margin(0.3), weight.Softmax(0.05), ratio.Constant(1.5))
+        >>> p.loss_name is None     # not a known loss: the value is the surrogate
+        True
+    """
+
+    dissipation: Dissipation
+    weight: Weight
+    ratio: Ratio
+
+    def __post_init__(self):
+        for name, cls in (("dissipation", Dissipation), ("weight", Weight), ("ratio", Ratio)):
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise TypeError(
+                    f"Paradigm: {name} must be a gradsurg.{name}.* component "
+                    f"(an instance of {cls.__name__}), got {type(value).__name__}"
+                )
+
+    # -- which loss (if any) has exactly this gradient ------------------------
+    @property
+    def loss_name(self) -> str | None:
+        """The name of the known loss whose gradient this paradigm is, else None."""
+        d, w, r = self.dissipation, self.weight, self.ratio
+        if isinstance(d, D.InfoNCE) and w == W.Softmax(d.temperature) and r == R.Constant(1.0):
+            return "info_nce"
+        if isinstance(d, D.ArcCon) and w == W.Softmax(d.temperature) and r == R.Arc(d.margin):
+            return "arccon"
+        if isinstance(d, D.Margin) and isinstance(w, W.Hardest) and r == R.Constant(1.0):
+            return "mpt"
+        if isinstance(d, D.EuclideanMargin) and isinstance(w, W.Hardest) and isinstance(r, R.Euclidean):
+            return "met"
+        if isinstance(d, D.AngularMargin) and isinstance(w, W.Hardest) and isinstance(r, R.Angular):
+            return "mat"
+        return None
+
+    # -- the per-row computation every backend shares -------------------------
+    def components(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
+        """``(GD (n,), W (n, M), R (n,))`` for a chunk of rows.
+
+        GD and R are computed before W because W may reuse the chunk's buffers.
+        """
+        gd = self.dissipation(rows)
+        ratio = self.ratio(rows)
+        weight = self.weight(rows)
+        return gd, weight, ratio
+
+    def row_loss(self, rows: Rows, gd: Tensor | None = None, weight: Tensor | None = None,
+                 ratio: Tensor | None = None) -> Tensor:
+        """Per-anchor loss values for a chunk: the true loss, or the surrogate."""
+        name = self.loss_name
+        d = self.dissipation
+        if name in ("info_nce", "arccon"):
+            gap = d.gap(rows)
+            return torch.logaddexp(gap, torch.zeros_like(gap))  # softplus, exact for any gap
+        if name in ("mpt", "met", "mat"):
+            return torch.relu(d.hinge(rows))
+        if gd is None or weight is None or ratio is None:
+            raise ValueError("the surrogate loss needs the chunk's GD, W and R")
+        pushed = (weight * rows.s).sum(dim=1)
+        return gd * (pushed - ratio * rows.pos)
+
+    def __repr__(self) -> str:
+        return f"Paradigm({self.dissipation!r}, {self.weight!r}, {self.ratio!r})"
+
+
+# -- presets: the five effective losses of PARADIGM.md section 3 -------------------
+
+def info_nce(temperature: float = 0.05) -> Paradigm:
+    """InfoNCE: ``GD = (1 - p_ii)/tau``, ``W = softmax(s/tau)`` over negatives, ``R = 1``."""
+    return Paradigm(D.InfoNCE(temperature), W.Softmax(temperature), R.Constant(1.0))
+
+
+def arccon(temperature: float = 0.05, margin: float = math.radians(10)) -> Paradigm:
+    """ArcCon: InfoNCE with positive logit ``cos(theta + u)``; ``R = sin(theta+u)/sin(theta)``."""
+    return Paradigm(D.ArcCon(temperature, margin), W.Softmax(temperature), R.Arc(margin))
+
+
+def mpt(margin: float = 0.23) -> Paradigm:
+    """Margin triplet on cosines: ``GD = 1[s_ii - s_ij* < m]``, hardest negative, ``R = 1``."""
+    return Paradigm(D.Margin(margin), W.Hardest(), R.Constant(1.0))
+
+
+def met(margin: float = 0.45) -> Paradigm:
+    """Margin triplet on Euclidean distances: ``GD = 1[..]/d_ij*``, ``R = d_ij*/d_ii``."""
+    return Paradigm(D.EuclideanMargin(margin), W.Hardest(), R.Euclidean())
+
+
+def mat(margin: float = 0.15 * math.pi) -> Paradigm:
+    """Margin triplet on angles: ``GD = 1[..]/sin(theta_ij*)``, ``R = sin(theta_ij*)/sin(theta_ii)``."""
+    return Paradigm(D.AngularMargin(margin), W.Hardest(), R.Angular())

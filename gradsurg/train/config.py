@@ -1,0 +1,324 @@
+"""Training configuration: one dataclass, presets, YAML/JSON files and ``key=value`` overrides.
+
+A :class:`TrainConfig` describes one unsupervised (SimCSE-style) training run:
+the encoder, the pooler, the loss chosen by name plus its parameters, the data,
+the optimiser and the evaluation schedule. It round-trips through
+``to_dict`` / ``from_dict`` and through YAML or JSON files, and every field can
+be overridden on the command line (``--set lr=1e-5`` or a dedicated flag).
+
+Two presets are provided:
+
+``quick``
+    The packaged all-MiniLM-L6-v2, mean pooling, a few thousand STS-B train
+    sentences, batch 64, 60 steps, evaluation every 20 steps on 500 STS-B dev
+    pairs; finishes in about a minute and a half per run on 2 CPU cores.
+``paper``
+    The paper's and SimCSE's unsupervised setting: ``bert-base-uncased``, the
+    ``cls`` pooler with the training-time MLP, batch 64 (SimCSE; the paper's
+    sweeps use 64-128), lr 3e-5 (1e-5 ... 3e-5), 1 epoch over 1M Wikipedia
+    sentences, max length 32, evaluation on STS-B dev every 125 steps.
+    Meant for a GPU; the user supplies the corpus (``train_data``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Poolers understood by :mod:`gradsurg.train.models`.
+POOLERS = ("cls", "cls_before_pooler", "avg", "mask")
+
+#: Formats of a training corpus (see :func:`gradsurg.train.data.read_corpus`).
+CORPUS_FORMATS = ("auto", "txt", "stsb-csv", "csv", "tsv", "jsonl")
+
+#: Formats of an STS evaluation file (see :func:`gradsurg.train.data.read_sts_pairs`).
+STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range (the message names it)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs.
+
+    Attributes are grouped as model, loss, data, optimisation, evaluation and
+    output. ``loss_params`` is passed verbatim to
+    ``gradsurg.registry.build_loss(loss, **loss_params)``; ``modified`` is a
+    shortcut for the non-contrastive objectives' ``modified`` parameter
+    (a comma string from ``w_gd,w_w,w_r``).
+    """
+
+    # model
+    model: str = "minilm"
+    pooler: str = "avg"
+    mlp_only_train: bool = True
+    max_len: int = 32
+    # loss
+    loss: str = "info_nce"
+    loss_params: dict = field(default_factory=dict)
+    modified: str | None = None
+    # data
+    train_data: str | None = "../shared/data/stsb/stsb-en-train.csv"
+    train_format: str = "auto"
+    text_column: str | None = None
+    hard_negative_column: str | None = None
+    max_train_sentences: int | None = 4000
+    # optimisation
+    batch_size: int = 64
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int | None = 60
+    grad_clip: float | None = None
+    seed: int = 42
+    device: str = "auto"
+    # evaluation
+    eval_data: str | None = "../shared/data/stsb/stsb-en-dev.csv"
+    eval_format: str = "stsb-csv"
+    eval_split: str | None = None
+    eval_every: int = 20
+    eval_max_pairs: int | None = 500
+    final_eval_data: str | None = None
+    final_eval_format: str | None = None
+    eval_batch_size: int = 128
+    # output / logging
+    output_dir: str | None = None
+    save_best: bool = False
+    log_every: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first bad field; return self."""
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("config field 'model' must be a non-empty model name or path")
+        if self.pooler not in POOLERS:
+            raise ConfigError(f"config field 'pooler' is {self.pooler!r}; expected one of {', '.join(POOLERS)}")
+        if not isinstance(self.loss, str) or not self.loss:
+            raise ConfigError("config field 'loss' must be a loss name (see gradsurg.registry.available_losses())")
+        if not isinstance(self.loss_params, dict):
+            raise ConfigError(f"config field 'loss_params' must be a mapping, got {type(self.loss_params).__name__}")
+        for name in ("max_len", "batch_size", "epochs", "eval_every", "eval_batch_size", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if self.batch_size < 2:
+            raise ConfigError("config field 'batch_size' must be at least 2 (a contrastive batch needs negatives)")
+        for name in ("max_steps", "max_train_sentences", "eval_max_pairs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"config field {name!r} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not (0 < self.lr < 1):
+            raise ConfigError(f"config field 'lr' must be in (0, 1), got {self.lr!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(f"config field 'weight_decay' must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"config field 'warmup_steps' must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or self.grad_clip <= 0):
+            raise ConfigError(f"config field 'grad_clip' must be > 0 or null, got {self.grad_clip!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"config field 'seed' must be an integer, got {self.seed!r}")
+        if self.train_format not in CORPUS_FORMATS:
+            raise ConfigError(
+                f"config field 'train_format' is {self.train_format!r}; expected one of {', '.join(CORPUS_FORMATS)}"
+            )
+        for name in ("eval_format", "final_eval_format"):
+            value = getattr(self, name)
+            if value is not None and value not in STS_FORMATS:
+                raise ConfigError(f"config field {name!r} is {value!r}; expected one of {', '.join(STS_FORMATS)}")
+        if self.modified is not None:
+            parts = parse_modified(self.modified)
+            self.modified = ",".join(parts) if parts else None
+        return self
+
+    # ------------------------------------------------------------- conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable dictionary of every field."""
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Build a config from a mapping; unknown keys raise :class:`ConfigError` naming them.
+
+        ``base`` (default: the dataclass defaults) supplies the fields that
+        ``data`` leaves out. A ``preset`` key selects the base by name.
+        """
+        data = dict(data or {})
+        preset_name = data.pop("preset", None)
+        if preset_name is not None:
+            base = preset(preset_name)
+        known = set(cls.field_names())
+        unknown = sorted(k for k in data if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(known))}"
+            )
+        values = (base or cls()).to_dict()
+        values.update(copy.deepcopy(data))
+        if values.get("loss_params") is None:
+            values["loss_params"] = {}
+        return cls(**values).validate()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Load a config from a ``.yaml``/``.yml`` or ``.json`` file."""
+        data = load_mapping(path)
+        return cls.from_dict(data, base=base)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        path = str(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            with open(path, "w", encoding="utf-8") as fh:
+                yaml.safe_dump(self.to_dict(), fh, sort_keys=False)
+        else:
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed (unknown names raise :class:`ConfigError`)."""
+        return TrainConfig.from_dict(changes, base=self)
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``build_loss``: ``loss_params`` plus ``modified`` when set."""
+        kwargs = dict(self.loss_params)
+        if self.modified:
+            kwargs["modified"] = self.modified
+        return kwargs
+
+    def run_name(self) -> str:
+        """A short, file-name-safe identifier of the loss, its parameters and the seed."""
+        parts = [self.loss]
+        if self.modified:
+            parts.append("m_" + self.modified.replace(",", "+"))
+        for key in sorted(self.loss_params):
+            parts.append(f"{key}={self.loss_params[key]}")
+        parts.append(f"seed{self.seed}")
+        return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
+
+
+def parse_modified(value: Any) -> list[str]:
+    """Normalise a ``modified`` value (comma string, list, ``none``/``ori``) to a list of switches."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "ori", "original", "false"):
+            return []
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise ConfigError(f"config field 'modified' must be a comma string or a list, got {value!r}")
+    allowed = ("w_gd", "w_w", "w_r")
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise ConfigError(f"config field 'modified' has unknown switch(es) {bad}; expected a subset of {allowed}")
+    return [v for v in allowed if v in items]
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value: YAML scalars/lists/maps when pyyaml is installed, else JSON, else the string."""
+    try:
+        import yaml
+
+        return yaml.safe_load(text)
+    except ImportError:  # pragma: no cover - pyyaml is a dependency of the train extra
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    except Exception:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["lr=1e-5", "loss_params.temperature=0.1"]`` into a (nested) dict of overrides."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = parse_value(text)
+        if "." in key:
+            head, sub = key.split(".", 1)
+            if head != "loss_params":
+                raise ConfigError(f"override {key!r}: only loss_params.<name> may be dotted")
+            out.setdefault("loss_params", {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON mapping from a file, with errors naming the file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError as exc:  # pragma: no cover
+            raise ConfigError(f"reading {path!r} needs pyyaml (pip install pyyaml)") from exc
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"config file {path!r} is not valid JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "paper": {
+        "model": "bert-base-uncased",
+        "pooler": "cls",
+        "mlp_only_train": True,
+        "max_len": 32,
+        "train_data": None,  # the user's corpus, e.g. SimCSE's wiki1m_for_simcse.txt
+        "train_format": "txt",
+        "max_train_sentences": None,
+        "batch_size": 64,
+        "lr": 3e-5,
+        "epochs": 1,
+        "max_steps": None,
+        "eval_every": 125,
+        "eval_max_pairs": None,
+        "device": "auto",
+        "save_best": True,
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def preset(name: str) -> TrainConfig:
+    """The named preset as a :class:`TrainConfig` (``quick`` or ``paper``)."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(preset_names())}")
+    values = TrainConfig().to_dict()
+    values.update(copy.deepcopy(_PRESETS[name]))
+    return TrainConfig(**values).validate()

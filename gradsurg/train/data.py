@@ -1,0 +1,330 @@
+"""Data for training and STS evaluation.
+
+Training corpora (unsupervised: sentences only, optional hard negative column):
+
+- ``txt``: one sentence per line (SimCSE's ``wiki1m_for_simcse.txt``);
+- ``stsb-csv``: the STS-B CSV of ``../shared/data/stsb/`` (no header,
+  ``sentence1,sentence2,score``); both sentences are used, the score is ignored;
+- ``csv`` / ``tsv``: a header row; the text column is ``text_column`` (default
+  the first column), the hard negatives ``hard_negative_column``;
+- ``jsonl``: one object per line, same column options.
+
+STS evaluation files (pairs with a gold score):
+
+- ``stsb-csv``: as above;
+- ``sick``: the SICK release (tab-separated, header; columns ``sentence_A``,
+  ``sentence_B``, ``relatedness_score``; ``SemEval_set`` selects TRAIN/TRIAL/TEST);
+- ``senteval``: SentEval's STS layout: either a tab-separated file with
+  ``score<TAB>s1<TAB>s2`` / ``s1<TAB>s2<TAB>score`` rows (STS-B ``sts-*.csv`` style,
+  with genre columns), or a ``STS.input.<name>.txt`` file whose gold scores
+  sit next to it in ``STS.gs.<name>.txt`` (STS12-16); a directory of such
+  files is read whole (pairs without a gold score are dropped, as SentEval does);
+- ``hf``: a Hugging Face ``datasets`` name (online), e.g. ``mteb/stsbenchmark-sts``.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+from .config import ConfigError
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_path(path: str | None, what: str = "path") -> str:
+    """Return an existing path for ``path``.
+
+    A relative path is tried from the working directory first, then from the
+    repository root (so the default ``../shared/data/stsb/...`` works from
+    anywhere inside a checkout). Raises :class:`ConfigError` naming ``what``.
+    """
+    if path is None or str(path) == "":
+        raise ConfigError(f"{what} is not set")
+    path = os.path.expanduser(str(path))
+    if os.path.exists(path):
+        return path
+    if not os.path.isabs(path):
+        alt = os.path.normpath(os.path.join(_REPO_ROOT, path))
+        if os.path.exists(alt):
+            return alt
+    raise ConfigError(f"{what} {path!r} does not exist")
+
+
+def default_stsb_dir() -> str | None:
+    """The shared STS-B folder (``../shared/data/stsb`` next to the checkout) if present."""
+    for cand in ("../shared/data/stsb", os.path.join(_REPO_ROOT, "..", "shared", "data", "stsb")):
+        if os.path.isdir(cand):
+            return os.path.normpath(cand)
+    return None
+
+
+# ---------------------------------------------------------------- training data
+@dataclass
+class Corpus:
+    """Training sentences and, optionally, one hard negative per sentence."""
+
+    sentences: list[str]
+    hard_negatives: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+
+def _guess_format(path: str) -> str:
+    low = path.lower()
+    if low.endswith(".jsonl") or low.endswith(".json"):
+        return "jsonl"
+    if low.endswith(".tsv"):
+        return "tsv"
+    if low.endswith(".csv"):
+        # STS-B CSVs have no header and a numeric third column
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = next(csv.reader(fh), None)
+        if first is not None and len(first) == 3:
+            try:
+                float(first[2])
+                return "stsb-csv"
+            except ValueError:
+                pass
+        return "csv"
+    return "txt"
+
+
+def read_corpus(
+    path: str,
+    fmt: str = "auto",
+    text_column: str | None = None,
+    hard_negative_column: str | None = None,
+    max_sentences: int | None = None,
+) -> Corpus:
+    """Read an unsupervised training corpus (see the module docstring for formats).
+
+    Duplicated sentences are kept in their first occurrence only (STS-B repeats
+    many), empty lines are skipped, order is preserved; ``max_sentences`` keeps
+    the first ones.
+    """
+    path = resolve_path(path, "training data path (train_data)")
+    if fmt == "auto":
+        fmt = _guess_format(path)
+    sentences: list[str] = []
+    negatives: list[str] | None = [] if hard_negative_column else None
+    if fmt == "txt":
+        if hard_negative_column:
+            raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus, not a plain text file")
+        with open(path, encoding="utf-8") as fh:
+            sentences = [line.strip() for line in fh if line.strip()]
+    elif fmt == "stsb-csv":
+        if hard_negative_column:
+            raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus with a header, not the STS-B CSV")
+        with open(path, encoding="utf-8", newline="") as fh:
+            for row in csv.reader(fh):
+                if len(row) < 2:
+                    continue
+                sentences.extend(s.strip() for s in row[:2] if s.strip())
+    elif fmt in ("csv", "tsv", "jsonl"):
+        if fmt == "jsonl":
+            with open(path, encoding="utf-8") as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            columns = list(rows[0].keys()) if rows else []
+        else:
+            with open(path, encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
+                rows = list(reader)
+                columns = list(reader.fieldnames or [])
+        col = text_column or (columns[0] if columns else None)
+        if col not in columns:
+            raise ConfigError(f"text_column {col!r} is not a column of {path!r} (columns: {columns})")
+        if hard_negative_column and hard_negative_column not in columns:
+            raise ConfigError(
+                f"hard_negative_column {hard_negative_column!r} is not a column of {path!r} (columns: {columns})"
+            )
+        for row in rows:
+            text = str(row.get(col) or "").strip()
+            if not text:
+                continue
+            if negatives is not None:
+                neg = str(row.get(hard_negative_column) or "").strip()
+                if not neg:
+                    continue
+                negatives.append(neg)
+            sentences.append(text)
+    else:
+        raise ConfigError(f"train_format {fmt!r} is not one of auto, txt, stsb-csv, csv, tsv, jsonl")
+    if negatives is None:
+        seen: set[str] = set()
+        unique = []
+        for s in sentences:
+            if s not in seen:
+                seen.add(s)
+                unique.append(s)
+        sentences = unique
+    if max_sentences is not None:
+        sentences = sentences[:max_sentences]
+        if negatives is not None:
+            negatives = negatives[:max_sentences]
+    if not sentences:
+        raise ConfigError(f"training data {path!r} holds no sentences")
+    return Corpus(sentences, negatives)
+
+
+# ------------------------------------------------------------------ STS pairs
+@dataclass
+class STSPairs:
+    """Sentence pairs with gold similarity scores."""
+
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+    name: str = "sts"
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def subset(self, n: int | None) -> "STSPairs":
+        """The first ``n`` pairs (all of them when ``n`` is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        return STSPairs(self.sentences1[:n], self.sentences2[:n], self.scores[:n], self.name)
+
+
+def _read_stsb_csv(path: str) -> STSPairs:
+    s1, s2, sc = [], [], []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            if not row:
+                continue
+            if len(row) < 3:
+                raise ConfigError(f"{path!r} line {lineno}: expected sentence1,sentence2,score, got {len(row)} field(s)")
+            try:
+                score = float(row[2])
+            except ValueError:
+                if lineno == 1:  # tolerate a header
+                    continue
+                raise ConfigError(f"{path!r} line {lineno}: score {row[2]!r} is not a number") from None
+            s1.append(row[0])
+            s2.append(row[1])
+            sc.append(score)
+    return STSPairs(s1, s2, sc, os.path.basename(path))
+
+
+def _read_sick(path: str, split: str | None) -> STSPairs:
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        columns = reader.fieldnames or []
+        need = ("sentence_A", "sentence_B", "relatedness_score")
+        missing = [c for c in need if c not in columns]
+        if missing:
+            raise ConfigError(f"SICK file {path!r} lacks column(s) {missing} (columns: {columns})")
+        if split is not None and "SemEval_set" not in columns:
+            raise ConfigError(f"--split {split!r} given but SICK file {path!r} has no SemEval_set column")
+        s1, s2, sc = [], [], []
+        for row in reader:
+            if split is not None and (row.get("SemEval_set") or "").strip().upper() != split.upper():
+                continue
+            s1.append(row["sentence_A"])
+            s2.append(row["sentence_B"])
+            sc.append(float(row["relatedness_score"]))
+    name = os.path.basename(path) + (f":{split.upper()}" if split else "")
+    return STSPairs(s1, s2, sc, name)
+
+
+def _read_senteval_input(path: str) -> STSPairs:
+    """``STS.input.X.txt`` + ``STS.gs.X.txt`` (STS12-16); gold lines that are empty are dropped."""
+    gs_path = path.replace("STS.input.", "STS.gs.")
+    if gs_path == path or not os.path.exists(gs_path):
+        raise ConfigError(f"no gold-score file {gs_path!r} next to {path!r}")
+    with open(path, encoding="utf-8") as fh:
+        inputs = [line.rstrip("\n").split("\t") for line in fh]
+    with open(gs_path, encoding="utf-8") as fh:
+        gold = [line.strip() for line in fh]
+    if len(gold) != len(inputs):
+        raise ConfigError(f"{path!r} has {len(inputs)} lines but {gs_path!r} has {len(gold)}")
+    s1, s2, sc = [], [], []
+    for parts, g in zip(inputs, gold):
+        if not g or len(parts) < 2:
+            continue
+        s1.append(parts[0])
+        s2.append(parts[1])
+        sc.append(float(g))
+    return STSPairs(s1, s2, sc, os.path.basename(path))
+
+
+def _read_senteval_tsv(path: str) -> STSPairs:
+    """SentEval's STS-B files (``sts-dev.csv``: genre, file, year, id, score, s1, s2 tab-separated)."""
+    s1, s2, sc = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 7:
+                score, a, b = parts[4], parts[5], parts[6]
+            elif len(parts) == 3:
+                try:
+                    float(parts[0])
+                    score, a, b = parts[0], parts[1], parts[2]
+                except ValueError:
+                    a, b, score = parts
+            else:
+                continue
+            try:
+                value = float(score)
+            except ValueError:
+                if lineno == 1:
+                    continue
+                raise ConfigError(f"{path!r} line {lineno}: score {score!r} is not a number") from None
+            s1.append(a)
+            s2.append(b)
+            sc.append(value)
+    return STSPairs(s1, s2, sc, os.path.basename(path))
+
+
+def _read_senteval(path: str) -> STSPairs:
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "STS.input.*.txt")))
+        if not files:
+            raise ConfigError(f"directory {path!r} holds no STS.input.*.txt files (SentEval layout)")
+        parts = [_read_senteval_input(f) for f in files]
+        return STSPairs(
+            [s for p in parts for s in p.sentences1],
+            [s for p in parts for s in p.sentences2],
+            [s for p in parts for s in p.scores],
+            os.path.basename(os.path.normpath(path)),
+        )
+    if os.path.basename(path).startswith("STS.input."):
+        return _read_senteval_input(path)
+    return _read_senteval_tsv(path)
+
+
+def _read_hf(name: str, split: str | None) -> STSPairs:
+    try:
+        import datasets  # type: ignore
+    except ImportError as exc:
+        raise ConfigError("format 'hf' needs the Hugging Face `datasets` package (pip install datasets)") from exc
+    ds = datasets.load_dataset(name, split=split or "test")
+    cols = ds.column_names
+    a = "sentence1" if "sentence1" in cols else "sentence_A"
+    b = "sentence2" if "sentence2" in cols else "sentence_B"
+    s = next((c for c in ("score", "similarity_score", "relatedness_score", "label") if c in cols), None)
+    if a not in cols or b not in cols or s is None:
+        raise ConfigError(f"dataset {name!r} has columns {cols}; expected sentence1/sentence2/score")
+    return STSPairs(list(ds[a]), list(ds[b]), [float(x) for x in ds[s]], f"{name}:{split or 'test'}")
+
+
+def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -> STSPairs:
+    """Read STS pairs with gold scores from ``path`` in ``fmt`` (see the module docstring)."""
+    if fmt == "hf":
+        return _read_hf(path, split)
+    path = resolve_path(path, "STS data path")
+    if fmt == "stsb-csv":
+        pairs = _read_stsb_csv(path)
+    elif fmt == "sick":
+        pairs = _read_sick(path, split)
+    elif fmt == "senteval":
+        pairs = _read_senteval(path)
+    else:
+        raise ConfigError(f"STS format {fmt!r} is not one of stsb-csv, sick, senteval, hf")
+    if len(pairs) < 2:
+        raise ConfigError(f"STS data {path!r} ({fmt}) holds {len(pairs)} scored pair(s); need at least 2")
+    return pairs
