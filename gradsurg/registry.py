@@ -1,0 +1,136 @@
+"""Losses by name: what configs, the trainer and the command line build from.
+
+    >>> from gradsurg.registry import build_loss, available_losses
+    >>> loss = build_loss("info_nce", temperature=0.05)          # an nn.Module
+    >>> loss = build_loss("paradigm", dissipation="margin", margin=0.3,
+    ...                   weight="softmax", temperature=0.05, ratio=1.5)
+
+Every built module has ``forward(anchors, positives, negatives=None)`` taking
+raw embeddings and returning a scalar. Non-contrastive objectives register
+themselves from :mod:`gradsurg.objectives` (``OBJECTIVES``: name -> factory).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from . import losses
+from .components import dissipation as D
+from .components import ratio as R
+from .components import weight as W
+from .paradigm import Paradigm
+
+_PRESETS: dict[str, Callable[..., nn.Module]] = {
+    "info_nce": losses.InfoNCELoss,
+    "arccon": losses.ArcConLoss,
+    "mpt": losses.MPTLoss,
+    "met": losses.METLoss,
+    "mat": losses.MATLoss,
+}
+
+_DISSIPATIONS = {
+    "info_nce": D.InfoNCE, "arccon": D.ArcCon, "margin": D.Margin,
+    "euclidean_margin": D.EuclideanMargin, "angular_margin": D.AngularMargin, "constant": D.Constant,
+}
+_WEIGHTS = {"softmax": W.Softmax, "hardest": W.Hardest, "power": W.Power, "uniform": W.Uniform}
+
+
+def build_paradigm(dissipation: str = "constant", weight: str = "softmax", ratio: float | str = 1.0,
+                   *, gd_value: float = 1.0, margin: float | None = None, temperature: float = 0.05,
+                   p: float = 5.0, arc_margin: float | None = None) -> Paradigm:
+    """A :class:`Paradigm` from plain names and numbers (for configs and the CLI).
+
+    Args:
+        dissipation: one of ``info_nce, arccon, margin, euclidean_margin, angular_margin, constant``.
+        weight: one of ``softmax, hardest, power, uniform``.
+        ratio: a number (``ratio.Constant``) or one of ``arc, euclidean, angular``.
+        gd_value: the value of a ``constant`` dissipation.
+        margin: the dissipation's margin (its own default when None).
+        temperature: of the softmax dissipation/weight.
+        p: exponent of ``power`` weights.
+        arc_margin: the angular margin of ``arccon``/``arc`` (radians; 10 degrees when None).
+    """
+    if dissipation not in _DISSIPATIONS:
+        raise ValueError(f"build_paradigm: dissipation must be one of {sorted(_DISSIPATIONS)}, got {dissipation!r}")
+    if weight not in _WEIGHTS:
+        raise ValueError(f"build_paradigm: weight must be one of {sorted(_WEIGHTS)}, got {weight!r}")
+    dkw: dict[str, Any] = {}
+    if dissipation in ("info_nce", "arccon"):
+        dkw["temperature"] = temperature
+    if dissipation == "arccon" and arc_margin is not None:
+        dkw["margin"] = arc_margin
+    if dissipation in ("margin", "euclidean_margin", "angular_margin") and margin is not None:
+        dkw["margin"] = margin
+    if dissipation == "constant":
+        dkw["value"] = gd_value
+    wkw = {"softmax": {"temperature": temperature}, "power": {"p": p}}.get(weight, {})
+    if isinstance(ratio, str):
+        named = {"arc": R.Arc(**({} if arc_margin is None else {"margin": arc_margin})),
+                 "euclidean": R.Euclidean(), "angular": R.Angular()}
+        if ratio not in named:
+            raise ValueError(f"build_paradigm: ratio must be a number or one of {sorted(named)}, got {ratio!r}")
+        r = named[ratio]
+    else:
+        r = R.Constant(ratio)
+    return Paradigm(_DISSIPATIONS[dissipation](**dkw), _WEIGHTS[weight](**wkw), r)
+
+
+def _objectives() -> dict[str, Callable[..., nn.Module]]:
+    try:
+        from .objectives import OBJECTIVES
+    except ImportError:
+        return {}
+    return dict(OBJECTIVES)
+
+
+def _factories() -> dict[str, Callable[..., nn.Module]]:
+    table = dict(_PRESETS)
+    table["paradigm"] = _paradigm_module
+    table.update(_objectives())
+    return table
+
+
+def _paradigm_module(symmetric: bool = False, **params) -> nn.Module:
+    return losses.ParadigmLoss(build_paradigm(**params), symmetric=symmetric)
+
+
+_MODULE_OPTIONS = {"symmetric", "reduction", "backend", "check_finite"}
+
+
+def _accepted_parameters(factory) -> set[str] | None:
+    """Keyword names ``factory`` accepts (None: anything goes)."""
+    if factory is _paradigm_module:
+        return set(inspect.signature(build_paradigm).parameters) | {"symmetric"}
+    params = inspect.signature(factory).parameters
+    names = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD and k != "self"}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        if isinstance(factory, type) and issubclass(factory, losses.ParadigmLoss):
+            return names | _MODULE_OPTIONS
+        return None
+    return names
+
+
+def available_losses() -> list[str]:
+    """Names accepted by :func:`build_loss`."""
+    return sorted(_factories())
+
+
+def build_loss(name: str, **params) -> nn.Module:
+    """Build the loss module ``name`` with hyper-parameters ``params``.
+
+    Raises ``ValueError`` naming the loss or the parameter when either is unknown.
+    """
+    table = _factories()
+    if name not in table:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(table))}")
+    factory = table[name]
+    allowed = _accepted_parameters(factory)
+    if allowed is not None:
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(
+                f"loss {name!r}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+            )
+    return factory(**params)

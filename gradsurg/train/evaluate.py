@@ -1,0 +1,146 @@
+"""STS evaluation: Spearman and Pearson correlation (x100) of cosine similarity with gold scores.
+
+Library use::
+
+    from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
+    enc = load_encoder("minilm")
+    print(evaluate_sts(enc, read_sts_pairs("../shared/data/stsb/stsb-en-dev.csv")))
+
+Command line (the last line printed is one JSON object)::
+
+    gradsurg evaluate --model minilm --data ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate --model runs/best --data SICK.txt --format sick --split TEST
+    gradsurg evaluate --model my-st-model --data STS/STS12-en-test --format senteval
+
+``--model`` defaults to the packaged all-MiniLM-L6-v2 (mean pooling, its own
+configuration). Any encoder exposing ``encode(texts) -> array`` can be scored
+by :func:`evaluate_sts`, e.g. a ``SentenceTransformer``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from .config import STS_FORMATS, ConfigError
+from .data import STSPairs, default_stsb_dir, read_sts_pairs
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    n = len(x)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation of two 1-D sequences (nan when one is constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = np.sqrt((xc * xc).sum() * (yc * yc).sum())
+    return float((xc * yc).sum() / denom) if denom > 0 else float("nan")
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson of average ranks)."""
+    return pearson(_average_ranks(np.asarray(x, dtype=np.float64)), _average_ranks(np.asarray(y, dtype=np.float64)))
+
+
+def cosine_scores(encoder, pairs: STSPairs, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    """Cosine similarity of each pair; every distinct sentence is embedded once."""
+    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
+    index = {s: i for i, s in enumerate(unique)}
+    kwargs = {"batch_size": batch_size}
+    if progress:
+        kwargs["progress"] = True
+    try:
+        emb = encoder.encode(unique, convert_to_numpy=True, **kwargs)
+    except TypeError:  # a third-party encode() without our keywords
+        emb = encoder.encode(unique, batch_size=batch_size)
+    if hasattr(emb, "detach"):  # a torch tensor
+        emb = emb.detach().float().cpu().numpy()
+    emb = np.asarray(emb, dtype=np.float64)
+    emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    a = emb[[index[s] for s in pairs.sentences1]]
+    b = emb[[index[s] for s in pairs.sentences2]]
+    return (a * b).sum(axis=1)
+
+
+def evaluate_sts(encoder, pairs: STSPairs, batch_size: int = 128, progress: bool = False) -> dict:
+    """``{"spearman", "pearson"}`` (both x100), ``n_pairs`` and ``data`` for ``encoder`` on ``pairs``."""
+    sims = cosine_scores(encoder, pairs, batch_size=batch_size, progress=progress)
+    gold = np.asarray(pairs.scores, dtype=np.float64)
+    return {
+        "spearman": 100.0 * spearman(sims, gold),
+        "pearson": 100.0 * pearson(sims, gold),
+        "n_pairs": int(len(pairs)),
+        "data": pairs.name,
+    }
+
+
+# ------------------------------------------------------------------- the CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``gradsurg evaluate``."""
+    parser.add_argument("--model", default="minilm",
+                        help="model name or directory (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--data", default=None,
+                        help="STS file or folder (default: ../shared/data/stsb/stsb-en-dev.csv when present); "
+                             "with --format hf, a Hugging Face dataset name")
+    parser.add_argument("--format", default="stsb-csv", choices=STS_FORMATS, dest="fmt",
+                        help="file layout: stsb-csv (no header: s1,s2,score), sick (tab-separated release "
+                             "with header), senteval (SentEval STS files), hf (datasets, online)")
+    parser.add_argument("--split", default=None,
+                        help="SICK: TRAIN|TRIAL|TEST rows by SemEval_set; hf: the dataset split")
+    parser.add_argument("--pooler", default=None,
+                        choices=("cls", "cls_before_pooler", "avg", "mask", "max"),
+                        help="override the pooler (default: the model's own: trained-with / "
+                             "sentence-transformers config / cls_before_pooler)")
+    parser.add_argument("--max-len", type=int, default=None, help="max tokens per sentence at evaluation")
+    parser.add_argument("--max-pairs", type=int, default=None, help="score only the first N pairs")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the result; the last stdout line is the JSON object."""
+    from .models import ModelLoadError, load_encoder
+
+    data = args.data
+    if data is None:
+        stsb = default_stsb_dir()
+        if stsb is None:
+            print("gradsurg evaluate: --data is required (no ../shared/data/stsb found)", file=sys.stderr)
+            return 2
+        data = f"{stsb}/stsb-en-dev.csv"
+    try:
+        pairs = read_sts_pairs(data, args.fmt, args.split).subset(args.max_pairs)
+        encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+    except (ConfigError, ModelLoadError, ValueError) as exc:
+        print(f"gradsurg evaluate: {exc}", file=sys.stderr)
+        return 2
+    start = time.time()
+    result = evaluate_sts(encoder, pairs, batch_size=args.batch_size, progress=not args.no_progress)
+    result.update({
+        "model": args.model,
+        "pooler": encoder.pooler,
+        "format": args.fmt,
+        "seconds": round(time.time() - start, 2),
+    })
+    print(f"{result['data']}: spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}  "
+          f"({result['n_pairs']} pairs, pooler {encoder.pooler})", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
