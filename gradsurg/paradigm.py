@@ -86,9 +86,25 @@ class Paradigm:
         weight = self.weight(rows)
         return gd, weight, ratio
 
+    def gradient_parts(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
+        """``(GD (n,), W (n, M), GD*R (n,))``: what the engine needs to form G.
+
+        ``G_ij = GD_i W_ij`` for ``j != i`` and ``G_ii = -(GD R)_i``; the
+        product is formed by the ratio (:meth:`Ratio.pull`) so that its exact
+        limit survives where GD vanishes at a clamp.
+        """
+        gd = self.dissipation(rows)
+        pull = self.ratio.pull(rows, gd, self.dissipation)
+        weight = self.weight(rows)
+        return gd, weight, pull
+
     def row_loss(self, rows: Rows, gd: Tensor | None = None, weight: Tensor | None = None,
                  ratio: Tensor | None = None) -> Tensor:
-        """Per-anchor loss values for a chunk: the true loss, or the surrogate."""
+        """Per-anchor loss values for a chunk: the true loss, or the surrogate.
+
+        The surrogate needs the chunk's ``gd``, ``weight`` and ``ratio`` = GD*R
+        (as returned by :meth:`gradient_parts`).
+        """
         name = self.loss_name
         d = self.dissipation
         if name in ("info_nce", "arccon"):
@@ -97,9 +113,9 @@ class Paradigm:
         if name in ("mpt", "met", "mat"):
             return torch.relu(d.hinge(rows))
         if gd is None or weight is None or ratio is None:
-            raise ValueError("the surrogate loss needs the chunk's GD, W and R")
+            raise ValueError("the surrogate loss needs the chunk's GD, W and GD*R")
         pushed = (weight * rows.s).sum(dim=1)
-        return gd * (pushed - ratio * rows.pos)
+        return gd * pushed - ratio * rows.pos
 
     def __repr__(self) -> str:
         return f"Paradigm({self.dissipation!r}, {self.weight!r}, {self.ratio!r})"

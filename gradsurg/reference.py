@@ -111,6 +111,7 @@ def surrogate_rows(s: Tensor, paradigm: Paradigm) -> Tensor:
     return gd * ((w * s).sum(dim=1) - r * s.diagonal())
 
 
+
 def surrogate(anchors, positives, negatives=None, *, paradigm: Paradigm, symmetric=False, reduction="mean"):
     """The surrogate loss of any paradigm by plain autograd (its gradient is the paradigm's)."""
     return _symmetric(surrogate_rows, anchors, positives, negatives, symmetric, reduction, paradigm=paradigm)

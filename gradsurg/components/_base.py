@@ -77,3 +77,7 @@ class Ratio(Component):
 
     def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def pull(self, rows: Rows, gd: Tensor, dissipation: Dissipation) -> Tensor:
+        """``GD_i * R_i``, the coefficient of the positive in ``-dL_i/ds_ii``."""
+        return gd * self(rows)

@@ -13,6 +13,11 @@ Angular()       ``sin(theta_ij*) / sin(theta_ii)`` (MAT)
 (``theta`` at its ``1e-7`` bound, ``d`` at its floor) the positive's slope is
 zero, and so is R: the closed forms equal autograd of the plain formulas
 everywhere, not only away from the clamps.
+
+With its own margin dissipation, ``GD_i R_i`` is formed as the product
+``1[active] / d_ii`` (resp. ``1[active] / sin(theta_ii)``): ``d_ij*`` cancels,
+so the positive keeps its pull even where the hardest negative sits at a clamp
+(``GD = 0`` there, exactly as autograd of MET / MAT gives).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from torch import Tensor
 
 from ._base import Ratio, check_nonnegative
 from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
+from .dissipation import AngularMargin, EuclideanMargin
 
 __all__ = ["Constant", "Arc", "Euclidean", "Angular", "Ratio"]
 
@@ -65,6 +71,11 @@ class Euclidean(Ratio):
     def __call__(self, rows: Rows) -> Tensor:
         return euclid(rows.hardest_value) * euclid_slope(rows.pos)
 
+    def pull(self, rows: Rows, gd: Tensor, dissipation) -> Tensor:
+        if isinstance(dissipation, EuclideanMargin):
+            return (dissipation.hinge(rows) > 0).to(gd.dtype) * euclid_slope(rows.pos)
+        return gd * self(rows)
+
 
 @dataclass(frozen=True, repr=False)
 class Angular(Ratio):
@@ -74,3 +85,8 @@ class Angular(Ratio):
 
     def __call__(self, rows: Rows) -> Tensor:
         return torch.sin(angle(rows.hardest_value)) * angle_slope(rows.pos)
+
+    def pull(self, rows: Rows, gd: Tensor, dissipation) -> Tensor:
+        if isinstance(dissipation, AngularMargin):
+            return (dissipation.hinge(rows) > 0).to(gd.dtype) * angle_slope(rows.pos)
+        return gd * self(rows)

@@ -61,14 +61,13 @@ def direction(
         if not want_grad and not surrogate:
             loss[start:stop] = paradigm.row_loss(rows)
             continue
-        gd, g, ratio = paradigm.components(rows)
-        loss[start:stop] = paradigm.row_loss(rows, gd, g, ratio)
+        gd, g, pull = paradigm.gradient_parts(rows)
+        loss[start:stop] = paradigm.row_loss(rows, gd, g, pull)
         if not want_grad:
             continue
         scale = row_scale[start:stop] if isinstance(row_scale, Tensor) else row_scale
-        gd = gd * scale
-        g.mul_(gd[:, None])  # W -> GD W, in place
-        g[rows.rows, rows.cols] = -gd * ratio  # W_ii = 0, so G_ii = -GD R
+        g.mul_((gd * scale)[:, None])  # W -> GD W, in place
+        g[rows.rows, rows.cols] = -pull * scale  # W_ii = 0, so G_ii = -GD R
         torch.mm(g, v, out=du[start:stop])
         dv.addmm_(g.T, uc)
     return loss, du, dv

@@ -1,0 +1,165 @@
+"""Per-step training statistics, written to CSV (and TensorBoard when installed).
+
+Always logged (cheap, from the detached embeddings of the step):
+``pos_cos`` (mean cosine of the two views), ``neg_cos`` (mean cosine of an
+anchor to the other candidates), ``hardest_neg_cos`` (mean over anchors of
+the largest negative cosine), ``alignment`` (mean ``|u_i - v_i|^2``) and
+``uniformity`` (``log mean exp(-2 |u_i - u_j|^2)`` over anchor pairs).
+
+The paradigm's GD / W / R statistics (share of anchors dissipated, mean GD,
+weight of the hardest negative, mean R) come from
+``gradsurg.analysis.stats.StatsCollector`` when that module is installed: the
+hook :func:`make_collector` adapts it, and every number it returns is logged
+under its own name. Without it, only the statistics above are logged.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def embedding_stats(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
+    """Cosine / alignment / uniformity statistics of one batch of raw embeddings."""
+    u = F.normalize(anchors.detach().float(), dim=-1)
+    v = F.normalize(positives.detach().float(), dim=-1)
+    cand = v if negatives is None else torch.cat([v, F.normalize(negatives.detach().float(), dim=-1)])
+    s = u @ cand.T
+    n = u.shape[0]
+    pos = s.diagonal()[:n] if s.shape[1] >= n else s.new_zeros(n)
+    off = s.clone()
+    off[torch.arange(n), torch.arange(n)] = float("-inf")
+    hardest = off.max(dim=1).values
+    neg_mean = (s.sum(1) - pos) / max(s.shape[1] - 1, 1)
+    sq = torch.cdist(u, u).pow(2)
+    iu = torch.triu_indices(n, n, offset=1)
+    uniformity = torch.logsumexp(-2.0 * sq[iu[0], iu[1]], dim=0) - torch.log(torch.tensor(float(iu.shape[1])))
+    return {
+        "pos_cos": float(pos.mean()),
+        "neg_cos": float(neg_mean.mean()),
+        "hardest_neg_cos": float(hardest.mean()),
+        "alignment": float((u - v).pow(2).sum(1).mean()),
+        "uniformity": float(uniformity),
+    }
+
+
+def make_collector(loss_module: torch.nn.Module | None = None):
+    """A callable ``(anchors, positives, negatives) -> dict`` of GD/W/R statistics, or None.
+
+    Hook for ``gradsurg.analysis.stats.StatsCollector``: whichever of
+    ``collect`` / ``compute`` / ``update`` / ``__call__`` it offers is used, and
+    a failure disables it (once, with a warning) rather than stopping training.
+    """
+    try:
+        from gradsurg.analysis.stats import StatsCollector  # type: ignore
+    except Exception:  # not written yet, or an optional dependency missing
+        return None
+    try:
+        try:
+            collector = StatsCollector(loss_module) if loss_module is not None else StatsCollector()
+        except TypeError:
+            collector = StatsCollector()
+    except Exception:
+        return None
+    method = None
+    for name in ("collect", "compute", "update", "__call__"):
+        if callable(getattr(collector, name, None)):
+            method = getattr(collector, name)
+            break
+    if method is None:
+        return None
+    state = {"ok": True}
+
+    def collect(anchors, positives, negatives=None) -> dict:
+        if not state["ok"]:
+            return {}
+        try:
+            with torch.no_grad():
+                out = method(anchors.detach(), positives.detach(), negatives.detach() if negatives is not None else None)
+        except Exception as exc:  # noqa: BLE001
+            import warnings
+
+            warnings.warn(f"gradsurg: StatsCollector failed ({exc}); GD/W/R statistics disabled for this run")
+            state["ok"] = False
+            return {}
+        if out is None and hasattr(collector, "last"):
+            out = collector.last
+        if hasattr(out, "_asdict"):
+            out = out._asdict()
+        elif hasattr(out, "__dataclass_fields__"):
+            import dataclasses
+
+            out = dataclasses.asdict(out)
+        if not isinstance(out, dict):
+            return {}
+        flat = {}
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = float(value)
+            if isinstance(value, (int, float)):
+                flat[f"{key}"] = float(value)
+        return flat
+
+    return collect
+
+
+class StepLogger:
+    """Appends per-step rows to ``stats.csv`` and mirrors them to TensorBoard when available."""
+
+    def __init__(self, directory: str | None, tensorboard: bool = True):
+        self.directory = directory
+        self._fh = None
+        self._writer: csv.DictWriter | None = None
+        self._fields: list[str] | None = None
+        self.tb = None
+        self.rows: list[dict[str, Any]] = []
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+                except Exception:  # tensorboard not installed
+                    self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.directory:
+            if self._writer is None:
+                self._fields = list(row)
+                self._fh = open(os.path.join(self.directory, "stats.csv"), "w", newline="", encoding="utf-8")
+                self._writer = csv.DictWriter(self._fh, fieldnames=self._fields, extrasaction="ignore")
+                self._writer.writeheader()
+            self._writer.writerow(row)
+            self._fh.flush()
+        if self.tb is not None:
+            step = int(row.get("step", 0))
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"train/{key}", value, step)
+
+    def log_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.directory:
+            path = os.path.join(self.directory, "eval.csv")
+            new = not os.path.exists(path)
+            with open(path, "a", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(["step", "spearman", "pearson", "n_pairs"])
+                w.writerow([step, metrics["spearman"], metrics["pearson"], metrics["n_pairs"]])
+        if self.tb is not None:
+            self.tb.add_scalar("eval/spearman", metrics["spearman"], step)
+            self.tb.add_scalar("eval/pearson", metrics["pearson"], step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None

@@ -1,0 +1,266 @@
+"""Unsupervised SimCSE-style training with any gradsurg loss.
+
+One step: a batch of N sentences is embedded twice in one forward pass in
+train mode, so dropout gives two views; the first N embeddings are the
+anchors, the second N the positives, and (when the corpus has a hard negative
+column) N more embeddings of the hard negatives are the extra candidates. The
+loss module gets the RAW embeddings ``loss(anchors, positives, negatives)``.
+AdamW with a linear decay (optional warmup), as SimCSE.
+
+Every ``eval_every`` steps the encoder is scored on the dev pairs (Spearman of
+cosine) and the best state is kept (in memory, and on disk under
+``output_dir/best`` when ``save_best``); at the end the best state is restored
+and, if only a subset of the dev pairs was used for selection, scored on all
+of them. The untrained encoder is scored too (step 0, logged, never selected).
+
+    from gradsurg.train import TrainConfig, train
+    result = train(TrainConfig(loss="vicreg", modified="w_gd,w_w,w_r", seed=1))
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig
+from .data import Corpus, STSPairs, read_corpus, read_sts_pairs
+from .evaluate import evaluate_sts
+from .losses import loss_from_config
+from .stats import StepLogger, embedding_stats, make_collector
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (``to_dict`` is what the ablation writes to its JSONL)."""
+
+    config: dict
+    steps: int = 0
+    best_step: int | None = None
+    best_dev: float | None = None
+    initial_dev: float | None = None
+    spearman: float | None = None
+    pearson: float | None = None
+    n_pairs: int | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    train_seconds: float = 0.0
+    losses: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    saved_to: str | None = None
+
+    def to_dict(self, with_curves: bool = False) -> dict:
+        out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
+        if not with_curves:
+            out.pop("losses")
+        return out
+
+
+class Trainer:
+    """Trains an :class:`~gradsurg.train.models.Encoder` per a :class:`TrainConfig`.
+
+    Everything can be injected (for tests and integrations): ``encoder``,
+    ``loss`` (any module ``(anchors, positives, negatives) -> scalar``),
+    ``corpus`` and ``eval_pairs``; what is not given is built from the config.
+    The config is validated and the loss, corpus and dev data are resolved
+    before the model is loaded, so bad configs fail in milliseconds.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        encoder=None,
+        loss: torch.nn.Module | None = None,
+        corpus: Corpus | None = None,
+        eval_pairs: STSPairs | None = None,
+        on_eval: Callable[[int, dict], None] | None = None,
+    ):
+        self.config = config.validate()
+        cfg = self.config
+        self.loss = loss if loss is not None else loss_from_config(cfg)
+        if corpus is None:
+            if cfg.train_data is None:
+                raise ConfigError("config field 'train_data' is not set (a text/CSV/JSONL corpus path)")
+            corpus = read_corpus(cfg.train_data, cfg.train_format, cfg.text_column,
+                                 cfg.hard_negative_column, cfg.max_train_sentences)
+        self.corpus = corpus
+        if len(corpus) < 2:
+            raise ConfigError("the training corpus needs at least 2 sentences")
+        if eval_pairs is None and cfg.eval_data is not None:
+            eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
+        self.eval_full = eval_pairs
+        self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
+        self.on_eval = on_eval
+        set_seed(cfg.seed)
+        if encoder is None:
+            from .models import load_encoder
+
+            encoder = load_encoder(cfg.model, pooler=cfg.pooler, max_len=cfg.max_len,
+                                   mlp_only_train=cfg.mlp_only_train)
+        from .models import pick_device
+
+        self.device = pick_device(cfg.device)
+        self.encoder = encoder.to(self.device)
+        self.loss = self.loss.to(self.device)
+
+    # ----------------------------------------------------------------- steps
+    def _batches(self, generator: torch.Generator):
+        n, bs = len(self.corpus), min(self.config.batch_size, len(self.corpus))
+        while True:  # epochs
+            order = torch.randperm(n, generator=generator).tolist()
+            full = n - n % bs if n >= bs else n
+            for start in range(0, full, bs):
+                yield order[start : start + bs]
+
+    def total_steps(self) -> int:
+        cfg = self.config
+        bs = min(cfg.batch_size, len(self.corpus))
+        per_epoch = max(len(self.corpus) // bs, 1)
+        steps = per_epoch * cfg.epochs
+        return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+
+    def step_embeddings(self, idx: list[int]):
+        """Anchors, positives (dropout views of the same sentences) and hard negatives of a batch."""
+        texts = [self.corpus.sentences[i] for i in idx]
+        n = len(texts)
+        batch = texts + texts
+        if self.corpus.hard_negatives is not None:
+            batch = batch + [self.corpus.hard_negatives[i] for i in idx]
+        emb = self.encoder(batch)
+        negatives = emb[2 * n :] if self.corpus.hard_negatives is not None else None
+        return emb[:n], emb[n : 2 * n], negatives
+
+    def evaluate(self, pairs: STSPairs | None = None) -> dict:
+        pairs = pairs if pairs is not None else self.eval_pairs
+        return evaluate_sts(self.encoder, pairs, batch_size=self.config.eval_batch_size)
+
+    # ----------------------------------------------------------------- train
+    def train(self) -> TrainResult:
+        """Run the configured number of steps; return a :class:`TrainResult`."""
+        cfg = self.config
+        total = self.total_steps()
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        params += [p for p in self.loss.parameters() if p.requires_grad and all(p is not q for q in params)]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = cfg.warmup_steps
+
+        def schedule(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(total - warm, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        logger = StepLogger(cfg.output_dir, tensorboard=cfg.tensorboard)
+        collector = make_collector(self.loss)
+        result = TrainResult(config=cfg.to_dict())
+        best_state: dict | None = None
+        generator = torch.Generator().manual_seed(cfg.seed)
+        batches = self._batches(generator)
+        if cfg.output_dir:
+            cfg.save(os.path.join(cfg.output_dir, "config.json"))
+
+        def run_eval(step: int) -> None:
+            nonlocal best_state
+            metrics = self.evaluate()
+            result.evals.append({"step": step, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
+            logger.log_eval(step, metrics)
+            if step == 0:
+                result.initial_dev = metrics["spearman"]
+            elif result.best_dev is None or metrics["spearman"] > result.best_dev:
+                result.best_dev, result.best_step = metrics["spearman"], step
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
+                if cfg.save_best and cfg.output_dir:
+                    result.saved_to = os.path.join(cfg.output_dir, "best")
+                    self.encoder.save(result.saved_to, {"loss": cfg.loss, "step": step,
+                                                        "dev_spearman": metrics["spearman"]})
+            if self.on_eval is not None:
+                self.on_eval(step, metrics)
+            if bar is not None:
+                bar.set_postfix_str(f"dev {metrics['spearman']:.2f} (best {result.best_dev or float('nan'):.2f})")
+
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=cfg.run_name(), unit="step", leave=False, dynamic_ncols=True)
+        start = time.time()
+        try:
+            if self.eval_pairs is not None:
+                run_eval(0)
+            self.encoder.train()
+            for step in range(1, total + 1):
+                idx = next(batches)
+                anchors, positives, negatives = self.step_embeddings(idx)
+                loss = self.loss(anchors, positives, negatives)
+                if loss.dim() != 0:
+                    loss = loss.mean()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                result.losses.append(value)
+                if result.first_loss is None:
+                    result.first_loss = value
+                result.last_loss = value
+                if step % cfg.log_every == 0:
+                    row: dict[str, Any] = {"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]}
+                    row.update(embedding_stats(anchors, positives, negatives))
+                    if collector is not None:
+                        row.update(collector(anchors, positives, negatives))
+                    logger.log(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_description_str(f"{cfg.run_name()} loss {value:.4f}")
+                if self.eval_pairs is not None and (step % cfg.eval_every == 0 or step == total):
+                    run_eval(step)
+                    self.encoder.train()
+            result.steps = total
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+        result.train_seconds = round(time.time() - start, 2)
+        if best_state is not None:
+            self.encoder.load_state_dict(best_state)
+        final_pairs = None
+        if cfg.final_eval_data:
+            final_pairs = read_sts_pairs(cfg.final_eval_data, cfg.final_eval_format or cfg.eval_format,
+                                         cfg.eval_split)
+        elif self.eval_full is not None and len(self.eval_full) > len(self.eval_pairs):
+            final_pairs = self.eval_full
+        if final_pairs is not None:
+            metrics = self.evaluate(final_pairs)
+            result.spearman, result.pearson, result.n_pairs = metrics["spearman"], metrics["pearson"], metrics["n_pairs"]
+        elif self.eval_pairs is not None and result.best_dev is not None:
+            last = max((e for e in result.evals if e["step"] > 0), key=lambda e: e["spearman"])
+            result.spearman, result.pearson, result.n_pairs = last["spearman"], last["pearson"], len(self.eval_pairs)
+        if cfg.output_dir:
+            with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
+                json.dump(result.to_dict(with_curves=True), fh, indent=2)
+        return result
+
+
+def train(config: TrainConfig, **kwargs) -> TrainResult:
+    """Build a :class:`Trainer` for ``config`` (extra keyword arguments are passed on) and run it."""
+    return Trainer(config, **kwargs).train()

@@ -1,0 +1,31 @@
+"""Shared test helpers.
+
+Tolerances (relative to the largest gradient entry of the reference):
+float64 1e-9, float32 1e-4; kernels state theirs in their own test files.
+"""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+STSB_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data", "stsb")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(max |b|, tiny): error relative to the reference's scale."""
+    a, b = a.detach().double(), b.detach().double()
+    scale = b.abs().max().clamp(min=1e-300)
+    return float((a - b).abs().max() / scale)
+
+
+@pytest.fixture
+def stsb_dir():
+    path = os.path.abspath(STSB_DIR)
+    if not os.path.isdir(path):
+        pytest.skip(f"STS-B data not found at {path} (../shared/data/stsb next to the repository)")
+    return path
