@@ -96,6 +96,8 @@ def paradigm_loss(
     reduction: str = "mean",
     backend: str = "auto",
     check_finite: bool = True,
+    gather_across_devices: bool = False,
+    group=None,
     **options,
 ) -> Tensor:
     r"""A contrastive loss whose gradient is set from GD, W and R.
@@ -124,6 +126,12 @@ def paradigm_loss(
         backend: ``'auto'`` (Triton for CUDA tensors when available, else
             torch), ``'torch'`` or ``'triton'``.
         check_finite: raise ``ValueError`` on NaN/inf inputs (one extra pass).
+        gather_across_devices: with ``torch.distributed`` initialised, the
+            candidates (positives, hard negatives; anchors too when symmetric)
+            of all ranks are gathered so each anchor sees the global batch,
+            with exact gradients (see :mod:`gradsurg.distributed` for the
+            layout and the DDP scaling). No effect without a process group.
+        group: the process group for ``gather_across_devices`` (default: the world).
         **options: backend options, e.g. ``chunk_bytes`` for the torch backend.
 
     Returns:
@@ -137,6 +145,14 @@ def paradigm_loss(
     if not isinstance(symmetric, bool):
         raise TypeError(f"paradigm_loss: symmetric must be a bool, got {type(symmetric).__name__}")
     check_options(reduction, backend)
+    if gather_across_devices:
+        from ..distributed import gathered_paradigm_loss
+
+        return gathered_paradigm_loss(anchors, positives, negatives, paradigm=paradigm, symmetric=symmetric,
+                                      reduction=reduction, backend=backend, check_finite=check_finite,
+                                      group=group, **options)
+    if group is not None:
+        raise ValueError("paradigm_loss: group= is only used with gather_across_devices=True")
     negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=check_finite)
     candidates = positives if negatives is None else torch.cat([positives, negatives], dim=0)
     impl = resolve_backend(backend, anchors)
