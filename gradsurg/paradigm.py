@@ -77,34 +77,48 @@ class Paradigm:
 
     # -- the per-row computation every backend shares -------------------------
     def components(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
-        """``(GD (n,), W (n, M), R (n,))`` for a chunk of rows.
-
-        GD and R are computed before W because W may reuse the chunk's buffers.
-        """
+        """``(GD (n,), W (n, M), R (n,))`` for a chunk of rows (W may reuse its buffers)."""
         gd = self.dissipation(rows)
         ratio = self.ratio(rows)
-        weight = self.weight(rows)
-        return gd, weight, ratio
+        return gd, self.weight(rows), ratio
 
-    def gradient_parts(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
-        """``(GD (n,), W (n, M), GD*R (n,))``: what the engine needs to form G.
+    @property
+    def shared_temperature(self) -> float | None:
+        """The temperature at which the engine may form the product as shifted
+        logits (the softmax losses, whose statistics all sit at one tau)."""
+        if self.loss_name in ("info_nce", "arccon"):
+            return self.dissipation.temperature
+        return None
 
-        ``G_ij = GD_i W_ij`` for ``j != i`` and ``G_ii = -(GD R)_i``; the
-        product is formed by the ratio (:meth:`Ratio.pull`) so that its exact
-        limit survives where GD vanishes at a clamp.
+    def pull(self, rows: Rows, gd: Tensor) -> Tensor:
+        """``GD_i R_i``, formed by the ratio (:meth:`Ratio.pull`) so that its exact
+        limit survives where GD vanishes at a clamp."""
+        return self.ratio.pull(rows, gd, self.dissipation)
+
+    def gradient(self, rows: Rows, row_scale: float | Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Per-row losses and ``G = row_scale * GD (W - [j==i] R)`` for a chunk.
+
+        Returns ``(loss (n,), G (n, M))``; G is None when ``row_scale`` is None
+        (value only). ``row_scale`` is a number or an ``(n,)`` tensor.
         """
+        if row_scale is None and self.loss_name is not None:
+            return self.row_loss(rows), None
         gd = self.dissipation(rows)
-        pull = self.ratio.pull(rows, gd, self.dissipation)
-        weight = self.weight(rows)
-        return gd, weight, pull
+        pull = self.pull(rows, gd)
+        if self.loss_name is None:
+            w = self.weight(rows)
+            loss = gd * (w * rows.s).sum(dim=1) - pull * rows.pos
+            if row_scale is None:
+                return loss, None
+            g = w.mul_((gd * row_scale)[:, None])
+        else:
+            loss = self.row_loss(rows)
+            g = self.weight.scaled(rows, gd * row_scale)
+        g[rows.rows, rows.cols] = -pull * row_scale  # W_ii = 0, so G_ii = -GD R
+        return loss, g
 
-    def row_loss(self, rows: Rows, gd: Tensor | None = None, weight: Tensor | None = None,
-                 ratio: Tensor | None = None) -> Tensor:
-        """Per-anchor loss values for a chunk: the true loss, or the surrogate.
-
-        The surrogate needs the chunk's ``gd``, ``weight`` and ``ratio`` = GD*R
-        (as returned by :meth:`gradient_parts`).
-        """
+    def row_loss(self, rows: Rows) -> Tensor:
+        """Per-anchor values of the known loss (see :meth:`gradient` for surrogates)."""
         name = self.loss_name
         d = self.dissipation
         if name in ("info_nce", "arccon"):
@@ -112,10 +126,7 @@ class Paradigm:
             return torch.logaddexp(gap, torch.zeros_like(gap))  # softplus, exact for any gap
         if name in ("mpt", "met", "mat"):
             return torch.relu(d.hinge(rows))
-        if gd is None or weight is None or ratio is None:
-            raise ValueError("the surrogate loss needs the chunk's GD, W and GD*R")
-        pushed = (weight * rows.s).sum(dim=1)
-        return gd * pushed - ratio * rows.pos
+        raise ValueError(f"{self!r} is not a known loss; its surrogate value comes from gradient()")
 
     def __repr__(self) -> str:
         return f"Paradigm({self.dissipation!r}, {self.weight!r}, {self.ratio!r})"

@@ -270,3 +270,22 @@ def test_loss_name_detection():
     assert gradsurg.Paradigm(D.InfoNCE(0.1), W.Softmax(0.2), R.Constant(1.0)).loss_name is None
     assert gradsurg.Paradigm(D.Margin(0.1), W.Hardest(), R.Constant(1.0)).loss_name == "mpt"
     assert gradsurg.paradigms.mat().loss_name == "mat"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_bytes", [1, 2**27])
+def test_small_temperature_with_far_candidates_does_not_underflow(dtype, chunk_bytes):
+    # every cosine ~ +-0.1, tau = 0.01: the shifted logits (s - 1)/tau ~ -90 underflow in float32,
+    # so the engine must fall back to the true row maximum (the anchors' pitfall of a fixed max)
+    g = torch.Generator().manual_seed(12)
+    x, y, z = (torch.randn(n, 256, generator=g, dtype=torch.float64) for n in (9, 9, 5))
+    leaves = [t.to(dtype).requires_grad_() for t in (x, y, z)]
+    for name in ["info_nce", "arccon"]:
+        kw = dict(temperature=0.01)
+        ours, g1 = grads(lambda *t: getattr(gradsurg, name)(*t, chunk_bytes=chunk_bytes, **kw), leaves)
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        theirs, g2 = grads(lambda *t: ref.LOSSES[name](*t, **kw), ref_leaves)
+        assert torch.isfinite(ours)
+        assert rel_err(ours, theirs) <= TOL[dtype]
+        for a, b in zip(g1, g2):
+            assert rel_err(a, b) <= TOL[dtype]

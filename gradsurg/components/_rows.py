@@ -46,6 +46,10 @@ def angle_slope(s: Tensor) -> Tensor:
     return torch.where(inside, (1.0 - sc * sc).rsqrt(), torch.zeros_like(s))
 
 
+#: a row whose shifted exp-sum falls below this is recomputed with its true maximum
+_UNDERFLOW = 1e-30
+
+
 class Rows:
     """A chunk of rows of ``s`` with lazily computed per-row statistics.
 
@@ -56,27 +60,53 @@ class Rows:
             negatives' statistics.
         start: index of the first row; row ``r`` of the chunk is anchor
             ``start + r`` and its positive is candidate ``start + r``.
+
+    :meth:`from_product` builds a chunk straight from the unit vectors; given
+    a temperature it computes the shifted logits ``(s - 1) / tau`` in the
+    matrix product itself (``s <= 1``, so their exponentials never overflow)
+    and forms the softmax in place, with a true-maximum fallback for rows that
+    would underflow: three passes over the chunk for InfoNCE.
     """
 
-    def __init__(self, s: Tensor, start: int):
-        self.s = s
+    def __init__(self, s: Tensor | None, start: int, *, _shifted: tuple | None = None):
         self.start = start
-        self.n, self.m = s.shape
-        self.rows = torch.arange(self.n, device=s.device)
+        if _shifted is None:
+            self.__dict__["s"] = s
+            self.n, self.m = s.shape
+            self.dtype, device = s.dtype, s.device
+        else:
+            self._uc, self._v, self._tau, self._z = _shifted
+            self.n, self.m = self._z.shape
+            self.dtype, device = self._z.dtype, self._z.device
+        self.rows = torch.arange(self.n, device=device)
         self.cols = self.rows + start
+
+    @classmethod
+    def from_product(cls, uc: Tensor, v: Tensor, start: int, temperature: float | None = None) -> "Rows":
+        """Rows of ``uc v^T``; with ``temperature``, kept as shifted logits ``(s - 1)/tau``."""
+        if temperature is None:
+            return cls(uc @ v.T, start)
+        z = torch.addmm(uc.new_full((), -1.0 / temperature), uc, v.T, alpha=1.0 / temperature)
+        return cls(None, start, _shifted=(uc, v, temperature, z))
 
     # -- the positive and the negatives ------------------------------------
     @cached_property
-    def pos(self) -> Tensor:
-        """``s_ii``, shape (n,)."""
-        return self.s[self.rows, self.cols]
+    def s(self) -> Tensor:
+        """The chunk of ``s`` (derived from the shifted logits, or recomputed)."""
+        if self._z is not None:
+            return self._z * self._tau + 1.0
+        return self._uc @ self._v.T
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
 
     @cached_property
-    def neg_mask(self) -> Tensor:
-        """Boolean (n, M), True on negatives (``j != i``)."""
-        mask = torch.ones_like(self.s, dtype=torch.bool)
-        mask[self.rows, self.cols] = False
-        return mask
+    def pos(self) -> Tensor:
+        """``s_ii``, shape (n,)."""
+        if "s" in self.__dict__:
+            return self.s[self.rows, self.cols]
+        return (self._uc * self._v[self.start:self.start + self.n]).sum(dim=1)
 
     def masked(self, fill: float) -> Tensor:
         """``s`` with the positive replaced by ``fill`` (a new tensor)."""
@@ -99,34 +129,54 @@ class Rows:
         return self.hardest[1]
 
     # -- softmax and power statistics --------------------------------------
-    def logits(self, temperature: float) -> Tensor:
-        """``s / tau`` with the positive set to -inf (cached per temperature)."""
-        cache = self.__dict__.setdefault("_logits", {})
-        if temperature not in cache:
-            z = self.s / temperature
-            z[self.rows, self.cols] = -math.inf
-            cache[temperature] = z
-        return cache[temperature]
+    def _exp(self, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(E, total, LSE)`` at ``tau``, cached: ``E_ij = exp(s_ij/tau - shift_i)`` on
+        the negatives (0 at the positive), ``total_i = sum_j E_ij`` and
+        ``LSE_i = log total_i + shift_i``."""
+        cache = self.__dict__.setdefault("_exps", {})
+        if temperature in cache:
+            return cache[temperature]
+        if "s" not in self.__dict__ and self._z is not None and temperature == self._tau:
+            e = self._z
+            self._z = None  # consumed: exponentiated in place
+            e[self.rows, self.cols] = -math.inf
+            e.exp_()
+            total = e.sum(dim=1)
+            lse = total.log() + 1.0 / temperature
+            low = total < _UNDERFLOW
+            if bool(low.any()):  # every candidate far below cos = 1 at a small tau: use the true maximum
+                idx = low.nonzero().squeeze(1)
+                z = (self._uc[idx] @ self._v.T) / temperature
+                z[torch.arange(idx.numel(), device=z.device), idx + self.start] = -math.inf
+                shift = z.amax(dim=1, keepdim=True)
+                ez = (z - shift).exp_()
+                e[idx] = ez
+                total[idx] = ez.sum(dim=1)
+                lse[idx] = total[idx].log() + shift.squeeze(1)
+        else:
+            e = self.s / temperature
+            e[self.rows, self.cols] = -math.inf
+            shift = e.amax(dim=1, keepdim=True)
+            e.sub_(shift).exp_()
+            total = e.sum(dim=1)
+            lse = total.log() + shift.squeeze(1)
+        cache[temperature] = (e, total, lse)
+        self.__dict__.setdefault("_lse", {})[temperature] = lse
+        return e, total, lse
 
     def lse(self, temperature: float) -> Tensor:
         """``LSE_{j != i}(s_ij / tau)``, shape (n,)."""
-        cache = self.__dict__.setdefault("_lse", {})
-        if temperature not in cache:
-            cache[temperature] = torch.logsumexp(self.logits(temperature), dim=1)
-        return cache[temperature]
+        known = self.__dict__.get("_lse", {})
+        return known[temperature] if temperature in known else self._exp(temperature)[2]
 
-    def softmax(self, temperature: float) -> Tensor:
-        """Softmax of ``s_ij / tau`` over the negatives (0 at the positive).
-
-        Computed in place in the cached logits buffer, which is handed over
-        (the log-sum-exp stays cached).
-        """
-        lse = self.lse(temperature)
-        z = self.__dict__["_logits"].pop(temperature, None)
-        if z is None:
-            z = self.logits(temperature)
-            self.__dict__["_logits"].pop(temperature)
-        return z.sub_(lse[:, None]).exp_()
+    def softmax(self, temperature: float, factor: Tensor | None = None) -> Tensor:
+        """Softmax of ``s_ij / tau`` over the negatives (0 at the positive), times
+        ``factor`` per row when given. Formed in place in the cached exponentials,
+        which are handed over (the log-sum-exp stays cached)."""
+        e, total, _ = self._exp(temperature)
+        del self.__dict__["_exps"][temperature]
+        scale = total.reciprocal()
+        return e.mul_((scale if factor is None else scale * factor)[:, None])
 
     def powers(self, p: float) -> Tensor:
         """``max(s_ij, 1e-4) ** p`` on negatives, 0 at the positive."""

@@ -86,7 +86,7 @@ class Margin(Dissipation):
         return rows.hardest_value - rows.pos + self.margin
 
     def __call__(self, rows: Rows) -> Tensor:
-        return (self.hinge(rows) > 0).to(rows.s.dtype)
+        return (self.hinge(rows) > 0).to(rows.dtype)
 
 
 @dataclass(frozen=True, repr=False)
@@ -103,7 +103,7 @@ class EuclideanMargin(Dissipation):
         return euclid(rows.pos) - euclid(rows.hardest_value) + self.margin
 
     def __call__(self, rows: Rows) -> Tensor:
-        active = (self.hinge(rows) > 0).to(rows.s.dtype)
+        active = (self.hinge(rows) > 0).to(rows.dtype)
         return active * euclid_slope(rows.hardest_value)
 
 
@@ -121,7 +121,7 @@ class AngularMargin(Dissipation):
         return angle(rows.pos) - angle(rows.hardest_value) + self.margin
 
     def __call__(self, rows: Rows) -> Tensor:
-        active = (self.hinge(rows) > 0).to(rows.s.dtype)
+        active = (self.hinge(rows) > 0).to(rows.dtype)
         return active * angle_slope(rows.hardest_value)
 
 
@@ -136,4 +136,4 @@ class Constant(Dissipation):
         check_nonnegative("value", self.value, "dissipation.Constant")
 
     def __call__(self, rows: Rows) -> Tensor:
-        return torch.full((rows.n,), self.value, dtype=rows.s.dtype, device=rows.s.device)
+        return torch.full((rows.n,), self.value, dtype=rows.dtype, device=rows.device)

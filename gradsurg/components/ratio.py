@@ -45,7 +45,7 @@ class Constant(Ratio):
         check_nonnegative("value", self.value, "ratio.Constant")
 
     def __call__(self, rows: Rows) -> Tensor:
-        return torch.full((rows.n,), self.value, dtype=rows.s.dtype, device=rows.s.device)
+        return torch.full((rows.n,), self.value, dtype=rows.dtype, device=rows.device)
 
 
 @dataclass(frozen=True, repr=False)

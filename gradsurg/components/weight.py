@@ -37,6 +37,9 @@ class Softmax(Weight):
     def __call__(self, rows: Rows) -> Tensor:
         return rows.softmax(self.temperature)
 
+    def scaled(self, rows: Rows, factor: Tensor) -> Tensor:
+        return rows.softmax(self.temperature, factor)
+
 
 @dataclass(frozen=True, repr=False)
 class Hardest(Weight):
@@ -45,7 +48,7 @@ class Hardest(Weight):
     kind = "hardest"
 
     def __call__(self, rows: Rows) -> Tensor:
-        w = torch.zeros_like(rows.s)
+        w = torch.zeros(rows.n, rows.m, dtype=rows.dtype, device=rows.device)
         w[rows.rows, rows.hardest_index] = 1.0
         return w
 
@@ -72,6 +75,6 @@ class Uniform(Weight):
     kind = "uniform"
 
     def __call__(self, rows: Rows) -> Tensor:
-        w = torch.full_like(rows.s, 1.0 / (rows.m - 1))
+        w = torch.full((rows.n, rows.m), 1.0 / (rows.m - 1), dtype=rows.dtype, device=rows.device)
         w[rows.rows, rows.cols] = 0.0
         return w

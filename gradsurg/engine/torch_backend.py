@@ -53,23 +53,16 @@ def direction(
     du = torch.empty_like(u) if want_grad else None
     dv = torch.zeros_like(v) if want_grad else None
     step = chunk_rows(n, m, u.dtype, chunk_bytes)
-    surrogate = paradigm.loss_name is None
+    temperature = paradigm.shared_temperature
     for start in range(0, n, step):
         stop = min(n, start + step)
         uc = u[start:stop]
-        rows = Rows(uc @ v.T, start)
-        if not want_grad and not surrogate:
-            loss[start:stop] = paradigm.row_loss(rows)
-            continue
-        gd, g, pull = paradigm.gradient_parts(rows)
-        loss[start:stop] = paradigm.row_loss(rows, gd, g, pull)
-        if not want_grad:
-            continue
+        rows = Rows.from_product(uc, v, start, temperature)
         scale = row_scale[start:stop] if isinstance(row_scale, Tensor) else row_scale
-        g.mul_((gd * scale)[:, None])  # W -> GD W, in place
-        g[rows.rows, rows.cols] = -pull * scale  # W_ii = 0, so G_ii = -GD R
-        torch.mm(g, v, out=du[start:stop])
-        dv.addmm_(g.T, uc)
+        loss[start:stop], g = paradigm.gradient(rows, scale)
+        if g is not None:
+            torch.mm(g, v, out=du[start:stop])
+            dv.addmm_(g.T, uc)
     return loss, du, dv
 
 

@@ -64,6 +64,7 @@ class TrainResult:
     losses: list = field(default_factory=list)
     evals: list = field(default_factory=list)
     saved_to: str | None = None
+    final_stats: dict = field(default_factory=dict)
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -241,6 +242,10 @@ class Trainer:
                 bar.close()
             logger.close()
         result.train_seconds = round(time.time() - start, 2)
+        tail = logger.rows[-10:]
+        if tail:  # mean of the per-step statistics over the last (up to) 10 logged steps
+            keys = [k for k in tail[0] if k not in ("step", "lr") and isinstance(tail[0][k], (int, float))]
+            result.final_stats = {k: float(np.mean([r[k] for r in tail if k in r])) for k in keys}
         if best_state is not None:
             self.encoder.load_state_dict(best_state)
         final_pairs = None
