@@ -26,6 +26,7 @@ Options (all keyword, all optional):
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from types import SimpleNamespace
@@ -40,6 +41,9 @@ from gradsurg.engine import torch_backend
 from gradsurg.engine.normalize import EPS
 
 __all__ = ["forward", "supports", "kernels"]
+
+if importlib.util.find_spec("triton") is None:  # checked without importing Triton
+    raise ImportError("gradsurg.kernels needs Triton (pip install triton)")
 
 _DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant)
 _RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular)
@@ -69,6 +73,17 @@ def kernels(interpret: bool) -> SimpleNamespace:
             os.environ["TRITON_INTERPRET"] = "1"
         from . import paradigm_kernels as K
 
+        if _language_interpreted() != interpret:
+            raise RuntimeError(
+                "gradsurg.kernels: "
+                + ("CPU tensors run the Triton kernels under the interpreter, but Triton was imported "
+                   "without TRITON_INTERPRET=1; set TRITON_INTERPRET=1 before anything imports triton, "
+                   "or use backend='torch'"
+                   if interpret else
+                   "CUDA tensors need compiled Triton kernels, but Triton was imported with "
+                   "TRITON_INTERPRET=1 (interpreter mode); unset it before triton is imported")
+            )
+
         if interpret:
             from triton.runtime.interpreter import InterpretedFunction as wrap
         else:
@@ -82,6 +97,14 @@ def kernels(interpret: bool) -> SimpleNamespace:
     return _CACHE[interpret]
 
 
+def _language_interpreted() -> bool:
+    """Whether triton.language was imported in interpreter mode (decided once, at import)."""
+    import triton.language.standard as std
+    from triton.runtime.jit import JITFunction
+
+    return not any(isinstance(v, JITFunction) for v in vars(std).values())
+
+
 # -- the statistics of a direction, seen by the components as a "Rows" -------------------------------
 
 class _RowStats:
@@ -89,7 +112,8 @@ class _RowStats:
 
     The components of the core vocabulary read ``pos``, ``hardest_value``,
     ``hardest_index``, ``lse(tau)``, ``n`` and ``s.dtype``/``s.device``; here
-    they get the kernel's statistics instead of a chunk of ``s``.
+    they get the kernel's statistics instead of a chunk of ``s`` (``dtype`` and
+    ``device`` are those of the statistics, float32).
     """
 
     def __init__(self, pos: Tensor, hmax: Tensor, hidx: Tensor, lses: dict, m: int):
@@ -98,6 +122,8 @@ class _RowStats:
         self.hardest_index = hidx
         self.hardest = (hmax, hidx)
         self.s = pos  # dtype and device only
+        self.dtype = pos.dtype
+        self.device = pos.device
         self.n = pos.shape[0]
         self.m = m
         self._lses = lses

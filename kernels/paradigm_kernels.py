@@ -157,9 +157,10 @@ def _row_pass(
                 if ACC_IN_REGS:
                     b = tl.load(C + cols64[:, None] * stride_c + offs_dr[None, :],
                                 mask=cmask[:, None] & (offs_dr < D)[None, :], other=0.0)
+                    pcb = pc.to(C.dtype.element_ty)  # the operand dtype: rounding as on the GPU
                     if UPCAST:
                         b = b.to(tl.float32)
-                    pcb = pc.to(b.dtype)
+                        pcb = pcb.to(tl.float32)
                     acc = acc * alpha[:, None]
                     if IEEE:
                         acc = tl.dot(pcb, b, acc, input_precision="ieee")
@@ -171,9 +172,10 @@ def _row_pass(
                         dmask = offs_d < D
                         b = tl.load(C + cols64[:, None] * stride_c + offs_d[None, :],
                                     mask=cmask[:, None] & dmask[None, :], other=0.0)
+                        pcb = pc.to(C.dtype.element_ty)
                         if UPCAST:
                             b = b.to(tl.float32)
-                        pcb = pc.to(b.dtype)
+                            pcb = pcb.to(tl.float32)
                         ptrs = ACC + rows64[:, None] * stride_acc + offs_d[None, :]
                         amask = rmask[:, None] & dmask[None, :]
                         part = tl.load(ptrs, mask=amask, other=0.0) * alpha[:, None]
@@ -305,9 +307,10 @@ def _col_pass(
         if ACC_IN_REGS:
             xa = tl.load(X + rows64[:, None] * stride_x + offs_dr[None, :],
                          mask=rmask[:, None] & (offs_dr < D)[None, :], other=0.0)
+            gt = tl.trans(gx.to(X.dtype.element_ty))
             if UPCAST:
                 xa = xa.to(tl.float32)
-            gt = tl.trans(gx.to(xa.dtype))
+                gt = gt.to(tl.float32)
             if IEEE:
                 acc = tl.dot(gt, xa, acc, input_precision="ieee")
             else:
@@ -318,9 +321,10 @@ def _col_pass(
                 dmask = offs_d < D
                 xa = tl.load(X + rows64[:, None] * stride_x + offs_d[None, :],
                              mask=rmask[:, None] & dmask[None, :], other=0.0)
+                gt = tl.trans(gx.to(X.dtype.element_ty))
                 if UPCAST:
                     xa = xa.to(tl.float32)
-                gt = tl.trans(gx.to(xa.dtype))
+                    gt = gt.to(tl.float32)
                 if IEEE:
                     part = tl.dot(gt, xa, input_precision="ieee")
                 else:
