@@ -164,6 +164,7 @@ def _config(x: Tensor, d: int, options: dict) -> dict:
     cfg["acc_in_regs"] = bool(acc_in_regs)
     cfg["interpret"] = interpret
     cfg["ieee"] = x.dtype == torch.float32 and not options.get("allow_tf32", False)
+    cfg["scale_ops"] = x.dtype == torch.float16  # operands of the gradient products kept in range
     cfg["upcast"] = interpret  # the interpreter's tl.dot is wrong on bf16: compute its dots in fp32
     return cfg
 
@@ -199,7 +200,7 @@ def _direction(x, c, ix, ic, paradigm, row_scale, out_rows, out_cols, cfg):
         x.stride(0), c.stride(0), acc.stride(0) if has_acc else 0,
         1.0 / tau_w, float(getattr(wgt, "p", 1.0)), 1.0 / tau_g,
         W_KIND=w_kind, NEED_LSE_G=need_lse_g, HAS_ACC=has_acc, ACC_IN_REGS=cfg["acc_in_regs"],
-        IEEE=cfg["ieee"], UPCAST=cfg["upcast"],
+        IEEE=cfg["ieee"], UPCAST=cfg["upcast"], SCALE_OPS=cfg["scale_ops"],
         BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, **launch,
     )
     pos, hmax, m_w, l_w, ws, m_g, l_g = stats.unbind(0)
@@ -255,7 +256,8 @@ def _direction(x, c, ix, ic, paradigm, row_scale, out_rows, out_cols, cfg):
         n, m, d,
         out_cols.stride(0), x.stride(0), c.stride(0),
         1.0 / tau_w, float(getattr(wgt, "p", 1.0)), 1.0 / (m - 1), out_scale,
-        W_KIND=w_kind, ACC_IN_REGS=cfg["acc_in_regs"], IEEE=cfg["ieee"], UPCAST=cfg["upcast"],
+        W_KIND=w_kind, ACC_IN_REGS=cfg["acc_in_regs"],
+        IEEE=cfg["ieee"], UPCAST=cfg["upcast"], SCALE_OPS=cfg["scale_ops"],
         BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, **launch,
     )
     return loss

@@ -69,6 +69,7 @@ def _row_pass(
     ACC_IN_REGS: tl.constexpr,  # d <= BLOCK_D: keep acc in registers
     IEEE: tl.constexpr,         # fp32 operands: IEEE dot products (no TF32)
     UPCAST: tl.constexpr,       # interpreter: dot operands in fp32 (bf16 dot is broken there)
+    SCALE_OPS: tl.constexpr,    # fp16: scale gradient operands per output row (range of fp16)
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -154,6 +155,10 @@ def _row_pass(
             # ---- acc_i = acc_i * alpha + sum_j w~_ij ic_j c_j (GEMM 2) ----
             if HAS_ACC:
                 pc = p * ic[None, :]
+                if SCALE_OPS:  # fp16: each row of the operand scaled to max 1, undone on the product
+                    big = tl.max(pc, axis=1)
+                    big = tl.where(big > 0, big, 1.0)
+                    pc = pc / big[:, None]
                 if ACC_IN_REGS:
                     b = tl.load(C + cols64[:, None] * stride_c + offs_dr[None, :],
                                 mask=cmask[:, None] & (offs_dr < D)[None, :], other=0.0)
@@ -162,7 +167,9 @@ def _row_pass(
                         b = b.to(tl.float32)
                         pcb = pcb.to(tl.float32)
                     acc = acc * alpha[:, None]
-                    if IEEE:
+                    if SCALE_OPS:
+                        acc += tl.dot(pcb, b) * big[:, None]
+                    elif IEEE:
                         acc = tl.dot(pcb, b, acc, input_precision="ieee")
                     else:
                         acc = tl.dot(pcb, b, acc)
@@ -179,7 +186,9 @@ def _row_pass(
                         ptrs = ACC + rows64[:, None] * stride_acc + offs_d[None, :]
                         amask = rmask[:, None] & dmask[None, :]
                         part = tl.load(ptrs, mask=amask, other=0.0) * alpha[:, None]
-                        if IEEE:
+                        if SCALE_OPS:
+                            part += tl.dot(pcb, b) * big[:, None]
+                        elif IEEE:
                             part = tl.dot(pcb, b, part, input_precision="ieee")
                         else:
                             part = tl.dot(pcb, b, part)
@@ -249,6 +258,7 @@ def _col_pass(
     ACC_IN_REGS: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
+    SCALE_OPS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -302,6 +312,10 @@ def _col_pass(
         g = coef[:, None] * w - tl.where(diag, pull[:, None], 0.0)
         rad += tl.sum(g * s, axis=0)
         gx = g * ix[:, None]
+        if SCALE_OPS:  # fp16: each column of the operand scaled to max 1, undone on the product
+            big = tl.max(tl.abs(gx), axis=0)
+            big = tl.where(big > 0, big, 1.0)
+            gx = gx / big[None, :]
 
         # ---- acc_j += sum_i G_ij ix_i x_i (GEMM 4) ----
         if ACC_IN_REGS:
@@ -311,7 +325,9 @@ def _col_pass(
             if UPCAST:
                 xa = xa.to(tl.float32)
                 gt = gt.to(tl.float32)
-            if IEEE:
+            if SCALE_OPS:
+                acc += tl.dot(gt, xa) * big[:, None]
+            elif IEEE:
                 acc = tl.dot(gt, xa, acc, input_precision="ieee")
             else:
                 acc = tl.dot(gt, xa, acc)
@@ -329,6 +345,8 @@ def _col_pass(
                     part = tl.dot(gt, xa, input_precision="ieee")
                 else:
                     part = tl.dot(gt, xa)
+                if SCALE_OPS:
+                    part = part * big[:, None]
                 ptrs = OUT + cols64[:, None] * stride_out + offs_d[None, :]
                 omask = cmask[:, None] & dmask[None, :]
                 prev = tl.load(ptrs, mask=omask, other=0.0)
