@@ -277,10 +277,11 @@ def plot_results(rows: list[dict], out_dir: str) -> list[str]:
 
 # ------------------------------------------------------------------ the grid
 def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retry_failed: bool = False,
-             progress: bool = True, stream=sys.stderr) -> list[dict]:
+             progress: bool = True, stream=None) -> list[dict]:
     """Train every config not yet in ``out_dir/results.jsonl``; return all rows for this grid."""
     from .trainer import train
 
+    stream = sys.stderr if stream is None else stream
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, RESULTS)
     done = {r["key"]: r for r in read_results(path)} if resume else {}

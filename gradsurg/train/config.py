@@ -96,7 +96,17 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
-        """Raise :class:`ConfigError` naming the first bad field; return self."""
+        """Raise :class:`ConfigError` naming the first bad field; return self.
+
+        Numbers given as strings (YAML 1.1 reads ``1e-5`` as a string) are converted.
+        """
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ConfigError(f"config field {name!r} must be a number, got {value!r}") from None
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("config field 'model' must be a non-empty model name or path")
         if self.pooler not in POOLERS:
@@ -231,7 +241,12 @@ def parse_modified(value: Any) -> list[str]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value: YAML scalars/lists/maps when pyyaml is installed, else JSON, else the string."""
+    """Parse a command-line value: int, float, else YAML scalars/lists/maps (JSON without pyyaml), else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
     try:
         import yaml
 
