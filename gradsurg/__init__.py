@@ -28,6 +28,8 @@ from .losses import (
     mpt,
 )
 from .paradigm import Paradigm
+from . import objectives
+from .analysis import Decomposition, StatsCollector, decompose
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,5 @@ __all__ = [
     "Paradigm", "paradigms", "dissipation", "weight", "ratio", "paradigm_loss",
     "info_nce", "arccon", "mpt", "met", "mat",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss",
+    "objectives", "decompose", "Decomposition", "StatsCollector",
 ]
