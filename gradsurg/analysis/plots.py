@@ -45,6 +45,7 @@ def plot_gd_surfaces(path: str, *, grid: int = 100, num_batches: int = 1000, bat
     pos = torch.linspace(0.05 * math.pi, 0.5 * math.pi, grid)
     neg = torch.linspace(0.05 * math.pi, math.pi, grid)
     fig, axes = plt.subplots(1, len(losses), figsize=(3.4 * len(losses) + 1, 3.3), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
     mesh = None
     for ax, name in zip(axes[0], losses):
         gen = torch.Generator().manual_seed(seed)
@@ -92,6 +93,7 @@ def plot_ratio_surfaces(path: str, *, grid: int = 100, batch_size: int = 128, lo
     tp = torch.linspace(0.05 * math.pi, 0.5 * math.pi, grid, dtype=torch.float64)
     tn = torch.linspace(0.05 * math.pi, math.pi, grid, dtype=torch.float64)
     fig, axes = plt.subplots(1, len(losses), figsize=(3.6 * len(losses) + 1, 3.3), squeeze=False)
+    fig.subplots_adjust(wspace=0.35)
     mesh = None
     for ax, name in zip(axes[0], losses):
         r, mask = sim.ratio_surface(name, tp, tn, batch_size=batch_size)
