@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import pairwise
-from ..engine.normalize import normalize, normalize_backward
+from ..engine.normalize import normalize
 from ..engine.pairwise import PushPull, margin_gate, off_diagonal, pair_weights
 from ..engine.torch_backend import compute_dtype
 from . import original as O
@@ -378,8 +378,3 @@ class VICReg(_Coordinatewise):
                                             eps=self.eps)
             (g,) = torch.autograd.grad(part, u)
         return g
-
-
-def _radial_free(g: Tensor, u: Tensor) -> Tensor:
-    """Tangential part of a unit-vector gradient (what reaches the raw embeddings, times |x|)."""
-    return normalize_backward(g, u, torch.ones(u.shape[0], dtype=u.dtype, device=u.device))
