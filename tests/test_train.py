@@ -194,7 +194,7 @@ def test_hard_negatives_reach_the_loss(tiny, tmp_path):
 
 def test_eval_every_keeps_best_and_writes_logs(tiny, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(tiny, max_steps=6, eval_every=2, output_dir=str(out), save_best=True)
+    cfg = tiny_config(tiny, max_steps=6, eval_every=2, output_dir=str(out), save_best=True, eval_at_start=True)
     result = Trainer(cfg).train()
     steps = [e["step"] for e in result.evals]
     assert steps == [0, 2, 4, 6]

@@ -9,9 +9,14 @@ be overridden on the command line (``--set lr=1e-5`` or a dedicated flag).
 Two presets are provided:
 
 ``quick``
-    The packaged all-MiniLM-L6-v2, mean pooling, a few thousand STS-B train
-    sentences, batch 64, 60 steps, evaluation every 20 steps on 500 STS-B dev
-    pairs; finishes in about a minute and a half per run on 2 CPU cores.
+    The packaged all-MiniLM-L6-v2 with SimCSE's ``cls`` pooler (MLP in
+    training, raw [CLS] at evaluation: 79.7 STS-B dev Spearman before
+    training, room to learn, whereas its own mean pooling is already at 86.7
+    and can only be degraded by unsupervised training), the first 4000
+    distinct STS-B train sentences (no scores), batch 64, lr 3e-5, 24 steps,
+    evaluation every 8 steps on 300 STS-B dev pairs spread over the file,
+    the best checkpoint scored on all 1500 dev pairs; one to a few minutes per
+    run on 2 CPU cores.
 ``paper``
     The paper's and SimCSE's unsupervised setting: ``bert-base-uncased``, the
     ``cls`` pooler with the training-time MLP, batch 64 (SimCSE; the paper's
@@ -55,7 +60,7 @@ class TrainConfig:
 
     # model
     model: str = "minilm"
-    pooler: str = "avg"
+    pooler: str = "cls"
     mlp_only_train: bool = True
     max_len: int = 32
     # loss
@@ -74,7 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     epochs: int = 1
-    max_steps: int | None = 60
+    max_steps: int | None = 24
     grad_clip: float | None = None
     seed: int = 42
     device: str = "auto"
@@ -82,8 +87,9 @@ class TrainConfig:
     eval_data: str | None = "../shared/data/stsb/stsb-en-dev.csv"
     eval_format: str = "stsb-csv"
     eval_split: str | None = None
-    eval_every: int = 20
-    eval_max_pairs: int | None = 500
+    eval_every: int = 8
+    eval_max_pairs: int | None = 300
+    eval_at_start: bool = False
     final_eval_data: str | None = None
     final_eval_format: str | None = None
     eval_batch_size: int = 128
@@ -320,6 +326,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "max_steps": None,
         "eval_every": 125,
         "eval_max_pairs": None,
+        "eval_at_start": True,
         "device": "auto",
         "save_best": True,
     },

@@ -184,10 +184,15 @@ class STSPairs:
         return len(self.scores)
 
     def subset(self, n: int | None) -> "STSPairs":
-        """The first ``n`` pairs (all of them when ``n`` is None or larger)."""
+        """``n`` pairs spread evenly over the file (every k-th pair; all when ``n`` is None or larger).
+
+        STS files are sorted by source genre, so the first ``n`` pairs would be one genre only.
+        """
         if n is None or n >= len(self):
             return self
-        return STSPairs(self.sentences1[:n], self.sentences2[:n], self.scores[:n], self.name)
+        idx = [int(i * len(self) / n) for i in range(n)]
+        return STSPairs([self.sentences1[i] for i in idx], [self.sentences2[i] for i in idx],
+                        [self.scores[i] for i in idx], f"{self.name}[{n} of {len(self)}]")
 
 
 def _read_stsb_csv(path: str) -> STSPairs:

@@ -11,7 +11,7 @@ Every ``eval_every`` steps the encoder is scored on the dev pairs (Spearman of
 cosine) and the best state is kept (in memory, and on disk under
 ``output_dir/best`` when ``save_best``); at the end the best state is restored
 and, if only a subset of the dev pairs was used for selection, scored on all
-of them. The untrained encoder is scored too (step 0, logged, never selected).
+of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, logged, never selected).
 
     from gradsurg.train import TrainConfig, train
     result = train(TrainConfig(loss="vicreg", modified="w_gd,w_w,w_r", seed=1))
@@ -202,7 +202,7 @@ class Trainer:
             bar = tqdm(total=total, desc=cfg.run_name(), unit="step", leave=False, dynamic_ncols=True)
         start = time.time()
         try:
-            if self.eval_pairs is not None:
+            if self.eval_pairs is not None and cfg.eval_at_start:
                 run_eval(0)
             self.encoder.train()
             for step in range(1, total + 1):
