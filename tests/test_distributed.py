@@ -145,7 +145,7 @@ def worker(rank, world, port, outdir):
     results = {"cases": {case: run_case(world, rank, case) for case in CASES}}
     results["ddp"] = {layout: ddp_case(world, rank, layout) for layout in ("even", "uneven")}
     results["errors"] = error_cases(world, rank)
-    # no process group: the keyword is a no-op
+    dist.barrier()
     dist.destroy_process_group()
     torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
 
