@@ -310,7 +310,7 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
                 result = train(run_cfg)
                 row.update(result.to_dict())
                 row["status"] = "ok"
-            except (FloatingPointError, RuntimeError) as exc:  # a diverging run must not stop the grid
+            except (FloatingPointError, RuntimeError, ValueError) as exc:  # a failing run must not stop the grid
                 row.update({"config": cfg.to_dict(), "status": "failed", "error": str(exc),
                             "train_seconds": round(time.time() - started, 2)})
             row["config"] = cfg.to_dict()
