@@ -254,6 +254,9 @@ def test_ablate_cli_end_to_end(tiny, tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
     assert main(argv) == 0  # resume: nothing left to run
     assert "resuming: 4 of 4" in capsys.readouterr().err
+    assert main(argv + ["--seeds", "1", "2", "3", "--table-only"]) == 0  # tabulate what is there, train nothing
+    captured = capsys.readouterr()
+    assert "4 of 6 runs" in captured.err and "| info_nce temperature=0.1 | 2 |" in captured.out
 
 
 def test_ablate_cli_bad_arguments(tiny, capsys):

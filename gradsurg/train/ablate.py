@@ -351,6 +351,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over (the old results.jsonl is kept as .bak)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: table and plots from the runs of this grid already in results.jsonl")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, field_name, kind in (("--model", "model", str), ("--pooler", "pooler", str),
                                    ("--max-steps", "max_steps", int), ("--batch-size", "batch_size", int),
@@ -418,8 +420,13 @@ def run(args: argparse.Namespace) -> int:
         for c in configs:
             print(f"{run_key(c)}  {c.run_name()}")
         return 0
-    rows = run_grid(configs, args.out, resume=not args.no_resume, retry_failed=args.retry_failed,
-                    progress=not args.no_progress)
+    if args.table_only:
+        done = {r["key"]: r for r in read_results(os.path.join(args.out, RESULTS))}
+        rows = [done[run_key(c)] for c in configs if run_key(c) in done]
+        print(f"{len(rows)} of {len(configs)} runs of this grid are in {args.out}/{RESULTS}", file=sys.stderr)
+    else:
+        rows = run_grid(configs, args.out, resume=not args.no_resume, retry_failed=args.retry_failed,
+                        progress=not args.no_progress)
     summary = summarize(rows)
     failed = [r for r in rows if r.get("status") != "ok"]
     table = format_table(summary, failed)
