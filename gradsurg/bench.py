@@ -1,18 +1,20 @@
 """``gradsurg bench``: the paradigm engine against eager PyTorch and torch.compile.
 
-For each batch size N = M (d = 768, float32 by default) it runs, each in a
-fresh process so that peak memory is clean:
+For each batch size N = M (d = 768, float32 by default) it compares:
 
 * ``eager``   -- textbook InfoNCE: cosine matrix + ``F.cross_entropy``, autograd backward;
 * ``compile`` -- the same function under ``torch.compile``;
 * ``gradsurg`` -- :func:`gradsurg.info_nce` (torch backend: gradient formed chunk by chunk);
 * ``matmul3`` -- the three N x d x M matrix products any exact method needs (the floor).
 
-Each reports the median forward+backward time over ``--repeats`` timed runs
-after a warm-up, and the peak resident-memory increase over the inputs
-(``VmHWM`` reset via ``/proc/self/clear_refs`` after warm-up, so compilation
-does not count). Results are appended to a JSON file after every
-measurement (an interrupted run keeps what it measured) and drawn as a PNG.
+Time: one process per size warms every method up, then times them in
+interleaved rounds (eager, compile, gradsurg, matmul3, eager, ...), so a
+change of machine load hits all methods alike; the median over ``--repeats``
+rounds is reported. Memory: each method then runs alone in a fresh process,
+and its peak resident-memory increase over the inputs is read after a warm-up
+(``VmHWM`` reset via ``/proc/self/clear_refs``, so compilation does not count).
+Results are written to a JSON file after every size (an interrupted run keeps
+what it measured, and a rerun skips it) and drawn as a PNG.
 """
 from __future__ import annotations
 
@@ -86,8 +88,25 @@ def _make_step(method: str, n: int, d: int, dtype, temperature: float):
     return step
 
 
-def worker(method: str, n: int, d: int, dtype_name: str, repeats: int, temperature: float) -> dict:
-    """Measure one (method, size) in this process; return a result record."""
+def timing_worker(methods, n: int, d: int, dtype_name: str, repeats: int, temperature: float) -> dict:
+    """Time every method on one size in this process, in interleaved rounds."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    steps = {m: _make_step(m, n, d, dtype, temperature) for m in methods}
+    for step in steps.values():
+        step()  # warm-up (and compilation)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[m].append(time.perf_counter() - t0)
+    return {"times_s": times, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def memory_worker(method: str, n: int, d: int, dtype_name: str, temperature: float) -> dict:
+    """Peak resident-memory increase of one step of ``method``, alone in this process."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -97,18 +116,17 @@ def worker(method: str, n: int, d: int, dtype_name: str, repeats: int, temperatu
     step()  # warm-up (and compilation)
     reset = _reset_peak()
     before = _rss_mb("VmRSS")
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    step()
     peak = _rss_mb("VmHWM") - before if reset else float("nan")
-    return {
-        "method": method, "n": n, "m": n, "d": d, "dtype": dtype_name,
-        "median_s": statistics.median(times), "times_s": times,
-        "peak_delta_mb": peak, "inputs_mb": inputs_mb, "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+    return {"peak_delta_mb": peak, "inputs_mb": inputs_mb}
+
+
+def _child(args: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "gradsurg.bench", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip()[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine_name() -> str:
@@ -128,18 +146,36 @@ def run_all(sizes, d, dtype, methods, repeats, temperature, out, plot=True) -> l
         "machine": machine_name(), "platform": platform.platform(), "python": platform.python_version(),
         "temperature": temperature,
     }
-    jobs = [(m, n) for n in sizes for m in methods if (m, n, d, dtype) not in done]
-    for method, n in tqdm(jobs, desc="gradsurg bench", unit="run"):
-        cmd = [sys.executable, "-m", "gradsurg.bench", "--worker", method, "--sizes", str(n), "--dim", str(d),
-               "--dtype", dtype, "--repeats", str(repeats), "--temperature", str(temperature)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tqdm.write(f"{method} N={n}: failed ({proc.stderr.strip().splitlines()[-1:]})")
-            record = {"method": method, "n": n, "m": n, "d": d, "dtype": dtype, "error": proc.stderr[-2000:]}
-        else:
-            record = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(record)
+    todo = [n for n in sizes if any((m, n, d, dtype) not in done for m in methods)]
+    common = ["--dim", str(d), "--dtype", dtype, "--temperature", str(temperature)]
+    bar = tqdm(total=len(todo) * (1 + len(methods)), desc="gradsurg bench", unit="process")
+    for n in todo:
+        bar.set_postfix_str(f"N=M={n}: timing")
+        try:
+            timing = _child(["--worker", "time", "--methods", *methods, "--sizes", str(n),
+                             "--repeats", str(repeats), *common])
+        except RuntimeError as exc:
+            tqdm.write(f"N={n}: timing failed: {str(exc).splitlines()[-1:]}")
+            timing = None
+        bar.update(1)
+        for method in methods:
+            bar.set_postfix_str(f"N=M={n}: memory of {method}")
+            record = {"method": method, "n": n, "m": n, "d": d, "dtype": dtype}
+            try:
+                record.update(_child(["--worker", "memory", "--methods", method, "--sizes", str(n), *common]))
+            except RuntimeError as exc:
+                record["error"] = str(exc)
+            if timing is None:
+                record["error"] = "timing failed"
+            else:
+                record.update(threads=timing["threads"], torch=timing["torch"],
+                              times_s=timing["times_s"][method],
+                              median_s=statistics.median(timing["times_s"][method]))
+            results = [r for r in results if (r["method"], r["n"], r["d"], r["dtype"]) != (method, n, d, dtype)]
+            results.append(record)
+            bar.update(1)
         _save(out, meta, results)
+    bar.close()
     if plot:
         plot_results(results, out.rsplit(".", 1)[0] + ".png", meta)
     return results
@@ -217,7 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=768, help="embedding size d")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (median reported)")
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--out", default=None,
                         help="JSON file (default benchmarks/results/paradigm_<machine>.json); "
@@ -226,8 +262,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.sizes[0], args.dim, args.dtype, args.repeats, args.temperature)))
+    if args.worker == "time":
+        print(json.dumps(timing_worker(args.methods, args.sizes[0], args.dim, args.dtype, args.repeats,
+                                       args.temperature)))
+        return 0
+    if args.worker == "memory":
+        print(json.dumps(memory_worker(args.methods[0], args.sizes[0], args.dim, args.dtype, args.temperature)))
         return 0
     out = args.out or os.path.join("benchmarks", "results", f"paradigm_{machine_name()}.json")
     results = run_all(args.sizes, args.dim, args.dtype, args.methods, args.repeats, args.temperature, out)
