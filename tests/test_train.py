@@ -144,7 +144,8 @@ def test_cls_mlp_only_in_training(tiny):
 # ---------------------------------------------------------------- training
 _NON_CONTRASTIVE = ("align_uniform", "mhe", "mhs", "barlow_twins", "vicreg")
 _FAMILIES = [("info_nce", None, {}), ("arccon", None, {}), ("mpt", None, {}), ("met", None, {}), ("mat", None, {}),
-             ("paradigm", None, {"dissipation": "margin", "margin": 0.3, "weight": "softmax", "ratio": 1.5})]
+             ("paradigm", None, {"dissipation": "margin", "margin": 0.3, "weight": "softmax", "ratio": 1.5}),
+             ("sg", None, {})]
 _FAMILIES += [(n, m, {}) for n in _NON_CONTRASTIVE for m in (None, "w_gd,w_w,w_r")]
 
 
@@ -167,7 +168,7 @@ def test_every_loss_family_trains_and_loss_goes_down(tiny, name, modified, param
     trainer = Trainer(cfg)
     texts = trainer.corpus.sentences[:16]
     # a paradigm's value is a surrogate (GD, W, R held constant), not an objective: probe it with InfoNCE
-    probe = build_loss("info_nce") if name == "paradigm" else trainer.loss
+    probe = build_loss("info_nce") if name in ("paradigm", "sg") else trainer.loss
     before = _probe_loss(trainer.encoder, probe, texts)
     result = trainer.train()
     after = _probe_loss(trainer.encoder, probe, texts)
