@@ -98,6 +98,18 @@ def worker(mode: str, batch: int, mbs: int, steps: int, warmup: int, device: str
     return rec
 
 
+def same_memory(records: list, key: str) -> list:
+    """For each uncached batch: the largest cached batch measured whose step peak is not larger."""
+    ok = [r for r in records if "error" not in r]
+    out = []
+    for u in sorted((r for r in ok if r["mode"] == "uncached"), key=lambda r: r["batch_size"]):
+        fits = [c["batch_size"] for c in ok if c["mode"] == "cached" and c[key] <= u[key]]
+        if fits:
+            out.append(dict(uncached_batch=u["batch_size"], uncached_peak_mb=u[key], cached_batch=max(fits),
+                            ratio=max(fits) / u["batch_size"]))
+    return out
+
+
 def plot(records: list, path: str, machine: str, key: str) -> None:
     import matplotlib
 
@@ -130,8 +142,8 @@ def plot(records: list, path: str, machine: str, key: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--uncached", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512])
-    ap.add_argument("--cached", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+    ap.add_argument("--uncached", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512, 1024, 2048])
+    ap.add_argument("--cached", type=int, nargs="*", default=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--mini-batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
@@ -181,8 +193,11 @@ def main() -> int:
             f"peak +{rec[key]:.0f} MiB (rss {rec['peak_rss_mb']:.0f}), {rec['time_per_step_s']:.3f} s/step"
         print(f"{mode:8s} batch {batch:6d}: {summary}", flush=True)
         with open(json_path, "w") as f:
-            json.dump(dict(meta=meta, records=records), f, indent=1)
+            json.dump(dict(meta=meta, summary=same_memory(records, key), records=records), f, indent=1)
         plot(records, png_path, machine, key)
+    for row in same_memory(records, key):
+        print(f"same memory as uncached batch {row['uncached_batch']} (+{row['uncached_peak_mb']:.0f} MiB): "
+              f"cached batch {row['cached_batch']} ({row['ratio']:.0f}x; largest measured)")
     print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -41,6 +41,9 @@ SIZES = {  # world -> layout -> (anchors per rank, hard negatives per rank)
 CASES = list(itertools.product(PARADIGMS, [False, True], [False, True], ["mean", "sum", "none"],
                                ["even", "uneven"]))
 D_EMB = 6
+#: low-precision runs of one case (symmetric InfoNCE with hard negatives, uneven ranks) and their tolerances
+DTYPES = {"float32": (torch.float32, 1e-4), "bfloat16": (torch.bfloat16, 2e-2)}
+DTYPE_CASE = ("info_nce", True, True, "mean", "uneven")
 
 
 def make_paradigm(name):
@@ -81,12 +84,12 @@ def init(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
 
 
-def run_case(world, rank, case):
+def run_case(world, rank, case, dtype=torch.float64):
     name, symmetric, with_neg, reduction, layout = case
     n_r, k_r, a, p, z, w = global_batch(world, case)
-    leaves = [local_slice(a, n_r, rank).clone().requires_grad_(),
-              local_slice(p, n_r, rank).clone().requires_grad_()]
-    zl = local_slice(z, k_r, rank).clone().requires_grad_() if k_r[rank] else None
+    leaves = [local_slice(a, n_r, rank).to(dtype).requires_grad_(),
+              local_slice(p, n_r, rank).to(dtype).requires_grad_()]
+    zl = local_slice(z, k_r, rank).to(dtype).requires_grad_() if k_r[rank] else None
     if zl is not None:
         leaves.append(zl)
     loss = gradsurg.paradigm_loss(leaves[0], leaves[1], zl, paradigm=make_paradigm(name), symmetric=symmetric,
@@ -143,6 +146,7 @@ def error_cases(world, rank):
 def worker(rank, world, port, outdir):
     init(rank, world, port)
     results = {"cases": {case: run_case(world, rank, case) for case in CASES}}
+    results["dtypes"] = {key: run_case(world, rank, DTYPE_CASE, dt) for key, (dt, _) in DTYPES.items()}
     results["ddp"] = {layout: ddp_case(world, rank, layout) for layout in ("even", "uneven")}
     results["errors"] = error_cases(world, rank)
     dist.barrier()
@@ -159,10 +163,11 @@ def spawned(request):
     return world, per_rank
 
 
-def reference(world, case):
+def reference(world, case, dtype=torch.float64):
     """Single-process loss and gradients on the concatenated batch."""
     name, symmetric, with_neg, reduction, layout = case
     n_r, k_r, a, p, z, w = global_batch(world, case)
+    a, p, z = a.to(dtype), p.to(dtype), z.to(dtype)
     leaves = [a.clone().requires_grad_(), p.clone().requires_grad_()]
     if sum(k_r):
         leaves.append(z.clone().requires_grad_())
@@ -198,6 +203,20 @@ def test_matches_single_process(spawned, case):
     if sum(k_r):
         gz = torch.cat([got[r]["grads"][2] for r in range(world) if k_r[r]]) * scale
         assert rel_err(gz, grads[2]) < TOL
+
+
+@pytest.mark.parametrize("key", list(DTYPES))
+def test_low_precision(spawned, key):
+    """float32 / bfloat16 inputs: same dtype out, within that dtype's tolerance of one process."""
+    world, per_rank = spawned
+    dtype, tol = DTYPES[key]
+    n_r, k_r, loss, rows, grads = reference(world, DTYPE_CASE, dtype)
+    got = [per_rank[r]["dtypes"][key] for r in range(world)]
+    assert all(g["loss"].dtype == dtype and g["grads"][0].dtype == dtype for g in got)
+    assert rel_err(sum(g["loss"].double() for g in got) / world, loss) < tol
+    for i in range(3):
+        mine = torch.cat([got[r]["grads"][i] for r in range(world) if i < 2 or k_r[r]]) / world
+        assert rel_err(mine, grads[i]) < tol, i
 
 
 @pytest.mark.parametrize("layout", ["even", "uneven"])
