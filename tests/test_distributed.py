@@ -118,6 +118,18 @@ def ddp_case(world, rank, layout):
     return {"loss": loss.detach(), "grads": [enc.weight.grad.clone(), enc.bias.grad.clone()]}
 
 
+def gather_case(world, rank):
+    """all_gather_with_grad with uneven rows: values in rank order, gradient = sum over ranks of theirs."""
+    from gradsurg.distributed import all_gather_with_grad
+
+    rows = [2 + q for q in range(world)]
+    t = torch.full((rows[rank], 3), float(rank), dtype=torch.float64, requires_grad=True)
+    g = all_gather_with_grad(t)
+    weight = torch.arange(g.numel(), dtype=torch.float64).view_as(g) * (rank + 1)  # rank-dependent use
+    (g * weight).sum().backward()
+    return {"gathered": g.detach(), "grad": t.grad.clone(), "rows": rows}
+
+
 def error_cases(world, rank):
     """Each must raise on every rank (no hang). Returns the messages seen."""
     out = {}
@@ -148,6 +160,7 @@ def worker(rank, world, port, outdir):
     results = {"cases": {case: run_case(world, rank, case) for case in CASES}}
     results["dtypes"] = {key: run_case(world, rank, DTYPE_CASE, dt) for key, (dt, _) in DTYPES.items()}
     results["ddp"] = {layout: ddp_case(world, rank, layout) for layout in ("even", "uneven")}
+    results["gather"] = gather_case(world, rank)
     results["errors"] = error_cases(world, rank)
     dist.barrier()
     dist.destroy_process_group()
@@ -237,6 +250,18 @@ def test_ddp_parameter_gradients(spawned, layout):
         assert rel_err(got[0], enc.weight.grad) < TOL
         assert rel_err(got[1], enc.bias.grad) < TOL
     assert rel_err(sum(p["ddp"][layout]["loss"] for p in per_rank) / world, loss) < TOL
+
+
+def test_all_gather_with_grad(spawned):
+    world, per_rank = spawned
+    rows = per_rank[0]["gather"]["rows"]
+    want = torch.cat([torch.full((rows[q], 3), float(q), dtype=torch.float64) for q in range(world)])
+    base = torch.arange(want.numel(), dtype=torch.float64).view_as(want)
+    total = base * sum(r + 1 for r in range(world))  # the gradient summed over every rank's use
+    for r in range(world):
+        assert torch.equal(per_rank[r]["gather"]["gathered"], want)
+        start = sum(rows[:r])
+        assert torch.equal(per_rank[r]["gather"]["grad"], total[start: start + rows[r]])
 
 
 def test_errors_raise_on_every_rank(spawned):
