@@ -118,6 +118,15 @@ def ddp_case(world, rank, layout):
     return {"loss": loss.detach(), "grads": [enc.weight.grad.clone(), enc.bias.grad.clone()]}
 
 
+def run_case_no_grad(world, rank, case):
+    name, symmetric, with_neg, reduction, layout = case
+    n_r, k_r, a, p, z, w = global_batch(world, case)
+    zl = local_slice(z, k_r, rank) if k_r[rank] else None
+    return gradsurg.paradigm_loss(local_slice(a, n_r, rank), local_slice(p, n_r, rank), zl,
+                                  paradigm=make_paradigm(name), symmetric=symmetric, reduction=reduction,
+                                  gather_across_devices=True)
+
+
 def gather_case(world, rank):
     """all_gather_with_grad with uneven rows: values in rank order, gradient = sum over ranks of theirs."""
     from gradsurg.distributed import all_gather_with_grad
@@ -161,6 +170,8 @@ def worker(rank, world, port, outdir):
     results["dtypes"] = {key: run_case(world, rank, DTYPE_CASE, dt) for key, (dt, _) in DTYPES.items()}
     results["ddp"] = {layout: ddp_case(world, rank, layout) for layout in ("even", "uneven")}
     results["gather"] = gather_case(world, rank)
+    with torch.no_grad():  # evaluation: every rank without gradients, no collective in backward
+        results["no_grad"] = run_case_no_grad(world, rank, CASES[0])
     results["errors"] = error_cases(world, rank)
     dist.barrier()
     dist.destroy_process_group()
@@ -250,6 +261,13 @@ def test_ddp_parameter_gradients(spawned, layout):
         assert rel_err(got[0], enc.weight.grad) < TOL
         assert rel_err(got[1], enc.bias.grad) < TOL
     assert rel_err(sum(p["ddp"][layout]["loss"] for p in per_rank) / world, loss) < TOL
+
+
+def test_no_grad_loss_value(spawned):
+    world, per_rank = spawned
+    n_r, k_r, loss, rows, grads = reference(world, CASES[0])
+    assert not per_rank[0]["no_grad"].requires_grad
+    assert rel_err(sum(p["no_grad"] for p in per_rank) / world, loss) < TOL
 
 
 def test_all_gather_with_grad(spawned):
