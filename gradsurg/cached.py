@@ -49,7 +49,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["cached_step", "split_batch", "RngState"]
+__all__ = ["cached_step", "cached_loss", "split_batch", "RngState"]
 
 
 @dataclass
@@ -147,10 +147,7 @@ def cached_step(
     Returns:
         The loss (detached), or ``(loss, [embeddings per column])``.
     """
-    if mini_batch_size is not None and (not isinstance(mini_batch_size, int) or mini_batch_size < 1):
-        raise ValueError(f"cached_step: mini_batch_size must be a positive int or None, got {mini_batch_size!r}")
-    if isinstance(inputs, (Tensor, Mapping)) or not isinstance(inputs, Sequence) or len(inputs) == 0:
-        raise TypeError("cached_step: inputs must be a non-empty list of columns, e.g. [anchors, positives]")
+    _check_args(inputs, mini_batch_size, "cached_step")
     if no_sync is None and isinstance(encode, torch.nn.parallel.DistributedDataParallel):
         no_sync = encode.no_sync
     scale = scale_loss if scale_loss is not None else (lambda t: t)
@@ -164,7 +161,32 @@ def cached_step(
         out = loss.detach()
         return (out, [e.detach() for e in embs]) if return_embeddings else out
 
-    # pass 1: embeddings without a graph, RNG state saved per chunk
+    chunks, states, embs = _first_pass(encode, inputs, mini_batch_size)
+    after = RngState.capture()
+
+    # the loss and its gradient with respect to the embeddings
+    leaves = [e.detach().requires_grad_() for e in embs]
+    with torch.enable_grad():
+        loss = loss_fn(*leaves)
+        _check_loss(loss)
+        scale(loss).backward()
+    try:
+        _replay(encode, chunks, states, leaves, no_sync)
+    finally:
+        after.restore()  # the random stream continues as after an uncached step
+    out = loss.detach()
+    return (out, [e.detach() for e in embs]) if return_embeddings else out
+
+
+def _check_args(inputs, mini_batch_size, where: str) -> None:
+    if mini_batch_size is not None and (not isinstance(mini_batch_size, int) or mini_batch_size < 1):
+        raise ValueError(f"{where}: mini_batch_size must be a positive int or None, got {mini_batch_size!r}")
+    if isinstance(inputs, (Tensor, Mapping)) or not isinstance(inputs, Sequence) or len(inputs) == 0:
+        raise TypeError(f"{where}: inputs must be a non-empty list of columns, e.g. [anchors, positives]")
+
+
+def _first_pass(encode, inputs, mini_batch_size):
+    """Pass 1: each column's embeddings without a graph, the random state saved before each chunk."""
     chunks = [split_batch(column, mini_batch_size) for column in inputs]
     states: list[list[RngState]] = []
     embs = []
@@ -176,16 +198,11 @@ def cached_step(
                 col_embs.append(_embed(encode, chunk))
             states.append(col_states)
             embs.append(torch.cat(col_embs) if len(col_embs) > 1 else col_embs[0])
-    after = RngState.capture()
+    return chunks, states, embs
 
-    # the loss and its gradient with respect to the embeddings
-    leaves = [e.detach().requires_grad_() for e in embs]
-    with torch.enable_grad():
-        loss = loss_fn(*leaves)
-        _check_loss(loss)
-        scale(loss).backward()
 
-    # pass 2: replay each chunk with a graph and push its slice of the gradient through it
+def _replay(encode, chunks, states, leaves, no_sync) -> None:
+    """Pass 2: re-embed each chunk with a graph, replaying its random state; back-propagate its gradient."""
     todo = []
     for c, (column, leaf) in enumerate(zip(chunks, leaves)):
         if leaf.grad is None:
@@ -195,23 +212,71 @@ def cached_step(
             rows = _batch_len(chunk)
             todo.append((chunk, states[c][j], leaf.grad[start: start + rows]))
             start += rows
-    try:
-        for idx, (chunk, state, grad) in enumerate(todo):
-            last = idx == len(todo) - 1
-            ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-            state.restore()
-            with ctx, torch.enable_grad():
-                emb = _embed(encode, chunk)
-                if emb.shape != grad.shape:
-                    raise RuntimeError(
-                        f"cached_step: re-embedding a chunk gave shape {tuple(emb.shape)}, the first pass "
-                        f"{tuple(grad.shape)}; encode must be deterministic given the random state"
-                    )
-                emb.backward(grad.to(emb.dtype))
-    finally:
-        after.restore()  # the random stream continues as after an uncached step
-    out = loss.detach()
-    return (out, [e.detach() for e in embs]) if return_embeddings else out
+    for idx, (chunk, state, grad) in enumerate(todo):
+        last = idx == len(todo) - 1
+        ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+        state.restore()
+        with ctx, torch.enable_grad():
+            emb = _embed(encode, chunk)
+            if emb.shape != grad.shape:
+                raise RuntimeError(
+                    f"cached: re-embedding a chunk gave shape {tuple(emb.shape)}, the first pass "
+                    f"{tuple(grad.shape)}; encode must be deterministic given the random state"
+                )
+            emb.backward(grad.to(emb.dtype))
+
+
+class _DeferredReplay(torch.autograd.Function):
+    """Passes the loss value through; its backward back-propagates the loss and replays the chunks."""
+
+    @staticmethod
+    def forward(ctx, value, job):
+        ctx.job = job
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        job, ctx.job = ctx.job, None  # one backward only; frees the chunks afterwards
+        if job is None:
+            raise RuntimeError("cached_loss: the loss was already back-propagated (the replay runs once)")
+        encode, chunks, states, leaves, loss, no_sync = job
+        now = RngState.capture()
+        try:
+            with torch.enable_grad():
+                torch.autograd.backward(loss, grad_output)
+            _replay(encode, chunks, states, leaves, no_sync)
+        finally:
+            now.restore()  # the replay leaves the random stream where it was
+        return None, None
+
+
+def cached_loss(
+    encode: Callable[[Any], Tensor],
+    inputs: Sequence[Any],
+    loss_fn: Callable[..., Tensor],
+    mini_batch_size: int,
+    *,
+    no_sync: Callable[[], ContextManager] | None = None,
+) -> Tensor:
+    """The cached step for code that calls ``loss.backward()`` itself (a ``Trainer``'s loss).
+
+    Runs pass 1 and the loss now and returns the loss value; back-propagating
+    it (any ``grad_output``: AMP scaling, accumulation) runs the loss's
+    backward and the replay of pass 2. The same gradients as
+    :func:`cached_step`. The returned tensor may be back-propagated once.
+    ``no_sync`` as in :func:`cached_step`.
+    """
+    _check_args(inputs, mini_batch_size, "cached_loss")
+    if mini_batch_size is None:
+        raise ValueError("cached_loss: mini_batch_size is required (without it, just compute the loss)")
+    if no_sync is None and isinstance(encode, torch.nn.parallel.DistributedDataParallel):
+        no_sync = encode.no_sync
+    chunks, states, embs = _first_pass(encode, inputs, mini_batch_size)
+    leaves = [e.detach().requires_grad_() for e in embs]
+    with torch.enable_grad():
+        loss = loss_fn(*leaves)
+        _check_loss(loss)
+    return _DeferredReplay.apply(loss, (encode, chunks, states, leaves, loss, no_sync))
 
 
 def _check_loss(loss) -> None:

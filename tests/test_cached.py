@@ -183,3 +183,28 @@ def test_clear_errors():
         cached_step(enc, [x, x], lambda a, p: gradsurg.info_nce(a, p, reduction="none"), 2)
     with pytest.raises(TypeError, match="rows, d"):
         cached_step(lambda t: t[:, 0], [x, x], gradsurg.info_nce, 2)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5])
+def test_deferred_cached_loss(factor):
+    """cached_loss: the caller back-propagates (any grad_output); same gradients as cached_step."""
+    from gradsurg.cached import cached_loss
+
+    model = tiny_bert(0.1)
+    enc, batch, neg = encoder(model), tokens(7), tokens(3, seed=4)
+    loss_fn = lambda a, p, z: gradsurg.info_nce(a, p, z, symmetric=True)  # noqa: E731
+
+    def deferred():
+        loss = cached_loss(enc, [batch, batch, neg], loss_fn, 3)
+        assert loss.requires_grad and loss.dim() == 0
+        (loss * factor).backward()
+        return loss.detach()
+
+    def immediate():
+        return cached_step(enc, [batch, batch, neg], loss_fn, 3, scale_loss=lambda l: l * factor)
+
+    compare(model, deferred, immediate)
+    loss = cached_loss(enc, [batch, batch, neg], loss_fn, 3)
+    loss.backward()
+    with pytest.raises(RuntimeError):
+        loss.backward()
