@@ -230,9 +230,11 @@ class _DeferredReplay(torch.autograd.Function):
     """Passes the loss value through; its backward back-propagates the loss and replays the chunks."""
 
     @staticmethod
-    def forward(ctx, value, job):
+    def forward(ctx, value, handle, job):
+        # ``value`` is detached and ``handle`` an empty leaf: the outer backward stops here and
+        # never walks the loss's own graph (which the nested backward below consumes)
         ctx.job = job
-        return value.detach().clone()
+        return value.clone()
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -247,7 +249,7 @@ class _DeferredReplay(torch.autograd.Function):
             _replay(encode, chunks, states, leaves, no_sync)
         finally:
             now.restore()  # the replay leaves the random stream where it was
-        return None, None
+        return None, None, None
 
 
 def cached_loss(
@@ -276,7 +278,8 @@ def cached_loss(
     with torch.enable_grad():
         loss = loss_fn(*leaves)
         _check_loss(loss)
-    return _DeferredReplay.apply(loss, (encode, chunks, states, leaves, loss, no_sync))
+    handle = torch.empty(0, device=loss.device, requires_grad=True)
+    return _DeferredReplay.apply(loss.detach(), handle, (encode, chunks, states, leaves, loss, no_sync))
 
 
 def _check_loss(loss) -> None:

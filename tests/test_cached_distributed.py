@@ -2,7 +2,8 @@
 
 ``--check`` makes the script compare the DDP-averaged parameter gradients of
 its first step (float64, dropout off, cached in chunks of 4, symmetric, hard
-negatives) with one process on the concatenated global batch, uncached.
+negatives) with one process on the concatenated global batch, uncached;
+``--deferred`` uses ``cached_loss`` + ``loss.backward()`` instead of ``cached_step``.
 """
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 SCRIPT = os.path.join(ROOT, "docs", "examples", "train_ddp.py")
 
 
-def test_torchrun_example_two_processes_check():
+@pytest.mark.parametrize("mode", ["cached_step", "cached_loss"])
+def test_torchrun_example_two_processes_check(mode):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
            "--check", "--steps", "2", "--batch-size", "6", "--mini-batch-size", "4", "--symmetric",
-           "--hard-negatives", "3"]
+           "--hard-negatives", "3"] + (["--deferred"] if mode == "cached_loss" else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     out = proc.stdout + proc.stderr

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import BertConfig, BertModel
 
 import gradsurg
-from gradsurg.cached import cached_step
+from gradsurg.cached import cached_loss, cached_step
 
 VOCAB, SEQ = 200, 16
 
@@ -72,6 +72,8 @@ def main() -> int:
     ap.add_argument("--symmetric", action="store_true")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--deferred", action="store_true",
+                    help="with --mini-batch-size: cached_loss + loss.backward() instead of cached_step")
     ap.add_argument("--check", action="store_true",
                     help="float64, dropout off; compare the first step's DDP gradients with one process")
     args = ap.parse_args()
@@ -108,8 +110,13 @@ def main() -> int:
     for step in range(args.steps):
         t0 = time.perf_counter()
         cols = [to(c, device) for c in columns(step, rank)]
-        loss = cached_step(lambda chunk: mean_pool(model, chunk), cols, loss_fn,
-                           mini_batch_size=args.mini_batch_size, no_sync=model.no_sync)
+        encode = lambda chunk: mean_pool(model, chunk)  # noqa: E731
+        if args.deferred and args.mini_batch_size:
+            loss = cached_loss(encode, cols, loss_fn, args.mini_batch_size, no_sync=model.no_sync)
+            loss.backward()  # runs the replay of the chunks
+            loss = loss.detach()
+        else:
+            loss = cached_step(encode, cols, loss_fn, mini_batch_size=args.mini_batch_size, no_sync=model.no_sync)
         if args.check and step == 0 and not check_gradients(model.module, columns, loss_fn, world, rank, args):
             return 1
         opt.step()
