@@ -30,6 +30,10 @@ The function the trainer calls (``--mini-batch-size``)::
     )
     optimizer.step(); optimizer.zero_grad()
 
+For code that back-propagates the loss itself (a ``Trainer``'s loss),
+:func:`cached_loss` runs pass 1 and the loss now and the replay inside the
+loss's backward.
+
 Each column is any of: a tensor (split along rows), a mapping of tensors /
 lists such as a tokenizer's output (every value with the batch's length is
 split), or a list of strings. Under DDP pass the DDP module's ``no_sync``
