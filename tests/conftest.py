@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import os
 
+# Without a GPU the Triton kernels are tested in the interpreter, which must be chosen before
+# anything (transformers, sentence-transformers, ...) imports triton.
+if os.environ.get("GRADSURG_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import matplotlib
 import pytest
 import torch
