@@ -118,6 +118,22 @@ def ddp_case(world, rank, layout):
     return {"loss": loss.detach(), "grads": [enc.weight.grad.clone(), enc.bias.grad.clone()]}
 
 
+SUBGROUP_CASE = ("arccon", True, True, "mean", "uneven")
+
+
+def run_case_group(rank, case, group):
+    """Ranks 0 and 1 of a subgroup hold the two-rank batch of ``case``."""
+    name, symmetric, with_neg, reduction, layout = case
+    n_r, k_r, a, p, z, w = global_batch(2, case)
+    leaves = [local_slice(a, n_r, rank).clone().requires_grad_(),
+              local_slice(p, n_r, rank).clone().requires_grad_()]
+    zl = local_slice(z, k_r, rank).clone().requires_grad_() if k_r[rank] else None
+    loss = gradsurg.paradigm_loss(leaves[0], leaves[1], zl, paradigm=make_paradigm(name), symmetric=symmetric,
+                                  reduction=reduction, gather_across_devices=True, group=group)
+    grads = torch.autograd.grad(loss, leaves + ([zl] if zl is not None else []))
+    return {"loss": loss.detach(), "grads": [g.detach() for g in grads]}
+
+
 def run_case_no_grad(world, rank, case):
     name, symmetric, with_neg, reduction, layout = case
     n_r, k_r, a, p, z, w = global_batch(world, case)
@@ -170,6 +186,9 @@ def worker(rank, world, port, outdir):
     results["dtypes"] = {key: run_case(world, rank, DTYPE_CASE, dt) for key, (dt, _) in DTYPES.items()}
     results["ddp"] = {layout: ddp_case(world, rank, layout) for layout in ("even", "uneven")}
     results["gather"] = gather_case(world, rank)
+    sub = dist.new_group([0, 1])  # every rank takes part in creating it; only 0 and 1 use it
+    if rank in (0, 1):
+        results["subgroup"] = run_case_group(rank, SUBGROUP_CASE, sub)
     with torch.no_grad():  # evaluation: every rank without gradients, no collective in backward
         results["no_grad"] = run_case_no_grad(world, rank, CASES[0])
     results["errors"] = error_cases(world, rank)
@@ -261,6 +280,17 @@ def test_ddp_parameter_gradients(spawned, layout):
         assert rel_err(got[0], enc.weight.grad) < TOL
         assert rel_err(got[1], enc.bias.grad) < TOL
     assert rel_err(sum(p["ddp"][layout]["loss"] for p in per_rank) / world, loss) < TOL
+
+
+def test_subgroup(spawned):
+    """group=: a two-rank subgroup of the world behaves as a two-process world."""
+    world, per_rank = spawned
+    n_r, k_r, loss, rows, grads = reference(2, SUBGROUP_CASE)
+    got = [per_rank[r]["subgroup"] for r in (0, 1)]
+    assert rel_err(sum(g["loss"] for g in got) / 2, loss) < TOL
+    for i in range(3):
+        mine = torch.cat([got[r]["grads"][i] for r in (0, 1) if i < 2 or k_r[r]]) / 2
+        assert rel_err(mine, grads[i]) < TOL, i
 
 
 def test_no_grad_loss_value(spawned):
