@@ -138,8 +138,9 @@ def cached_step(
         loss_fn: ``loss_fn(*embeddings) -> scalar tensor`` (any gradsurg loss,
             ``gather_across_devices=True`` included). Parameters used inside
             ``loss_fn`` itself (a learned temperature) get their gradients too.
-        mini_batch_size: rows per chunk. ``None``: the plain step (embed
-            each whole column with autograd, back-propagate the loss).
+        mini_batch_size: rows per chunk. ``None`` (or a size no column
+            exceeds): the plain step (embed each whole column with
+            autograd, back-propagate the loss), same random stream.
         no_sync: a context-manager factory suppressing DDP's gradient
             all-reduce, used for every chunk's backward but the last
             (default: ``encode.no_sync`` when ``encode`` is a DDP module).
@@ -156,7 +157,8 @@ def cached_step(
         no_sync = encode.no_sync
     scale = scale_loss if scale_loss is not None else (lambda t: t)
 
-    if mini_batch_size is None:  # the plain step
+    if mini_batch_size is None or all(_batch_len(c) <= mini_batch_size for c in inputs):
+        # the plain step (also when every column fits in one chunk: a replay would only repeat it)
         with torch.enable_grad():
             embs = [_embed(encode, column) for column in inputs]
             loss = loss_fn(*embs)
