@@ -23,7 +23,13 @@ def test_torchrun_example_two_processes_check(mode):
            "--check", "--steps", "2", "--batch-size", "6", "--mini-batch-size", "4", "--symmetric",
            "--hard-negatives", "3"] + (["--deferred"] if mode == "cached_loss" else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        pytest.fail(f"torchrun example did not finish in 240 s; output so far:\n"
+                    f"{(text(exc.stdout) + text(exc.stderr))[-4000:]}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "check passed" in out, out[-4000:]
