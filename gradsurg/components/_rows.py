@@ -106,7 +106,7 @@ class Rows:
         """``s_ii``, shape (n,)."""
         if "s" in self.__dict__:
             return self.s[self.rows, self.cols]
-        return (self._uc * self._v[self.start:self.start + self.n]).sum(dim=1)
+        return torch.linalg.vecdot(self._uc, self._v[self.start:self.start + self.n], dim=1)
 
     def masked(self, fill: float) -> Tensor:
         """``s`` with the positive replaced by ``fill`` (a new tensor)."""

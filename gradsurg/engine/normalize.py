@@ -22,5 +22,5 @@ def normalize(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def normalize_backward(du: Tensor, u: Tensor, inv_norm: Tensor) -> Tensor:
     """``(du - (du . u) u) / |x|`` row by row (0 where the row had no direction)."""
-    radial = (du * u).sum(dim=1, keepdim=True)
-    return (du - radial * u) * inv_norm[:, None]
+    radial = torch.linalg.vecdot(du, u, dim=1)
+    return torch.addcmul(du, radial[:, None], u, value=-1.0).mul_(inv_norm[:, None])
