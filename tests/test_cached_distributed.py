@@ -8,6 +8,7 @@ negatives) with one process on the concatenated global batch, uncached;
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -23,14 +24,15 @@ def test_torchrun_example_two_processes_check(mode):
            "--check", "--steps", "2", "--batch-size", "6", "--mini-batch-size", "4", "--symmetric",
            "--hard-negatives", "3"] + (["--deferred"] if mode == "cached_loss" else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # own session, so that a hung run's workers are killed with torchrun (not left behind)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired as exc:
-        def text(b):
-            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-        pytest.fail(f"torchrun example did not finish in 240 s; output so far:\n"
-                    f"{(text(exc.stdout) + text(exc.stderr))[-4000:]}")
-    out = proc.stdout + proc.stderr
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun example did not finish in 240 s; output:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-4000:]
     assert "check passed" in out, out[-4000:]
     assert "step 1: loss" in out

@@ -17,6 +17,7 @@ is ``world_size x batch-size``. ``--mini-batch-size`` embeds in chunks with
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -80,10 +81,20 @@ def main() -> int:
 
     use_cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    status = train(args, device)
+    # Free the DDP model (its reducer holds the process group) BEFORE destroying the group:
+    # a gloo group destroyed last by the reducer at interpreter exit can deadlock (torch 2.13).
+    gc.collect()
+    dist.barrier()  # let every rank finish its collectives before tearing the group down
+    dist.destroy_process_group()
+    return status
+
+
+def train(args, device) -> int:
+    rank, world = dist.get_rank(), dist.get_world_size()
     dtype = torch.float64 if args.check else torch.float32
     dropout = 0.0 if args.check else args.dropout
 
@@ -126,8 +137,6 @@ def main() -> int:
         if rank == 0:
             print(f"step {step}: loss {float(mean_loss) / world:.4f}  ({time.perf_counter() - t0:.2f} s)",
                   flush=True)
-    dist.barrier()  # let every rank finish its collectives before tearing the group down
-    dist.destroy_process_group()
     return 0
 
 
