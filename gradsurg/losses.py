@@ -68,16 +68,23 @@ def mat(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
 class ParadigmLoss(nn.Module):
     """Module form of :func:`gradsurg.paradigm_loss` for a fixed paradigm.
 
-    ``forward(anchors, positives, negatives=None)`` returns the loss.
+    ``forward(anchors, positives, negatives=None)`` returns the loss. The
+    keyword arguments are those of :func:`gradsurg.paradigm_loss`, including
+    ``gather_across_devices`` and ``group`` (see ``docs/distributed.md``).
     """
 
     def __init__(self, paradigm: Paradigm, *, symmetric: bool = False, reduction: str = "mean",
-                 backend: str = "auto", check_finite: bool = True):
+                 backend: str = "auto", check_finite: bool = True, gather_across_devices: bool = False,
+                 group=None):
         super().__init__()
         if not isinstance(paradigm, Paradigm):
             raise TypeError(f"ParadigmLoss: paradigm must be a gradsurg.Paradigm, got {type(paradigm).__name__}")
         self.paradigm = paradigm
         self.kwargs = dict(symmetric=symmetric, reduction=reduction, backend=backend, check_finite=check_finite)
+        if gather_across_devices:  # only passed when on: keeps the repr and the common path plain
+            self.kwargs.update(gather_across_devices=True, group=group)
+        elif group is not None:
+            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, **self.kwargs)

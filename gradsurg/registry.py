@@ -96,7 +96,7 @@ def _paradigm_module(symmetric: bool = False, **params) -> nn.Module:
     return losses.ParadigmLoss(build_paradigm(**params), symmetric=symmetric)
 
 
-_MODULE_OPTIONS = {"symmetric", "reduction", "backend", "check_finite"}
+_MODULE_OPTIONS = {"symmetric", "reduction", "backend", "check_finite", "gather_across_devices", "group"}
 
 
 def _accepted_parameters(factory) -> set[str] | None:

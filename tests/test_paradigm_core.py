@@ -289,3 +289,13 @@ def test_small_temperature_with_far_candidates_does_not_underflow(dtype, chunk_b
         assert rel_err(ours, theirs) <= TOL[dtype]
         for a, b in zip(g1, g2):
             assert rel_err(a, b) <= TOL[dtype]
+
+
+def test_modules_pass_gather_options_through():
+    # without a process group the gathered loss is the ordinary one (docs/distributed.md)
+    leaves = batch(6, 2, 4)
+    gathered = gradsurg.InfoNCELoss(gather_across_devices=True)
+    assert gathered.kwargs["gather_across_devices"] is True
+    assert torch.equal(gathered(*leaves), gradsurg.info_nce(*leaves))
+    with pytest.raises(ValueError, match="group= is only used with gather_across_devices"):
+        gradsurg.InfoNCELoss(group=object())
