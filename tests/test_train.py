@@ -269,3 +269,33 @@ def test_ablate_cli_bad_arguments(tiny, capsys):
     assert "train_data" in capsys.readouterr().err
     assert main(["ablate", "--loss", "info_nce", "--param", "margin=0.1", "--dry-run"]) == 2
     assert "margin" in capsys.readouterr().err
+
+
+def test_mini_batch_size_gives_the_plain_step_without_dropout(tiny):
+    """Cached steps (gradsurg.cached) give the plain step's gradients when dropout is off."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    grads, losses = [], []
+
+    def capture(optimizer, args, kwargs):
+        if len(grads) < len(losses) + 1:
+            grads.append(torch.cat([p.grad.flatten() for g in optimizer.param_groups for p in g["params"]
+                                    if p.grad is not None]).clone())
+
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        for mini in (None, 5):
+            cfg = tiny_config(tiny, loss="info_nce", max_steps=1, eval_data=None, mini_batch_size=mini, seed=3)
+            trainer = Trainer(cfg)
+            for module in trainer.encoder.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+            losses.append(trainer.train().losses)
+    finally:
+        handle.remove()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert len(grads) == 2 and grads[0].abs().max() > 0
+    # float32 with per-chunk padding: rounding only (exactness in float64: tests/test_cached.py)
+    assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= 1e-3
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        TrainConfig(mini_batch_size=0).validate()

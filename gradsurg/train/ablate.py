@@ -359,7 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    ("--lr", "lr", float), ("--train-data", "train_data", str),
                                    ("--eval-data", "eval_data", str), ("--eval-every", "eval_every", int),
                                    ("--max-train-sentences", "max_train_sentences", int),
-                                   ("--eval-max-pairs", "eval_max_pairs", int), ("--device", "device", str)):
+                                   ("--eval-max-pairs", "eval_max_pairs", int), ("--device", "device", str),
+                                   ("--mini-batch-size", "mini_batch_size", int)):
         parser.add_argument(flag, dest=f"cfg_{field_name}", type=kind, default=None,
                             help=f"config field {field_name}")
 

@@ -75,6 +75,9 @@ class TrainConfig:
     max_train_sentences: int | None = 4000
     # optimisation
     batch_size: int = 64
+    #: cached (GradCache-style) steps: embed the batch in chunks of this many sentences per
+    #: column, set the loss's gradient on the whole batch, replay the chunks (gradsurg.cached)
+    mini_batch_size: int | None = None
     lr: float = 3e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -127,7 +130,7 @@ class TrainConfig:
                 raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError("config field 'batch_size' must be at least 2 (a contrastive batch needs negatives)")
-        for name in ("max_steps", "max_train_sentences", "eval_max_pairs"):
+        for name in ("max_steps", "max_train_sentences", "eval_max_pairs", "mini_batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"config field {name!r} must be a positive integer or null, got {value!r}")

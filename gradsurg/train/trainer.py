@@ -147,6 +147,23 @@ class Trainer:
         negatives = emb[2 * n :] if self.corpus.hard_negatives is not None else None
         return emb[:n], emb[n : 2 * n], negatives
 
+    def cached_step(self, idx: list[int]):
+        """A GradCache-style step (``mini_batch_size``): gradients accumulated, loss detached.
+
+        The columns (anchors, positives[, hard negatives]) are embedded in chunks of
+        ``mini_batch_size`` sentences; dropout masks therefore differ from the
+        one-forward step of :meth:`step_embeddings`, as with any chunking.
+        """
+        from ..cached import cached_step
+
+        texts = [self.corpus.sentences[i] for i in idx]
+        columns = [texts, texts]
+        if self.corpus.hard_negatives is not None:
+            columns.append([self.corpus.hard_negatives[i] for i in idx])
+        loss, embs = cached_step(self.encoder, columns, lambda *e: _scalar(self.loss(*e)),
+                                 mini_batch_size=self.config.mini_batch_size, return_embeddings=True)
+        return loss, embs[0], embs[1], (embs[2] if len(embs) > 2 else None)
+
     def evaluate(self, pairs: STSPairs | None = None) -> dict:
         pairs = pairs if pairs is not None else self.eval_pairs
         return evaluate_sts(self.encoder, pairs, batch_size=self.config.eval_batch_size)
@@ -207,15 +224,17 @@ class Trainer:
             self.encoder.train()
             for step in range(1, total + 1):
                 idx = next(batches)
-                anchors, positives, negatives = self.step_embeddings(idx)
-                loss = self.loss(anchors, positives, negatives)
-                if loss.dim() != 0:
-                    loss = loss.mean()
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.mini_batch_size:
+                    loss, anchors, positives, negatives = self.cached_step(idx)
+                else:
+                    anchors, positives, negatives = self.step_embeddings(idx)
+                    loss = _scalar(self.loss(anchors, positives, negatives))
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if not cfg.mini_batch_size:
+                    loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -264,6 +283,10 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
         return result
+
+
+def _scalar(loss: torch.Tensor) -> torch.Tensor:
+    return loss.mean() if loss.dim() != 0 else loss
 
 
 def train(config: TrainConfig, **kwargs) -> TrainResult:
