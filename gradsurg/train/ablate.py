@@ -41,9 +41,15 @@ DEFAULT_LOSSES = ("info_nce", "vicreg")
 DEFAULT_MODIFIED = ("none", "w_gd,w_w,w_r")
 
 
+#: fields added to TrainConfig after results files existed: left out of a run's identity while at
+#: these values, so older results.jsonl files stay resumable (add every new field here)
+_ADDED_LATER = {"mini_batch_size": None}
+
+
 def run_key(config: TrainConfig) -> str:
     """A stable identity of a run: a hash of every config field that affects its result."""
-    data = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    data = {k: v for k, v in config.to_dict().items()
+            if k not in _NOT_IDENTITY and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
