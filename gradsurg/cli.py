@@ -25,10 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradient surgery for contrastive representation learning.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module_name)
-        p.set_defaults(_add_arguments_pending=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
 

@@ -137,14 +137,6 @@ def _inv_norm(x: Tensor) -> Tensor:
     return torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
-def _pull(paradigm, rows, gd: Tensor) -> Tensor:
-    """``(GD R)_i``: the ratio's own product when it defines one (exact at clamps)."""
-    ratio = paradigm.ratio
-    if hasattr(ratio, "pull"):
-        return ratio.pull(rows, gd, paradigm.dissipation)
-    return gd * ratio(rows)
-
-
 def _config(x: Tensor, d: int, options: dict) -> dict:
     interpret = not x.is_cuda
     wide = x.dtype != torch.float32
@@ -213,7 +205,7 @@ def _direction(x, c, ix, ic, paradigm, row_scale, out_rows, out_cols, cfg):
         lses[tau_g] = m_g + torch.log(l_g)
     rows = _RowStats(pos, hmax, hidx.long(), lses, m)
     gd = dis(rows)
-    pull = _pull(paradigm, rows, gd)
+    pull = paradigm.pull(rows, gd)
     mean_s = hmax if w_kind == 1 else ws / l_w  # sum_j W_ij s_ij
     if surrogate:
         loss = gd * mean_s - pull * pos
