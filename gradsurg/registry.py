@@ -77,19 +77,10 @@ def build_paradigm(dissipation: str = "constant", weight: str = "softmax", ratio
     return Paradigm(_DISSIPATIONS[dissipation](**dkw), _WEIGHTS[weight](**wkw), r)
 
 
-def _objectives() -> dict[str, Callable[..., nn.Module]]:
-    try:
-        from .objectives import OBJECTIVES
-    except ImportError:
-        return {}
-    return dict(OBJECTIVES)
-
-
 def _factories() -> dict[str, Callable[..., nn.Module]]:
-    table = dict(_PRESETS)
-    table["paradigm"] = _paradigm_module
-    table.update(_objectives())
-    return table
+    from .objectives import OBJECTIVES  # imported here: the objectives build on this package's core
+
+    return {**_PRESETS, "paradigm": _paradigm_module, **OBJECTIVES}
 
 
 def _paradigm_module(symmetric: bool = False, **params) -> nn.Module:

@@ -3,8 +3,7 @@
 Every name the registry knows works: the presets (``info_nce``, ``arccon``,
 ``mpt``, ``met``, ``mat``), custom paradigms (``paradigm`` with
 ``dissipation=...``, ``weight=...``, ``ratio=...``), and the non-contrastive
-objectives with their ``modified`` switches (``w_gd``, ``w_w``, ``w_r``) once
-:mod:`gradsurg.objectives` registers them. Errors from the registry (unknown
+objectives with their ``modified`` switches (``w_gd``, ``w_w``, ``w_r``). Errors from the registry (unknown
 name, unknown or bad parameter) are re-raised as
 :class:`~gradsurg.train.config.ConfigError` naming the config field.
 """
@@ -12,24 +11,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..registry import available_losses
+from ..registry import build_loss as registry_build
 from .config import ConfigError, TrainConfig
 
-
-def available_losses() -> list[str]:
-    """Loss names the registry accepts (empty when the registry cannot be imported)."""
-    try:
-        from gradsurg.registry import available_losses as names
-    except ImportError:
-        return []
-    return list(names())
+__all__ = ["available_losses", "build_loss", "loss_from_config"]
 
 
 def build_loss(name: str, params: dict | None = None, modified: str | None = None) -> nn.Module:
     """``gradsurg.registry.build_loss(name, **params)`` with errors naming the config fields."""
-    try:
-        from gradsurg.registry import build_loss as registry_build
-    except ImportError as exc:  # pragma: no cover - the registry is part of the package
-        raise ConfigError(f"cannot build loss {name!r}: gradsurg.registry is unavailable ({exc})") from exc
     kwargs = dict(params or {})
     if modified:
         kwargs["modified"] = modified
@@ -37,13 +27,10 @@ def build_loss(name: str, params: dict | None = None, modified: str | None = Non
     if name not in names:
         raise ConfigError(f"config field 'loss': unknown loss {name!r}; available: {', '.join(names)}")
     try:
-        module = registry_build(name, **kwargs)
+        return registry_build(name, **kwargs)
     except (ValueError, TypeError) as exc:
         where = "'modified'" if modified and "modified" in str(exc) else "'loss_params'"
         raise ConfigError(f"config field {where} for loss {name!r}: {exc}") from exc
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"loss {name!r} did not build an nn.Module (got {type(module).__name__})")
-    return module
 
 
 def loss_from_config(config: TrainConfig) -> nn.Module:

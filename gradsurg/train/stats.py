@@ -8,9 +8,9 @@ the largest negative cosine), ``alignment`` (mean ``|u_i - v_i|^2``) and
 
 The paradigm's GD / W / R statistics (share of anchors dissipated, mean GD,
 weight of the hardest negative, mean R) come from
-``gradsurg.analysis.stats.StatsCollector`` when that module is installed: the
-hook :func:`make_collector` adapts it, and every number it returns is logged
-under its own name. Without it, only the statistics above are logged.
+``gradsurg.analysis.stats.StatsCollector`` through :func:`make_collector`,
+which returns the statistics above too; should the collector fail, only the
+statistics above are logged.
 """
 from __future__ import annotations
 
@@ -21,88 +21,40 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..analysis.stats import StatsCollector, embedding_statistics
+
 
 @torch.no_grad()
 def embedding_stats(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
-    """Cosine / alignment / uniformity statistics of one batch of raw embeddings."""
+    """Cosine / alignment / uniformity statistics of one batch of raw embeddings
+    (the formulas of :func:`gradsurg.analysis.stats.embedding_statistics`)."""
     u = F.normalize(anchors.detach().float(), dim=-1)
     v = F.normalize(positives.detach().float(), dim=-1)
     cand = v if negatives is None else torch.cat([v, F.normalize(negatives.detach().float(), dim=-1)])
-    s = u @ cand.T
-    n = u.shape[0]
-    pos = s.diagonal()[:n] if s.shape[1] >= n else s.new_zeros(n)
-    off = s.clone()
-    off[torch.arange(n), torch.arange(n)] = float("-inf")
-    hardest = off.max(dim=1).values
-    neg_mean = (s.sum(1) - pos) / max(s.shape[1] - 1, 1)
-    sq = torch.cdist(u, u).pow(2)
-    iu = torch.triu_indices(n, n, offset=1)
-    uniformity = torch.logsumexp(-2.0 * sq[iu[0], iu[1]], dim=0) - torch.log(torch.tensor(float(iu.shape[1])))
-    return {
-        "pos_cos": float(pos.mean()),
-        "neg_cos": float(neg_mean.mean()),
-        "hardest_neg_cos": float(hardest.mean()),
-        "alignment": float((u - v).pow(2).sum(1).mean()),
-        "uniformity": float(uniformity),
-    }
+    return embedding_statistics(u, v, u @ cand.T)
 
 
 def make_collector(loss_module: torch.nn.Module | None = None):
-    """A callable ``(anchors, positives, negatives) -> dict`` of GD/W/R statistics, or None.
+    """A callable ``(anchors, positives, negatives) -> dict`` of the step's statistics.
 
-    Hook for ``gradsurg.analysis.stats.StatsCollector``: whichever of
-    ``collect`` / ``compute`` / ``update`` / ``__call__`` it offers is used, and
-    a failure disables it (once, with a warning) rather than stopping training.
+    It wraps :class:`gradsurg.analysis.stats.StatsCollector` (GD / W / R of the
+    loss being trained, plus the embedding statistics); a failure disables it
+    (once, with a warning) and the step logs :func:`embedding_stats` instead,
+    rather than stopping training.
     """
-    try:
-        from gradsurg.analysis.stats import StatsCollector  # type: ignore
-    except Exception:  # not written yet, or an optional dependency missing
-        return None
-    try:
-        try:
-            collector = StatsCollector(loss_module) if loss_module is not None else StatsCollector()
-        except TypeError:
-            collector = StatsCollector()
-    except Exception:
-        return None
-    method = None
-    for name in ("collect", "compute", "update", "__call__"):
-        if callable(getattr(collector, name, None)):
-            method = getattr(collector, name)
-            break
-    if method is None:
-        return None
+    collector = StatsCollector(loss_module)
     state = {"ok": True}
 
     def collect(anchors, positives, negatives=None) -> dict:
-        if not state["ok"]:
-            return {}
-        try:
-            with torch.no_grad():
-                out = method(anchors.detach(), positives.detach(), negatives.detach() if negatives is not None else None)
-        except Exception as exc:  # noqa: BLE001
-            import warnings
+        if state["ok"]:
+            try:
+                return collector(anchors, positives, negatives)
+            except Exception as exc:  # noqa: BLE001
+                import warnings
 
-            warnings.warn(f"gradsurg: StatsCollector failed ({exc}); GD/W/R statistics disabled for this run")
-            state["ok"] = False
-            return {}
-        if out is None and hasattr(collector, "last"):
-            out = collector.last
-        if hasattr(out, "_asdict"):
-            out = out._asdict()
-        elif hasattr(out, "__dataclass_fields__"):
-            import dataclasses
-
-            out = dataclasses.asdict(out)
-        if not isinstance(out, dict):
-            return {}
-        flat = {}
-        for key, value in out.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = float(value)
-            if isinstance(value, (int, float)):
-                flat[f"{key}"] = float(value)
-        return flat
+                warnings.warn(f"gradsurg: StatsCollector failed ({exc}); GD/W/R statistics disabled for this run")
+                state["ok"] = False
+        return embedding_stats(anchors, positives, negatives)
 
     return collect
 

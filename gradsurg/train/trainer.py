@@ -34,7 +34,7 @@ from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, read_corpus, read_sts_pairs
 from .evaluate import evaluate_sts
 from .losses import loss_from_config
-from .stats import StepLogger, embedding_stats, make_collector
+from .stats import StepLogger, make_collector
 
 
 def set_seed(seed: int) -> None:
@@ -245,9 +245,7 @@ class Trainer:
                 result.last_loss = value
                 if step % cfg.log_every == 0:
                     row: dict[str, Any] = {"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]}
-                    row.update(embedding_stats(anchors, positives, negatives))
-                    if collector is not None:
-                        row.update(collector(anchors, positives, negatives))
+                    row.update(collector(anchors, positives, negatives))
                     logger.log(row)
                 if bar is not None:
                     bar.update(1)
