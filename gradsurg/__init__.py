@@ -13,7 +13,7 @@ the gradient from those parts instead of differentiating a loss.
 """
 from . import paradigms
 from .components import dissipation, ratio, weight
-from .engine import paradigm_loss
+from .api import paradigm_loss
 from .losses import (
     ArcConLoss,
     InfoNCELoss,

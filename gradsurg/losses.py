@@ -21,7 +21,7 @@ import math
 from torch import Tensor, nn
 
 from . import paradigm as _p
-from .engine import paradigm_loss
+from .api import paradigm_loss
 from .paradigm import Paradigm
 
 __all__ = [

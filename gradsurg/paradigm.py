@@ -20,7 +20,8 @@ with GD, W and R held constant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -128,8 +129,40 @@ class Paradigm:
             return torch.relu(d.hinge(rows))
         raise ValueError(f"{self!r} is not a known loss; its surrogate value comes from gradient()")
 
+    # -- the primitive encoding a custom operator can carry ---------------------
+    def encode(self) -> tuple[str, list[float]]:
+        """``("InfoNCE,Softmax,Constant", [0.05, 0.05, 1.0])``: the three class names
+        and their hyper-parameters in field order (:meth:`decode` inverts it)."""
+        parts = (self.dissipation, self.weight, self.ratio)
+        names = ",".join(type(c).__name__ for c in parts)
+        return names, [float(v) for c in parts for v in c.params().values()]
+
+    @staticmethod
+    def decode(names: str, values) -> "Paradigm":
+        """The paradigm of :meth:`encode`'s output (cached: the engine rebuilds it per call)."""
+        return _decode(names, tuple(float(v) for v in values))
+
     def __repr__(self) -> str:
         return f"Paradigm({self.dissipation!r}, {self.weight!r}, {self.ratio!r})"
+
+
+@lru_cache(maxsize=256)
+def _decode(names: str, values: tuple[float, ...]) -> Paradigm:
+    modules = (D, W, R)
+    parts, at = [], 0
+    split = names.split(",")
+    if len(split) != 3:
+        raise ValueError(f"Paradigm.decode: expected three component names, got {names!r}")
+    for module, name in zip(modules, split):
+        cls = getattr(module, name, None)
+        if not isinstance(cls, type):
+            raise ValueError(f"Paradigm.decode: unknown component {name!r} in {module.__name__}")
+        k = len(fields(cls))
+        parts.append(cls(*values[at:at + k]))
+        at += k
+    if at != len(values):
+        raise ValueError(f"Paradigm.decode: {len(values)} values for {names!r}, which takes {at}")
+    return Paradigm(*parts)
 
 
 # -- presets: the five effective losses of PARADIGM.md section 3 -------------------

@@ -36,7 +36,7 @@ from gradsurg import Paradigm, paradigms  # noqa: E402
 from gradsurg import dissipation as D  # noqa: E402
 from gradsurg import ratio as R  # noqa: E402
 from gradsurg import weight as W  # noqa: E402
-from gradsurg.engine import resolve_backend, torch_backend  # noqa: E402
+from gradsurg.engine import dispatch, torch_backend, triton_backend  # noqa: E402
 from gradsurg.kernels import launch  # noqa: E402
 
 from conftest import rel_err  # noqa: E402
@@ -248,11 +248,12 @@ def test_deterministic():
 
 def test_dispatch():
     x = torch.randn(4, 8)
-    assert resolve_backend("auto", x) is torch_backend  # CPU tensors: the torch backend
-    assert resolve_backend("triton", x) is launch
-    assert resolve_backend("torch", x) is torch_backend
+    p = paradigms.info_nce()
+    assert dispatch.choose("auto", x, p)[0] is torch_backend  # CPU tensors: the torch backend
+    assert dispatch.choose("triton", x, p)[0] is triton_backend
+    assert dispatch.choose("torch", x, p)[0] is torch_backend
     if torch.cuda.is_available():
-        assert resolve_backend("auto", x.cuda()) is launch
+        assert dispatch.choose("auto", x.cuda(), p)[0] is triton_backend
 
 
 @kernel_test

@@ -37,11 +37,10 @@ def _check_real(name: str, value: float, owner: str) -> None:
 class Component:
     """Base of every component: a frozen, hashable set of hyper-parameters.
 
-    ``kind`` names the family member; ``params()`` gives the hyper-parameters
-    as a dict. Kernels specialise on ``(kind, params())``.
+    ``params()`` gives the hyper-parameters as a dict (in field order); a
+    component is rebuilt from its class name and those values
+    (:meth:`gradsurg.Paradigm.encode`).
     """
-
-    kind = "component"
 
     def params(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -54,7 +53,6 @@ class Component:
 class Dissipation(Component):
     """Gradient dissipation: a scalar ``GD_i >= 0`` per anchor."""
 
-    family = "dissipation"
 
     def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,7 +61,6 @@ class Dissipation(Component):
 class Weight(Component):
     """Weights ``W_ij >= 0`` over the negatives, each row summing to 1."""
 
-    family = "weight"
 
     def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
         """Return the (n, M) weights with ``W_ii = 0``; may reuse ``rows``' buffers."""
@@ -77,7 +74,6 @@ class Weight(Component):
 class Ratio(Component):
     """Ratio ``R_i``: the pull to the positive relative to the negatives' push."""
 
-    family = "ratio"
 
     def __call__(self, rows: Rows) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -48,6 +48,15 @@ def angle_slope(s: Tensor) -> Tensor:
 
 #: a row whose shifted exp-sum falls below this is recomputed with its true maximum
 _UNDERFLOW = 1e-30
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in the statistics dtype: float16/bfloat16 operands (CUDA) give a
+    float32 result accumulated in float32, without up-cast copies of the operands."""
+    if a.dtype in _HALF:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a @ b
 
 
 class Rows:
@@ -85,8 +94,11 @@ class Rows:
     def from_product(cls, uc: Tensor, v: Tensor, start: int, temperature: float | None = None) -> "Rows":
         """Rows of ``uc v^T``; with ``temperature``, kept as shifted logits ``(s - 1)/tau``."""
         if temperature is None:
-            return cls(uc @ v.T, start)
-        z = torch.addmm(uc.new_full((), -1.0 / temperature), uc, v.T, alpha=1.0 / temperature)
+            return cls(product(uc, v.T), start)
+        if uc.dtype in _HALF:
+            z = product(uc, v.T).mul_(1.0 / temperature).sub_(1.0 / temperature)
+        else:
+            z = torch.addmm(uc.new_full((), -1.0 / temperature), uc, v.T, alpha=1.0 / temperature)
         return cls(None, start, _shifted=(uc, v, temperature, z))
 
     # -- the positive and the negatives ------------------------------------
@@ -95,7 +107,7 @@ class Rows:
         """The chunk of ``s`` (derived from the shifted logits, or recomputed)."""
         if self._z is not None:
             return self._z * self._tau + 1.0
-        return self._uc @ self._v.T
+        return product(self._uc, self._v.T)
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +118,8 @@ class Rows:
         """``s_ii``, shape (n,)."""
         if "s" in self.__dict__:
             return self.s[self.rows, self.cols]
-        return torch.linalg.vecdot(self._uc, self._v[self.start:self.start + self.n], dim=1)
+        a, b = self._uc, self._v[self.start:self.start + self.n]
+        return torch.linalg.vecdot(a.to(self.dtype), b.to(self.dtype), dim=1)
 
     def masked(self, fill: float) -> Tensor:
         """``s`` with the positive replaced by ``fill`` (a new tensor)."""
@@ -140,13 +153,21 @@ class Rows:
             e = self._z
             self._z = None  # consumed: exponentiated in place
             e[self.rows, self.cols] = -math.inf
+            if e.is_cuda:  # no host sync: shift every row by its true maximum (one more pass)
+                shift = e.amax(dim=1)
+                e.sub_(shift[:, None]).exp_()
+                total = e.sum(dim=1)
+                lse = total.log() + shift + 1.0 / temperature
+                cache[temperature] = (e, total, lse)
+                self.__dict__.setdefault("_lse", {})[temperature] = lse
+                return e, total, lse
             e.exp_()
             total = e.sum(dim=1)
             lse = total.log() + 1.0 / temperature
             low = total < _UNDERFLOW
             if bool(low.any()):  # every candidate far below cos = 1 at a small tau: use the true maximum
                 idx = low.nonzero().squeeze(1)
-                z = (self._uc[idx] @ self._v.T) / temperature
+                z = product(self._uc[idx], self._v.T) / temperature
                 z[torch.arange(idx.numel(), device=z.device), idx + self.start] = -math.inf
                 shift = z.amax(dim=1, keepdim=True)
                 ez = (z - shift).exp_()

@@ -38,7 +38,6 @@ class InfoNCE(Dissipation):
     """``GD_i = (1 - p_ii) / tau`` with ``p`` the softmax of ``s_i / tau`` over all candidates."""
 
     temperature: float = 0.05
-    kind = "info_nce"
 
     def __post_init__(self):
         check_positive("temperature", self.temperature, "dissipation.InfoNCE")
@@ -57,7 +56,6 @@ class ArcCon(Dissipation):
 
     temperature: float = 0.05
     margin: float = math.radians(10)
-    kind = "arccon"
 
     def __post_init__(self):
         check_positive("temperature", self.temperature, "dissipation.ArcCon")
@@ -76,7 +74,6 @@ class Margin(Dissipation):
     """``GD_i = 1[s_ii - max_{j!=i} s_ij < margin]`` (the margin triplet loss's, MPT)."""
 
     margin: float = 0.3
-    kind = "margin"
 
     def __post_init__(self):
         check_nonnegative("margin", self.margin, "dissipation.Margin", upper=2.0)
@@ -94,7 +91,6 @@ class EuclideanMargin(Dissipation):
     """``GD_i = 1[d_ij* - d_ii < m] / d_ij*`` (MET), ``d = sqrt(max(2 - 2s, 1e-4))``."""
 
     margin: float = 0.45
-    kind = "euclidean_margin"
 
     def __post_init__(self):
         check_nonnegative("margin", self.margin, "dissipation.EuclideanMargin", upper=2.0)
@@ -112,7 +108,6 @@ class AngularMargin(Dissipation):
     """``GD_i = 1[theta_ij* - theta_ii < m] / sin(theta_ij*)`` (MAT)."""
 
     margin: float = 0.15 * math.pi
-    kind = "angular_margin"
 
     def __post_init__(self):
         check_nonnegative("margin", self.margin, "dissipation.AngularMargin", upper=math.pi)
@@ -130,7 +125,6 @@ class Constant(Dissipation):
     """``GD_i = value`` for every anchor: no dissipation."""
 
     value: float = 1.0
-    kind = "constant"
 
     def __post_init__(self):
         check_nonnegative("value", self.value, "dissipation.Constant")

@@ -39,7 +39,6 @@ class Constant(Ratio):
     """``R_i = value``."""
 
     value: float = 1.0
-    kind = "constant"
 
     def __post_init__(self):
         check_nonnegative("value", self.value, "ratio.Constant")
@@ -53,7 +52,6 @@ class Arc(Ratio):
     """``R_i = sin(theta_ii + margin) / sin(theta_ii)``: ArcCon's additive angular margin."""
 
     margin: float = math.radians(10)
-    kind = "arc"
 
     def __post_init__(self):
         check_nonnegative("margin", self.margin, "ratio.Arc", upper=math.pi)
@@ -66,7 +64,6 @@ class Arc(Ratio):
 class Euclidean(Ratio):
     """``R_i = d_ij* / d_ii``: MET's ratio."""
 
-    kind = "euclidean"
 
     def __call__(self, rows: Rows) -> Tensor:
         return euclid(rows.hardest_value) * euclid_slope(rows.pos)
@@ -81,7 +78,6 @@ class Euclidean(Ratio):
 class Angular(Ratio):
     """``R_i = sin(theta_ij*) / sin(theta_ii)``: MAT's ratio."""
 
-    kind = "angular"
 
     def __call__(self, rows: Rows) -> Tensor:
         return torch.sin(angle(rows.hardest_value)) * angle_slope(rows.pos)

@@ -29,7 +29,6 @@ class Softmax(Weight):
     """Softmax of ``s_ij / tau`` over the negatives: the push concentrates on hard ones as tau falls."""
 
     temperature: float = 0.05
-    kind = "softmax"
 
     def __post_init__(self):
         check_positive("temperature", self.temperature, "weight.Softmax")
@@ -45,7 +44,6 @@ class Softmax(Weight):
 class Hardest(Weight):
     """All the weight on the most similar negative (the margin losses' W)."""
 
-    kind = "hardest"
 
     def __call__(self, rows: Rows) -> Tensor:
         w = torch.zeros(rows.n, rows.m, dtype=rows.dtype, device=rows.device)
@@ -58,7 +56,6 @@ class Power(Weight):
     """Power weights ``max(s_ij, 1e-4)^p``, normalised over the negatives."""
 
     p: float = 5.0
-    kind = "power"
 
     def __post_init__(self):
         check_positive("p", self.p, "weight.Power")
@@ -72,7 +69,6 @@ class Power(Weight):
 class Uniform(Weight):
     """Equal weight ``1 / (M - 1)`` on every negative."""
 
-    kind = "uniform"
 
     def __call__(self, rows: Rows) -> Tensor:
         w = torch.full((rows.n, rows.m), 1.0 / (rows.m - 1), dtype=rows.dtype, device=rows.device)

@@ -1,4 +1,2 @@
-"""The backward engine: validation, backend dispatch, the autograd Function."""
-from .function import ParadigmFunction, paradigm_loss, resolve_backend
-
-__all__ = ["ParadigmFunction", "paradigm_loss", "resolve_backend"]
+"""The engine below the front door (:mod:`gradsurg.api`): backends behind one protocol,
+the dispatcher that chooses among them, and the autograd node of one direction."""

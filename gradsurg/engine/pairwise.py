@@ -31,9 +31,9 @@ Pieces:
   and its unit-vector gradient and surrogate value;
 * :func:`stop_gradient_direction` -- one direction of a :class:`Paradigm` with
   the negatives held constant (the reference's "sg");
-* :data:`BACKEND` -- an adapter that lets the core's
-  :class:`~gradsurg.engine.function.ParadigmFunction` (the custom backward)
-  carry any object with ``unit_forward(u, v, row_scale)``.
+* :func:`direction` -- the backend protocol for any object with
+  ``unit_forward(u, v, row_weights)``, and :func:`apply`, which runs it through
+  the engine's autograd node (:mod:`gradsurg.engine.op`).
 """
 from __future__ import annotations
 
@@ -47,11 +47,13 @@ from ..components import weight as W
 from ..components._rows import Rows
 from ..paradigm import Paradigm
 from .normalize import normalize, normalize_backward
+from .op import run
 from .torch_backend import compute_dtype
+from .validation import autocast_inputs
 
 __all__ = [
     "PushPull", "margin_gate", "pair_weights", "row_weights", "off_diagonal",
-    "stop_gradient_direction", "BACKEND", "apply",
+    "stop_gradient_direction", "direction", "apply",
 ]
 
 
@@ -189,34 +191,32 @@ def stop_gradient_direction(u: Tensor, v: Tensor, paradigm: Paradigm, row_scale:
     return loss, du, dv
 
 
-class _PairwiseBackend:
-    """A backend for :class:`~gradsurg.engine.function.ParadigmFunction` whose
-    "paradigm" is any object with ``unit_forward(u, v, row_scale)``.
-
-    ``unit_forward`` receives the unit vectors in the compute dtype and returns
-    ``(loss rows (N,), du, dv)`` with the gradients of ``sum_i row_scale_i loss_i``
-    with respect to the unit vectors (None when ``row_scale`` is None); this
-    adapter adds the normalisation and its backward.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, c: Tensor, spec, *, symmetric: bool = False, row_scale=None):
-        cd = compute_dtype(x.dtype)
-        u, inv_x = normalize(x.to(cd))
-        v, inv_c = normalize(c.to(cd))
-        loss, du, dv = spec.unit_forward(u, v, row_scale)
-        if row_scale is None:
-            return loss, None, None
-        return loss, normalize_backward(du, u, inv_x), normalize_backward(dv, v, inv_c)
-
-
-#: the adapter instance handed to ``ParadigmFunction``
-BACKEND = _PairwiseBackend()
+def direction(x: Tensor, c: Tensor, spec, row_weights: float | Tensor | None
+              ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The backend protocol (:mod:`gradsurg.engine.dispatch`) for a ``spec`` with
+    ``unit_forward(u, v, row_weights)``: raw ``x``, ``c`` are normalised here (in the
+    compute dtype) and the unit-vector gradients taken back through the normalisation."""
+    cd = compute_dtype(x.dtype)
+    u, inv_x = normalize(x.to(cd))
+    v, inv_c = normalize(c.to(cd))
+    loss, du, dv = spec.unit_forward(u, v, row_weights)
+    if row_weights is None:
+        return loss, None, None
+    return loss, normalize_backward(du, u, inv_x), normalize_backward(dv, v, inv_c)
 
 
 def apply(x: Tensor, c: Tensor, spec, reduction: str = "mean") -> Tensor:
-    """The value of ``spec`` on raw embeddings, with its gradient SET by ``spec``
-    (through the core's autograd Function, so backward only scales stored gradients)."""
-    from .function import ParadigmFunction
+    """The value of ``spec`` on raw embeddings (one direction, ``x`` against ``c``), with
+    its gradient SET by ``spec`` through the engine's autograd node (:mod:`gradsurg.engine.op`).
+    Under ``torch.autocast`` the inputs are promoted to one dtype, the value is float32 and
+    the statistics are computed in float32 without autocast (the policy of docs/api.md)."""
+    (x, c), value_dtype = autocast_inputs([x, c])
 
-    return ParadigmFunction.apply(x, c, spec, False, reduction, BACKEND, {})
+    def call(a, b, row_weights, weight, want_grad, check):
+        rw = row_weights if row_weights is not None else (weight if want_grad else None)
+        with torch.autocast(a.device.type, enabled=False):
+            rows, da, db = direction(a, b, spec, rw)
+        return rows, da, db
+
+    weight = 1.0 / x.shape[0] if reduction == "mean" else 1.0
+    return run([(x, c, 1.0)], reduction, weight, call, "").to(value_dtype or x.dtype)

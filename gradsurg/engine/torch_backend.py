@@ -1,29 +1,45 @@
-"""The chunked torch backend: the gradient is formed in the forward pass.
+"""The chunked torch backend (the protocol of :mod:`gradsurg.engine.dispatch`).
 
 For a chunk of anchor rows it computes ``s = u_chunk v^T`` (one product), the
-chunk's row statistics, ``G = GD (W - [j==i] R) * row_scale`` in place, then
+chunk's row statistics, ``G = GD (W - [j==i] R) * row_weights`` in place, then
 ``dU_chunk = G v`` and ``dV += G^T u_chunk`` (two products). The whole N x M
-matrix is never held; the chunk size follows a memory budget. Statistics and
-G are float32 (float64 for float64 inputs).
+matrix is never held; the chunk size follows a memory budget.
+
+Precision: the normalisation, the statistics, G and the results are float32
+(float64 for float64 inputs). The products take their operands in the input
+dtype on CUDA (float16/bfloat16 GEMMs with float32 accumulation and output);
+on CPU they run on float32 copies (CPU half-precision GEMMs are neither faster
+nor exact).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..components._rows import Rows
+from ..components._rows import Rows, product
 from ..paradigm import Paradigm
+from .directions import directions
 from .normalize import normalize, normalize_backward
 
 #: default bytes for one chunk's N x M work buffers
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 #: how many (rows x M) buffers of the statistics dtype a chunk may hold at once
 _BUFFERS_PER_CHUNK = 3
+NAME = "torch"
+#: the options :func:`direction` accepts
+OPTIONS = ("chunk_bytes",)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gemm_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the products' operands: the input's on CUDA, the compute dtype elsewhere."""
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return x.dtype
+    return compute_dtype(x.dtype)
 
 
 def chunk_rows(n: int, m: int, dtype: torch.dtype, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -32,69 +48,89 @@ def chunk_rows(n: int, m: int, dtype: torch.dtype, chunk_bytes: int = DEFAULT_CH
     return max(1, min(n, chunk_bytes // (m * itemsize * _BUFFERS_PER_CHUNK)))
 
 
+def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
+    """Every device, floating dtype and paradigm: always None."""
+    return None
+
+
+def check_options(options: dict, accepted=OPTIONS, backend: str = "torch") -> None:
+    """Unknown options raise ``ValueError`` naming them and the accepted ones (every backend alike)."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"paradigm_loss: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
+
+
 def direction(
-    u: Tensor,
-    v: Tensor,
+    x: Tensor,
+    c: Tensor,
     paradigm: Paradigm,
-    row_scale: float | Tensor | None,
-    *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    row_weights: float | Tensor | None,
+    **options,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """One direction of the loss: anchors ``u`` (N x d) against candidates ``v`` (M x d).
+    """One direction: raw anchors ``x`` (N x d) against raw candidates ``c`` (M x d).
 
     Row i's positive is candidate i. Returns the per-anchor loss ``(N,)`` and,
-    when ``row_scale`` is given (a float, or an ``(N,)`` tensor for
-    ``reduction='none'``), the gradients ``dU = G u`` and ``dV = G^T u`` of
-    ``sum_i row_scale_i L_i`` with respect to the unit vectors.
+    when ``row_weights`` is given (a float, or an ``(N,)`` tensor), the
+    gradients of ``sum_i row_weights_i L_i`` with respect to the raw ``x`` and
+    ``c``; all in the compute dtype.
     """
+    check_options(options)
+    chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ValueError(f"paradigm_loss: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    cd, gd = compute_dtype(x.dtype), gemm_dtype(x)
+    u32, inv_x = normalize(x.to(cd))
+    v32, inv_c = normalize(c.to(cd))
+    u, v = u32.to(gd), v32.to(gd)
     n, m = u.shape[0], v.shape[0]
-    want_grad = row_scale is not None
-    loss = torch.empty(n, dtype=u.dtype, device=u.device)
-    du = torch.empty_like(u) if want_grad else None
-    dv = torch.zeros_like(v) if want_grad else None
-    step = chunk_rows(n, m, u.dtype, chunk_bytes)
+    want_grad = row_weights is not None
+    if isinstance(row_weights, Tensor):
+        row_weights = row_weights.to(cd)
+    loss = torch.empty(n, dtype=cd, device=x.device)
+    du = torch.empty_like(u32) if want_grad else None
+    dv = torch.zeros_like(v32) if want_grad else None
+    step = chunk_rows(n, m, cd, chunk_bytes)
     temperature = paradigm.shared_temperature
     for start in range(0, n, step):
         stop = min(n, start + step)
         uc = u[start:stop]
         rows = Rows.from_product(uc, v, start, temperature)
-        scale = row_scale[start:stop] if isinstance(row_scale, Tensor) else row_scale
+        scale = row_weights[start:stop] if isinstance(row_weights, Tensor) else row_weights
         loss[start:stop], g = paradigm.gradient(rows, scale)
-        if g is not None:
+        if g is None:
+            continue
+        if gd == cd:  # in place: no temporaries
             torch.mm(g, v, out=du[start:stop])
             dv.addmm_(g.T, uc)
-    return loss, du, dv
-
-
-def forward(
-    x: Tensor,
-    c: Tensor,
-    paradigm: Paradigm,
-    *,
-    symmetric: bool,
-    row_scale: float | Tensor | None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Loss rows and gradients w.r.t. the raw anchors ``x`` and candidates ``c``.
-
-    ``row_scale`` multiplies row i's loss in the objective whose gradient is
-    returned (None: loss only). With ``symmetric`` the loss of row i is the
-    mean of its two directions (anchor->candidates, positive->anchors).
-    """
-    cd = compute_dtype(x.dtype)
-    u, inv_x = normalize(x.to(cd))
-    v, inv_c = normalize(c.to(cd))
-    n = u.shape[0]
-    if symmetric:
-        half = None if row_scale is None else row_scale * 0.5
-        loss_f, du, dv = direction(u, v, paradigm, half, chunk_bytes=chunk_bytes)
-        loss_r, dv_r, du_r = direction(v[:n], u, paradigm, half, chunk_bytes=chunk_bytes)
-        loss = 0.5 * (loss_f + loss_r)
-        if row_scale is not None:
-            du += du_r
-            dv[:n] += dv_r
-    else:
-        loss, du, dv = direction(u, v, paradigm, row_scale, chunk_bytes=chunk_bytes)
-    if row_scale is None:
+        else:  # half-precision operands, float32 accumulation and results
+            g = g.to(gd)
+            du[start:stop] = product(g, v)
+            dv += product(g.T, uc)
+    if not want_grad:
         return loss, None, None
-    return loss, normalize_backward(du, u, inv_x), normalize_backward(dv, v, inv_c)
+    return loss, normalize_backward(du, u32, inv_x), normalize_backward(dv, v32, inv_c)
+
+
+def forward(x: Tensor, c: Tensor, paradigm: Paradigm, *, symmetric: bool,
+            row_scale: float | Tensor | None, **options) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Both directions in one call (``symmetric``), for callers below the front door
+    (``kernels/launch.py``'s float64 fallback and its tests): the loss rows and the
+    gradients of ``sum_i row_scale_i L_i``. The front door itself calls
+    :func:`direction` once per direction."""
+    n = x.shape[0]
+    loss = dx = dc = None
+    for k, (a, b, factor) in enumerate(directions(x, c, symmetric)):
+        weights = None if row_scale is None else row_scale * factor
+        rows, da, db = direction(a, b, paradigm, weights, **options)
+        loss = rows * factor if loss is None else loss + rows * factor
+        if weights is None:
+            continue
+        if k == 0:
+            dx, dc = da, db
+        else:
+            dc[:n] += da
+            dx += db
+    return loss, dx, dc

@@ -71,13 +71,18 @@ def check_embeddings(
             f"anchors as candidates), got N = {n}"
         )
     if check_finite:
-        for name, t in named:
-            # one pass: a finite sum means finite entries; only a non-finite sum needs the exact check
-            if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-                raise ValueError(
-                    f"{where}: {name} contains NaN or infinite values; pass check_finite=False to skip this check"
-                )
+        check_finite_values(named, where)
     return negatives
+
+
+def check_finite_values(named, where: str) -> None:
+    """``ValueError`` naming the first of ``[(name, tensor)]`` that holds NaN or inf."""
+    for name, t in named:
+        # one pass: a finite sum means finite entries; only a non-finite sum needs the exact check
+        if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"{where}: {name} contains NaN or infinite values; pass check_finite=False to skip this check"
+            )
 
 
 def check_options(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
@@ -85,3 +90,25 @@ def check_options(reduction: str, backend: str, where: str = "paradigm_loss") ->
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def autocast_inputs(tensors):
+    """The autocast policy (docs/api.md): ``(tensors, value_dtype)``.
+
+    Under ``torch.autocast`` on the tensors' device the floating inputs are
+    promoted to one dtype (the widest of them, as autocast's own
+    promote-ops do) and the loss value is float32 (float64 for float64
+    inputs), like PyTorch's losses under autocast; gradients reach every input
+    in its own dtype through the casts. Outside autocast nothing changes and
+    ``value_dtype`` is None (the value takes the inputs' dtype).
+    """
+    ts = [t for t in tensors if isinstance(t, Tensor)]
+    if not ts or not all(t.is_floating_point() for t in ts):
+        return tensors, None
+    if not torch.is_autocast_enabled(ts[0].device.type):
+        return tensors, None
+    target = ts[0].dtype
+    for t in ts[1:]:
+        target = torch.promote_types(target, t.dtype)
+    out = [t.to(target) if isinstance(t, Tensor) else t for t in tensors]
+    return out, (torch.float64 if target == torch.float64 else torch.float32)

@@ -1,0 +1,197 @@
+r"""The front door: every contrastive loss of gradsurg enters here.
+
+:func:`paradigm_loss` validates the arguments once, applies the autocast
+policy, gathers the candidates across ranks when asked, splits the loss into
+its directions (one, or two when ``symmetric``) with their row weights, and
+runs one autograd node per direction (:mod:`gradsurg.engine.op`) on the
+backend the dispatcher picks (:mod:`gradsurg.engine.dispatch`). Each factor
+is applied here and only here: the reduction's ``1/N``, the symmetric
+``1/2``, the DDP scale ``W/N`` when gathered; ``grad_output`` in the node.
+
+Gathered candidates (``gather_across_devices=True``)
+----------------------------------------------------
+The global batch is the concatenation of the ranks' batches in rank order;
+its candidate set is **the positives of all ranks in rank order, then the
+hard negatives of all ranks in rank order**. Rank r computes the loss of its
+own anchors against the global candidates (its own positives placed first,
+so that row i's positive is candidate i; the losses do not depend on the
+order of the negatives); with ``symmetric=True`` the reverse direction uses
+the anchors of all ranks as candidates. The gradient for the gathered rows is
+reduce-scattered (SUM) to their owners in the backward pass. With
+``reduction='mean'`` rank r returns ``L_r = (W / N) sum_{i in r} L_i`` (N the
+global number of anchors), so that DDP's averaging of parameter gradients
+gives exactly the single-process gradient of the global mean, for even and
+uneven batches; 'sum' returns the local sum; 'none' the local rows. Input
+errors on one rank are raised on every rank (no hang); every rank must call
+the loss, and back-propagate through it when gradients are wanted.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import distributed
+from .engine import dispatch
+from .engine.directions import directions
+from .engine.op import paradigm_call, run
+from .engine.validation import autocast_inputs, check_embeddings, check_options
+from .paradigm import Paradigm
+
+__all__ = ["paradigm_loss"]
+
+_GATHER = "paradigm_loss(gather_across_devices=True)"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def paradigm_loss(
+    anchors: Tensor,
+    positives: Tensor,
+    negatives: Tensor | None = None,
+    *,
+    paradigm: Paradigm,
+    symmetric: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_finite: bool = True,
+    gather_across_devices: bool = False,
+    group=None,
+    **options,
+) -> Tensor:
+    r"""A contrastive loss whose gradient is set from GD, W and R.
+
+    Candidates are ``cat(positives, negatives)`` (M = N + K rows); row i's
+    positive is candidate i and every other candidate is a negative of anchor
+    i. With ``s_ij = cos(anchors_i, candidates_j)`` the gradient is
+
+    .. math::
+
+        \frac{\partial L}{\partial s_{ij}} = \frac{1}{N} GD_i (W_{ij} - [j=i] R_i)
+
+    (for ``reduction='mean'``), back-propagated through the cosine to the raw
+    embeddings. The value is the true loss when ``paradigm`` is a known loss
+    (``paradigm.loss_name``), else the surrogate
+    ``GD_i (sum_{j!=i} W_ij s_ij - R_i s_ii)``.
+
+    Args:
+        anchors: ``(N, d)`` raw embeddings.
+        positives: ``(N, d)``; row i is anchor i's positive.
+        negatives: optional ``(K, d)`` extra (hard) negatives shared by all anchors.
+        paradigm: a :class:`gradsurg.Paradigm` (e.g. ``gradsurg.paradigms.info_nce()``).
+        symmetric: average the anchor->candidates and positive->anchors
+            directions (CLIP style); the second uses the anchors as candidates.
+        reduction: ``'mean'`` | ``'sum'`` | ``'none'`` (per-anchor losses, shape (N,)).
+        backend: ``'auto'`` (Triton for CUDA tensors when available, else
+            torch), ``'torch'`` or ``'triton'``; see ``gradsurg doctor``.
+        check_finite: raise ``ValueError`` on NaN/inf inputs (one extra pass,
+            inside the operator: no graph break under ``torch.compile``).
+        gather_across_devices: with ``torch.distributed`` initialised, the
+            candidates (positives, hard negatives; anchors too when symmetric)
+            of all ranks are gathered so each anchor sees the global batch,
+            with exact gradients (see the module docstring for the layout and
+            the DDP scaling). No effect without a process group.
+        group: the process group for ``gather_across_devices`` (default: the world).
+        **options: backend options, e.g. ``chunk_bytes`` for the torch
+            backend; an option the chosen backend does not know raises.
+
+    Returns:
+        The reduced loss (a scalar) or, for ``reduction='none'``, shape
+        ``(N,)``; in the inputs' dtype, or float32 under ``torch.autocast``.
+    """
+    where = "paradigm_loss"
+    if not isinstance(paradigm, Paradigm):
+        raise TypeError(
+            f"{where}: paradigm must be a gradsurg.Paradigm (e.g. gradsurg.paradigms.info_nce()), "
+            f"got {type(paradigm).__name__}"
+        )
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
+    check_options(reduction, backend)
+    if group is not None and not gather_across_devices:
+        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
+    (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
+    if gather_across_devices and distributed.gather_active(group):
+        x, c, reverse, weight = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group)
+        check = ""  # checked on every rank before the collectives
+    else:
+        negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False)
+        x = anchors
+        c = positives if negatives is None else torch.cat([positives, negatives], dim=0)
+        reverse, weight = None, 1.0 / x.shape[0]
+        check = where if check_finite else ""
+    if reduction == "sum":
+        weight = 1.0
+    impl, _ = dispatch.choose(backend, x, paradigm)
+    call = paradigm_call(paradigm, impl.NAME, options)
+    loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check)
+    return loss.to(value_dtype or x.dtype)
+
+
+def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group):
+    """``(anchors, candidates, reverse candidates or None, mean weight)`` over every rank's batch."""
+    world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    err = _local_error(anchors, positives, negatives, check_finite)
+    if negatives is not None and err is None and negatives.shape[0] == 0:
+        negatives = None
+    leaves = [t for t in (anchors, positives, negatives) if isinstance(t, Tensor)]
+    want = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+    ok = err is None
+    info = [
+        anchors.shape[0] if ok else 0,
+        negatives.shape[0] if ok and negatives is not None else 0,
+        anchors.shape[1] if ok else 0,
+        _DTYPES.index(anchors.dtype) if ok and anchors.dtype in _DTYPES else -1,
+        int(ok),
+        int(want),
+    ]
+    table = distributed.exchange_ints(info, group, anchors if isinstance(anchors, Tensor) else None)
+    bad = [r for r in range(world) if not table[r][4]]
+    if bad:
+        if err is not None:
+            raise err
+        raise ValueError(f"{_GATHER}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+    n_r = [row[0] for row in table]
+    k_r = [row[1] for row in table]
+    if len({row[2] for row in table}) > 1:
+        raise ValueError(f"{_GATHER}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
+    if len({row[3] for row in table}) > 1:
+        raise ValueError(
+            f"{_GATHER}: dtypes differ between ranks: {[str(_DTYPES[row[3]]) for row in table]}; use one dtype"
+        )
+    if len({row[5] for row in table}) > 1:
+        raise ValueError(
+            f"{_GATHER}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
+            f"{[bool(row[5]) for row in table]}); the backward pass is collective, so every rank must agree"
+        )
+    n_total, k_total = sum(n_r), sum(k_r)
+    if n_total + k_total < 2:
+        raise ValueError(f"{_GATHER}: the global batch has no negative (N = {n_total}, K = {k_total})")
+    if symmetric and n_total < 2:
+        raise ValueError(f"{_GATHER}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
+
+    n_max, k_max = max(n_r), max(k_r)
+    pad = distributed.pad_rows
+    parts = ([pad(anchors, n_max)] if symmetric else []) + [pad(positives, n_max)]
+    if k_max:
+        parts.append(pad(negatives, k_max) if negatives is not None
+                     else anchors.new_zeros((k_max, anchors.shape[1])))
+    gathered = distributed.all_gather_blocks(torch.cat(parts) if len(parts) > 1 else parts[0], group)
+    off_p = n_max if symmetric else 0
+    off_z = off_p + n_max
+    order = [rank] + [q for q in range(world) if q != rank]  # own rows first: row i's positive is candidate i
+    pos = [gathered[q, off_p: off_p + n_r[q]] for q in order]
+    neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
+    candidates = torch.cat(pos + neg)
+    reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
+    return anchors, candidates, reverse, world / n_total
+
+
+def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:
+    """Validate this rank's tensors; the "at least one negative" rule is global, not checked here."""
+    try:
+        n = anchors.shape[0] if isinstance(anchors, Tensor) else None
+        if n == 1 and (negatives is None or (isinstance(negatives, Tensor) and negatives.shape[0] == 0)):
+            negatives = positives  # one local row is fine: the negatives come from the other ranks
+        check_embeddings(anchors, positives, negatives, symmetric=False, check_finite=check_finite, where=_GATHER)
+    except (TypeError, ValueError) as err:
+        return err
+    return None
