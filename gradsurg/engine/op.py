@@ -21,7 +21,7 @@ does ``vmap``.
 """
 from __future__ import annotations
 
-import json
+import ast
 from typing import Callable, Optional
 
 import torch
@@ -54,10 +54,19 @@ def direction_op(x: Tensor, c: Tensor, row_weights: Optional[Tensor], weight: fl
             check_finite_values([("anchors", x), ("positives", c[:n]), ("negatives", c[n:])], check)
         p = Paradigm.decode(paradigm, params)
         rw = row_weights if row_weights is not None else (weight if want_grad else None)
-        rows, dx, dc = dispatch.module(backend).direction(x, c, p, rw, **json.loads(options))
+        rows, dx, dc = dispatch.module(backend).direction(x, c, p, rw, **_decode_options(options))
     if dx is None:
         dx, dc = rows.new_empty(0), rows.new_empty(0)
     return rows, dx, dc
+
+
+def _decode_options(text: str) -> dict:
+    """Inverse of the ``key=repr(value);...`` encoding of :func:`paradigm_call`."""
+    out = {}
+    for item in filter(None, text.split(";")):
+        key, _, value = item.partition("=")
+        out[key] = ast.literal_eval(value)
+    return out
 
 
 @direction_op.register_fake
@@ -72,7 +81,7 @@ def _(x, c, row_weights, weight, want_grad, paradigm, params, backend, options, 
 def paradigm_call(paradigm: Paradigm, backend: str, options: dict) -> Callable:
     """``call(x, c, row_weights, weight, want_grad, check) -> (rows, dx, dc)`` through the op."""
     names, params = paradigm.encode()
-    opts = json.dumps(options, sort_keys=True)
+    opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
 
     def call(x, c, row_weights, weight, want_grad, check):
         return direction_op(x, c, row_weights, weight, want_grad, names, params, backend, opts, check)
@@ -86,12 +95,22 @@ _SECOND_ORDER = (
     "gradient is set in closed form from GD, W and R, not built from differentiable operations; for a "
     "gradient penalty use the plain-autograd formulas of gradsurg.reference"
 )
-_VMAP = ("gradsurg: torch.func.vmap over a gradsurg loss is not supported; loop over the batch dimension, or "
-         "concatenate the batches along N (every loss takes (N, d) embeddings)")
+_VMAP = ("gradsurg: loss.backward() through torch.func.vmap of a gradsurg loss is not supported; for per-sample "
+         "gradients use torch.func.vmap(torch.func.grad(f)), or loop over the batch dimension")
+
+
+def _op_backward(ctx, *grads):
+    # reached only where autograd sees the bare operator instead of Fused / PerRow (vmap, then backward)
+    raise RuntimeError(_VMAP)
+
+
+direction_op.register_autograd(_op_backward)
 
 
 class _NoSecondOrder(torch.autograd.Function):
     """Identity on the gradients ``gx, gc``, tied to ``x, c``: differentiating it raises."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(gx, gc, x, c):
@@ -105,10 +124,6 @@ class _NoSecondOrder(torch.autograd.Function):
     def backward(ctx, *grads):
         raise RuntimeError(_SECOND_ORDER)
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(_SECOND_ORDER)
-
 
 def _finish(ctx, gx: Tensor, gc: Tensor, x: Tensor, c: Tensor):
     gx, gc = gx.to(x.dtype), gc.to(c.dtype)
@@ -119,6 +134,8 @@ def _finish(ctx, gx: Tensor, gc: Tensor, x: Tensor, c: Tensor):
 
 class Fused(torch.autograd.Function):
     """``weight * sum_i L_i`` with its gradient computed in the forward pass."""
+
+    generate_vmap_rule = True  # the op is batched by PyTorch's per-sample fallback loop
 
     @staticmethod
     def forward(x, c, weight, call, check):
@@ -138,13 +155,12 @@ class Fused(torch.autograd.Function):
         gx, gc = _finish(ctx, dx * grad, dc * grad, x, c)
         return gx, gc, None, None, None
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(_VMAP)
 
 
 class PerRow(torch.autograd.Function):
     """The loss rows; backward recomputes with ``grad_output`` as the row weights."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, c, call, check):
@@ -164,9 +180,6 @@ class PerRow(torch.autograd.Function):
         gx, gc = _finish(ctx, dx, dc, x, c)
         return gx, gc, None, None
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(_VMAP)
 
 
 def run(parts, reduction: str, weight: float, call: Callable, check: str) -> Tensor:
