@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("gradsurg.train.evaluate", "STS evaluation (Spearman/Pearson of cosine) of an encoder on one file"),
     "ablate": ("gradsurg.train.ablate", "train sentence encoders over a grid of losses/components/seeds"),
     "plot": ("gradsurg.analysis.cli", "draw the paper's GD / W / R diagnostic figures"),
+    "doctor": ("gradsurg.doctor", "versions, the GPU, and which backend 'auto' picks for a dtype and d, and why"),
 }
 
 

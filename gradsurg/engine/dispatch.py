@@ -66,7 +66,7 @@ def choose(backend: str, x: Tensor, paradigm: Paradigm):
         return mod, "backend='triton' was asked for"
     if backend != "auto":
         raise ValueError(f"paradigm_loss: backend must be one of {BACKENDS}, got {backend!r}")
-    if not x.is_cuda:
+    if not _on_cuda(x):
         return torch_backend, f"the tensors are on {x.device.type}, not CUDA: the Triton kernels need a GPU"
     problem = triton_problem()
     if problem:
@@ -80,6 +80,10 @@ def choose(backend: str, x: Tensor, paradigm: Paradigm):
     return mod, "CUDA tensors, Triton available and supporting the dtype and components"
 
 
+def _on_cuda(x: Tensor) -> bool:
+    return x.is_cuda
+
+
 def _warn_once(problem: str) -> None:
     global _warned
     if not _warned:
@@ -89,14 +93,13 @@ def _warn_once(problem: str) -> None:
 
 def explain(dtype: torch.dtype, d: int, paradigm: Paradigm, device: str = "cuda") -> str:
     """What ``backend='auto'`` picks for (device, dtype, d, paradigm), and why (``gradsurg doctor``)."""
-    x = torch.empty((0, d), dtype=dtype, device="meta")
     if device != "cuda":
-        return f"torch backend: the tensors are on {device}, not CUDA"
+        return f"torch: the tensors are on {device}, not CUDA: the Triton kernels need a GPU"
     problem = triton_problem()
     if problem:
-        return f"torch backend: {problem}"
+        return f"torch: {problem}"
     mod = sys.modules[_TRITON_MODULE]
-    why = mod.supports(x, paradigm, d)
+    why = mod.supports(torch.empty((0, d), dtype=dtype, device="meta"), paradigm, d)
     if why:
-        return f"torch backend: Triton does not cover this: {why}"
-    return f"triton backend: {mod.describe(dtype, d, paradigm)}"
+        return f"torch: Triton does not cover this: {why}"
+    return f"triton: {mod.describe(dtype, d, paradigm)}"

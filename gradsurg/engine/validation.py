@@ -112,3 +112,14 @@ def autocast_inputs(tensors):
         target = torch.promote_types(target, t.dtype)
     out = [t.to(target) if isinstance(t, Tensor) else t for t in tensors]
     return out, (torch.float64 if target == torch.float64 else torch.float32)
+
+
+def float32_under_autocast(fn, *tensors):
+    """``fn(*tensors)`` for plain-autograd formulas (the original objectives): under
+    autocast, on the promoted inputs in at least float32 with autocast off, so that
+    statistics and value are float32 and gradients return in each input's dtype."""
+    cast, value_dtype = autocast_inputs(list(tensors))
+    if value_dtype is None:
+        return fn(*tensors)
+    with torch.autocast(cast[0].device.type, enabled=False):
+        return fn(*(t.to(torch.promote_types(t.dtype, value_dtype)) for t in cast))

@@ -47,6 +47,7 @@ from ..engine import pairwise
 from ..engine.normalize import normalize
 from ..engine.pairwise import PushPull, margin_gate, off_diagonal, pair_weights
 from ..engine.torch_backend import compute_dtype
+from ..engine.validation import float32_under_autocast
 from . import original as O
 from ._common import check_views, format_switches, parse_switches, real
 
@@ -106,7 +107,7 @@ class NonContrastiveObjective(nn.Module):
         """The objective on raw embeddings of the two views (N x d each)."""
         check_views(anchors, positives, negatives, type(self).__name__)
         if not self.switches:
-            return self._original(anchors, positives)
+            return float32_under_autocast(self._original, anchors, positives)
         self._supports_paradigm()
         return pairwise.apply(anchors, positives, self)
 
