@@ -1,0 +1,112 @@
+"""Autocast: every loss and objective runs, with value and statistics in float32 and
+gradients in the inputs' dtypes (the policy of docs/api.md).
+
+CPU bfloat16 here (CUDA float16/bfloat16 with GRADSURG_TEST_DEVICE=cuda). The
+embeddings are bfloat16, as they come out of an autocast region; the reference
+is float64 autograd of the textbook formula on the same (rounded) values,
+outside autocast. Tolerances (relative to the reference's largest entry):
+value 1e-4 (the float32 tolerance of the suite; CPU computes the engine in
+float32), gradients 1e-2 (they are returned in bfloat16: 2^-8 rounding).
+On CUDA the products take bfloat16/float16 operands: value 2e-2 there.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import gradsurg
+import gradsurg.objectives as O
+from gradsurg import dissipation as D
+from gradsurg import ratio as R
+from gradsurg import reference as ref
+from gradsurg import weight as W
+
+from conftest import rel_err
+
+DEVICE = os.environ.get("GRADSURG_TEST_DEVICE", "cpu")
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("GRADSURG_TEST_DEVICE=cuda but no GPU", allow_module_level=True)
+LOW = torch.bfloat16
+VALUE_TOL = 1e-4 if DEVICE == "cpu" else 2e-2
+GRAD_TOL = 1e-2
+PRESETS = ["info_nce", "arccon", "mpt", "met", "mat"]
+CUSTOM = gradsurg.Paradigm(D.Margin(0.3), W.Softmax(0.1), R.Constant(1.5))
+
+
+def leaves(n=10, k=4, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x + 0.7 * torch.randn(n, d, generator=g)
+    z = torch.randn(k, d, generator=g)
+    return [t.to(DEVICE, LOW).requires_grad_() for t in (x, y, z)]
+
+
+def run(fn, ts, weight=None, autocast=True):
+    with torch.autocast(DEVICE, dtype=LOW, enabled=autocast):
+        loss = fn(*ts)
+    up = torch.ones_like(loss) if weight is None else weight.to(loss.dtype)
+    return loss, torch.autograd.grad(loss, ts, up)
+
+
+def reference(fn, ts, weight=None):
+    return run(fn, [t.detach().double().requires_grad_() for t in ts], weight, autocast=False)
+
+
+@pytest.mark.parametrize("name", PRESETS + ["custom"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_losses_under_autocast(name, symmetric, reduction):
+    ts = leaves(seed=len(name))
+    kw = dict(symmetric=symmetric, reduction=reduction)
+    weight = torch.linspace(0.5, 2.0, 10, device=DEVICE) if reduction == "none" else None
+    if name == "custom":
+        ours_fn = lambda *t: gradsurg.paradigm_loss(*t, paradigm=CUSTOM, **kw)  # noqa: E731
+        ref_fn = lambda *t: ref.surrogate(*t, paradigm=CUSTOM, **kw)  # noqa: E731
+    else:
+        ours_fn = lambda *t: getattr(gradsurg, name)(*t, **kw)  # noqa: E731
+        ref_fn = lambda *t: ref.LOSSES[name](*t, **kw)  # noqa: E731
+    loss, grads = run(ours_fn, ts, weight)
+    want, want_grads = reference(ref_fn, ts, weight)
+    assert loss.dtype == torch.float32
+    if name != "custom":  # the surrogate's value is not the reference's
+        assert rel_err(loss, want) <= VALUE_TOL
+    for g, w, t in zip(grads, want_grads, ts):
+        assert g.dtype == t.dtype
+        assert rel_err(g, w) <= GRAD_TOL
+
+
+def test_encoder_output_and_mixed_dtypes():
+    """Embeddings made inside the autocast region (bfloat16) next to float32 ones: promoted to float32."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 16).to(DEVICE)
+    x, y = torch.randn(6, 8, device=DEVICE), torch.randn(6, 16, device=DEVICE, requires_grad=True)
+    with torch.autocast(DEVICE, dtype=LOW):
+        e = lin(x)
+        assert e.dtype == LOW
+        loss = gradsurg.info_nce(e, y)
+    loss.backward()
+    assert loss.dtype == torch.float32 and y.grad.dtype == torch.float32
+    assert lin.weight.grad.dtype == torch.float32 and torch.isfinite(lin.weight.grad).all()
+    with pytest.raises(ValueError, match="positives has dtype"):  # outside autocast: one dtype
+        gradsurg.info_nce(e.detach(), y)
+
+
+OBJECTIVES = [("align_uniform", {}), ("mhe", {}), ("mhs", {}), ("barlow_twins", {}), ("vicreg", {})]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in OBJECTIVES] + ["sg"])
+@pytest.mark.parametrize("modified", ["", "all"])
+def test_objectives_under_autocast(name, modified):
+    if name == "sg" and modified == "":
+        pytest.skip("sg has no original")
+    ts = leaves(n=12, k=0, d=16, seed=3)[:2]
+    mod = O.OBJECTIVES[name](modified=modified)
+    loss, grads = run(mod, ts)
+    want, want_grads = reference(mod, ts)
+    assert loss.dtype == torch.float32
+    assert rel_err(loss, want) <= VALUE_TOL
+    for g, w, t in zip(grads, want_grads, ts):
+        assert g.dtype == t.dtype
+        assert rel_err(g, w) <= GRAD_TOL
