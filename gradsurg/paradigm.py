@@ -165,7 +165,7 @@ def _decode(names: str, values: tuple[float, ...]) -> Paradigm:
     return Paradigm(*parts)
 
 
-# -- presets: the five effective losses of PARADIGM.md section 3 -------------------
+# -- presets: the five losses of docs/paradigm.md ("The five losses") -------------------
 
 def info_nce(temperature: float = 0.05) -> Paradigm:
     """InfoNCE: ``GD = (1 - p_ii)/tau``, ``W = softmax(s/tau)`` over negatives, ``R = 1``."""

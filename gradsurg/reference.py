@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .components._rows import ANGLE_EPS, EUCLID_FLOOR
+from .components._rows import ANGLE_EPS, EUCLID_FLOOR, POWER_FLOOR
 from .paradigm import Paradigm
-from .components._rows import Rows
 
 
 def cosine_matrix(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
@@ -100,16 +99,104 @@ def mat(anchors, positives, negatives=None, *, margin=0.15 * math.pi, symmetric=
     return _symmetric(mat_rows, anchors, positives, negatives, symmetric, reduction, margin=margin)
 
 
+# -- GD, W and R from their textbook formulas (docs/paradigm.md, "Components") -------------------------
+# Written on the whole detached matrix, one formula per component class, without the
+# engine's Rows or the components' own methods: the oracle of the surrogate tests.
+
+def _angle(s: Tensor) -> Tensor:
+    return torch.acos(s.clamp(-1 + ANGLE_EPS, 1 - ANGLE_EPS))
+
+
+def _inv_sin(s: Tensor) -> Tensor:
+    """``1 / sin(theta(s))`` inside the clamp, 0 on it (the slope of theta)."""
+    inside = (s >= -1 + ANGLE_EPS) & (s <= 1 - ANGLE_EPS)
+    return torch.where(inside, 1.0 / torch.sin(_angle(s)), torch.zeros_like(s))
+
+
+def _dist(s: Tensor) -> Tensor:
+    return (2 - 2 * s).clamp(min=EUCLID_FLOOR).sqrt()
+
+
+def _inv_dist(s: Tensor) -> Tensor:
+    """``1 / d(s)`` off the clamp, 0 on it (the slope of d)."""
+    return torch.where(2 - 2 * s >= EUCLID_FLOOR, 1.0 / _dist(s), torch.zeros_like(s))
+
+
+def _negative_stats(s: Tensor):
+    n, m = s.shape
+    idx = torch.arange(n)
+    neg = torch.ones(n, m, dtype=torch.bool)
+    neg[idx, idx] = False
+    pos = s[idx, idx]
+    hardest_value, hardest_index = s.masked_fill(~neg, -math.inf).max(dim=1)
+    return neg, pos, hardest_value, hardest_index
+
+
+def _lse(s: Tensor, neg: Tensor, tau: float) -> Tensor:
+    return torch.logsumexp((s / tau).masked_fill(~neg, -math.inf), dim=1)
+
+
+def _dissipation(comp, s, neg, pos, hard):
+    name, p = type(comp).__name__, comp.params()
+    if name == "InfoNCE":
+        return torch.sigmoid(_lse(s, neg, p["temperature"]) - pos / p["temperature"]) / p["temperature"]
+    if name == "ArcCon":
+        tau = p["temperature"]
+        return torch.sigmoid(_lse(s, neg, tau) - torch.cos(_angle(pos) + p["margin"]) / tau) / tau
+    if name == "Margin":
+        return (pos - hard < p["margin"]).to(s.dtype)
+    if name == "EuclideanMargin":
+        return (_dist(hard) - _dist(pos) < p["margin"]).to(s.dtype) * _inv_dist(hard)
+    if name == "AngularMargin":
+        return (_angle(hard) - _angle(pos) < p["margin"]).to(s.dtype) * _inv_sin(hard)
+    if name == "Constant":
+        return torch.full_like(pos, p["value"])
+    raise ValueError(f"reference: no textbook formula for dissipation {comp!r}")
+
+
+def _weight(comp, s, neg, hard_index):
+    name, p = type(comp).__name__, comp.params()
+    n, m = s.shape
+    if name == "Softmax":
+        return torch.softmax((s / p["temperature"]).masked_fill(~neg, -math.inf), dim=1)
+    if name == "Hardest":
+        w = torch.zeros_like(s)
+        w[torch.arange(n), hard_index] = 1.0
+        return w
+    if name == "Power":
+        f = s.clamp(min=POWER_FLOOR).pow(p["p"]).masked_fill(~neg, 0.0)
+        return f / f.sum(dim=1, keepdim=True)
+    if name == "Uniform":
+        return neg.to(s.dtype) / (m - 1)
+    raise ValueError(f"reference: no textbook formula for weight {comp!r}")
+
+
+def _ratio(comp, pos, hard):
+    name, p = type(comp).__name__, comp.params()
+    if name == "Constant":
+        return torch.full_like(pos, p["value"])
+    if name == "Arc":
+        return torch.sin(_angle(pos) + p["margin"]) * _inv_sin(pos)
+    if name == "Euclidean":
+        return _dist(hard) * _inv_dist(pos)
+    if name == "Angular":
+        return torch.sin(_angle(hard)) * _inv_sin(pos)
+    raise ValueError(f"reference: no textbook formula for ratio {comp!r}")
+
+
 def components(paradigm: Paradigm, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """GD (N,), W (N x M), R (N,) of ``paradigm`` on a whole, detached similarity matrix."""
-    return paradigm.components(Rows(s.detach().clone(), 0))
+    """GD (N,), W (N x M), R (N,) of ``paradigm`` on a whole similarity matrix, from the
+    textbook formulas (independent of :meth:`Paradigm.components`)."""
+    s = s.detach()
+    neg, pos, hard, hard_index = _negative_stats(s)
+    return (_dissipation(paradigm.dissipation, s, neg, pos, hard), _weight(paradigm.weight, s, neg, hard_index),
+            _ratio(paradigm.ratio, pos, hard))
 
 
 def surrogate_rows(s: Tensor, paradigm: Paradigm) -> Tensor:
     """``GD_i (sum_{j!=i} W_ij s_ij - R_i s_ii)`` with GD, W, R detached (stop-gradient)."""
     gd, w, r = components(paradigm, s)
     return gd * ((w * s).sum(dim=1) - r * s.diagonal())
-
 
 
 def surrogate(anchors, positives, negatives=None, *, paradigm: Paradigm, symmetric=False, reduction="mean"):

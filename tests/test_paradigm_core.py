@@ -133,7 +133,7 @@ def test_custom_paradigm_against_hand_computed_gradient():
     x, y, z = batch(10, 5, 8, seed=2)
     loss = gradsurg.paradigm_loss(x, y, z, paradigm=p)
     loss.backward()
-    # by hand, in float64, from the definitions of PARADIGM.md section 4
+    # by hand, in float64, from the definitions of docs/paradigm.md ("The paradigm")
     with torch.no_grad():
         c = torch.cat([y, z])
         u = x / x.norm(dim=1, keepdim=True)
@@ -171,6 +171,8 @@ RATIOS = [R.Constant(1.75), R.Arc(0.3), R.Euclidean(), R.Angular()]
 @pytest.mark.parametrize("wt", WEIGHTS, ids=repr)
 @pytest.mark.parametrize("rt", RATIOS, ids=repr)
 def test_every_combination_equals_surrogate_autograd(dis, wt, rt):
+    """The oracle (gradsurg.reference.surrogate) computes GD, W and R from their textbook
+    formulas on the whole matrix, independently of Paradigm.components and Rows."""
     p = gradsurg.Paradigm(dis, wt, rt)
     leaves = batch(8, 3, 6, seed=1)
     for symmetric in (False, True):

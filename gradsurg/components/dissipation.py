@@ -2,7 +2,7 @@ r"""Gradient dissipation (GD): how much anchor i is still optimised.
 
 Every effective contrastive loss switches off anchors whose positive is
 already clearly closer than their negatives; the members below are the
-dissipations of the losses of the paper (PARADIGM.md section 3) plus a
+dissipations of the losses of the paper (docs/paradigm.md, "Components") plus a
 constant (no dissipation).
 
 ==================  =====================================================================

@@ -2,9 +2,9 @@ r"""The paradigm engine generalised to arbitrary negatives (non-contrastive obje
 
 :func:`gradsurg.engine.torch_backend.direction` expresses one set of
 candidates per anchor, with the positive at index i among them. The
-non-contrastive objectives (PARADIGM.md section 5) push an anchor ``u_i`` away
+non-contrastive objectives (docs/objectives.md) push an anchor ``u_i`` away
 from *within-view* negatives ``u_j`` while pulling it to the *other view's*
-``v_i``, and the symmetric "sg" objective (section 4) holds the negatives'
+``v_i``, and the symmetric "sg" objective (docs/objectives.md) holds the negatives'
 side constant. This module writes both as
 
 .. math::
