@@ -47,6 +47,7 @@ from ..components import weight as W
 from ..components._rows import Rows
 from ..paradigm import Paradigm
 from .normalize import normalize, normalize_backward
+from .directions import directions
 from .op import run
 from .torch_backend import compute_dtype
 from .validation import autocast_inputs
@@ -205,9 +206,10 @@ def direction(x: Tensor, c: Tensor, spec, row_weights: float | Tensor | None
     return loss, normalize_backward(du, u, inv_x), normalize_backward(dv, v, inv_c)
 
 
-def apply(x: Tensor, c: Tensor, spec, reduction: str = "mean") -> Tensor:
-    """The value of ``spec`` on raw embeddings (one direction, ``x`` against ``c``), with
-    its gradient SET by ``spec`` through the engine's autograd node (:mod:`gradsurg.engine.op`).
+def apply(x: Tensor, c: Tensor, spec, reduction: str = "mean", symmetric: bool = False) -> Tensor:
+    """The value of ``spec`` on raw embeddings (``x`` against ``c``; with ``symmetric`` the
+    mean with ``c[:N]`` against ``x``, :mod:`gradsurg.engine.directions`), with its gradient
+    SET by ``spec`` through the engine's autograd node (:mod:`gradsurg.engine.op`).
     Under ``torch.autocast`` the inputs are promoted to one dtype, the value is float32 and
     the statistics are computed in float32 without autocast (the policy of docs/api.md)."""
     (x, c), value_dtype = autocast_inputs([x, c])
@@ -219,4 +221,4 @@ def apply(x: Tensor, c: Tensor, spec, reduction: str = "mean") -> Tensor:
         return rows, da, db
 
     weight = 1.0 / x.shape[0] if reduction == "mean" else 1.0
-    return run([(x, c, 1.0)], reduction, weight, call, "").to(value_dtype or x.dtype)
+    return run(directions(x, c, symmetric), reduction, weight, call, "").to(value_dtype or x.dtype)

@@ -83,19 +83,11 @@ class SG(nn.Module):
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         negatives = check_embeddings(anchors, positives, negatives, symmetric=True, where="SG")
         candidates = positives if negatives is None else torch.cat([positives, negatives], dim=0)
-        return pairwise.apply(anchors, candidates, self)
+        return pairwise.apply(anchors, candidates, self, symmetric=True)
 
     def unit_forward(self, u: Tensor, c: Tensor, row_scale):
-        n = u.shape[0]
-        half = None if row_scale is None else 0.5 * row_scale
-        loss_f, du, dc = pairwise.stop_gradient_direction(u, c, self.paradigm, half)
-        loss_r, dv_r, du_r = pairwise.stop_gradient_direction(c[:n], u, self.paradigm, half)
-        loss = 0.5 * (loss_f + loss_r)
-        if row_scale is None:
-            return loss, None, None
-        du = du + du_r
-        dc[:n] += dv_r
-        return loss, du, dc
+        """One direction; the front door's ``symmetric`` averages the two."""
+        return pairwise.stop_gradient_direction(u, c, self.paradigm, row_scale)
 
     def extra_repr(self) -> str:
         return f"{self.paradigm!r}"
