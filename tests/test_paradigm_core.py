@@ -301,3 +301,13 @@ def test_modules_pass_gather_options_through():
     assert torch.equal(gathered(*leaves), gradsurg.info_nce(*leaves))
     with pytest.raises(ValueError, match="group= is only used with gather_across_devices"):
         gradsurg.InfoNCELoss(group=object())
+
+
+@pytest.mark.parametrize("p", [gradsurg.paradigms.arccon(), gradsurg.paradigms.met(),
+                               gradsurg.Paradigm(D.Constant(0.7), W.Power(3.0), R.Arc(0.3))], ids=repr)
+def test_primitive_encoding_round_trips(p):
+    names, values = p.encode()
+    assert isinstance(names, str) and all(isinstance(v, float) for v in values)
+    assert gradsurg.Paradigm.decode(names, values) == p
+    with pytest.raises(ValueError, match="unknown component"):
+        gradsurg.Paradigm.decode(names.replace(type(p.weight).__name__, "Nope"), values)
