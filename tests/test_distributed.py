@@ -4,7 +4,7 @@ One spawn per world size runs every case (each a few milliseconds) and saves
 each rank's loss and gradients; the tests compare them with single-process
 ``paradigm_loss`` on the concatenated batch (float64, tolerance 1e-9 relative).
 
-Scaling checked (see gradsurg.distributed): with reduction='mean' the gradient
+Scaling checked (see gradsurg.api, "Gathered candidates"): with reduction='mean' the gradient
 on a rank's own rows is W times the gradient of the global-mean loss, so the
 DDP average (divide by W) equals the single-process gradient; 'sum' gives the
 global sum's gradient directly; 'none' with per-row weights gives the weighted
