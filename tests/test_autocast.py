@@ -110,3 +110,35 @@ def test_objectives_under_autocast(name, modified):
     for g, w, t in zip(grads, want_grads, ts):
         assert g.dtype == t.dtype
         assert rel_err(g, w) <= GRAD_TOL
+
+
+def test_cuda_code_paths_on_cpu(monkeypatch):
+    """The torch backend's CUDA choices, exercised on CPU: bfloat16 GEMM operands (float32
+    results; here through the float32-copy fallback of ``product``) and the sync-free
+    softmax statistics (every row shifted by its true maximum). Tolerances: bfloat16
+    operands 2e-2 against float64; the sync-free statistics 1e-4 (float32)."""
+    from gradsurg.components import _rows
+    from gradsurg.engine import torch_backend
+
+    g = torch.Generator().manual_seed(5)
+    x, y, z = (torch.randn(r, 256, generator=g) for r in (9, 9, 4))
+    leaves = [t.clone().requires_grad_() for t in (x, y, z)]
+    ref64 = [t.double().requires_grad_() for t in (x, y, z)]
+    for name in ("info_nce", "arccon", "met"):
+        kw = dict(temperature=0.01) if name in ("info_nce", "arccon") else {}
+        want = ref.LOSSES[name](*ref64, **kw)
+        want_grads = torch.autograd.grad(want, ref64)
+        with monkeypatch.context() as m:  # far candidates at tau = 0.01: the underflow case
+            m.setattr(_rows, "sync_free", lambda t: True)
+            loss = getattr(gradsurg, name)(*leaves, **kw)
+            grads = torch.autograd.grad(loss, leaves)
+        assert rel_err(loss, want) <= 1e-4
+        assert all(rel_err(a, b) <= 1e-4 for a, b in zip(grads, want_grads))
+        with monkeypatch.context() as m:
+            m.setattr(torch_backend, "gemm_dtype", lambda t: torch.bfloat16)
+            m.setattr(_rows, "_MM_OUT_DTYPE", False)
+            loss = getattr(gradsurg, name)(*leaves, **kw)
+            grads = torch.autograd.grad(loss, leaves)
+        assert loss.dtype == torch.float32
+        assert rel_err(loss, want) <= 2e-2
+        assert all(rel_err(a, b) <= 2e-2 for a, b in zip(grads, want_grads))

@@ -49,13 +49,23 @@ def angle_slope(s: Tensor) -> Tensor:
 #: a row whose shifted exp-sum falls below this is recomputed with its true maximum
 _UNDERFLOW = 1e-30
 _HALF = (torch.float16, torch.bfloat16)
+#: torch >= 2.8 has ``mm(a, b, out_dtype=float32)`` for half-precision CUDA operands
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+
+
+def sync_free(t: Tensor) -> bool:
+    """Whether statistics of ``t`` must avoid reading values on the host (CUDA tensors)."""
+    return t.is_cuda
 
 
 def product(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` in the statistics dtype: float16/bfloat16 operands (CUDA) give a
-    float32 result accumulated in float32, without up-cast copies of the operands."""
+    float32 result accumulated in float32, without up-cast copies of the operands
+    (older torch: on float32 copies)."""
     if a.dtype in _HALF:
-        return torch.mm(a, b, out_dtype=torch.float32)
+        if _MM_OUT_DTYPE:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return a.float() @ b.float()
     return a @ b
 
 
@@ -153,7 +163,7 @@ class Rows:
             e = self._z
             self._z = None  # consumed: exponentiated in place
             e[self.rows, self.cols] = -math.inf
-            if e.is_cuda:  # no host sync: shift every row by its true maximum (one more pass)
+            if sync_free(e):  # no host sync: shift every row by its true maximum (one more pass)
                 shift = e.amax(dim=1)
                 e.sub_(shift[:, None]).exp_()
                 total = e.sum(dim=1)
