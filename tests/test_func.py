@@ -1,8 +1,8 @@
 """torch.func and second-order behaviour of the losses.
 
 * ``torch.func.grad`` gives the autograd gradient (float64, 1e-12 relative).
-* ``torch.func.vmap`` works (PyTorch's per-sample fallback loop runs the
-  operator), also around ``torch.func.grad`` (per-sample gradients); a
+* ``torch.func.vmap`` works (the operator's vmap rule runs it per sample)
+  also around ``torch.func.grad`` (per-sample gradients); a
   ``backward()`` through a vmapped loss raises a clear error naming gradsurg.
 * Second order: any differentiation of a gradient taken through a gradsurg
   loss (``create_graph=True``, nested ``torch.func.grad``) raises a clear error;

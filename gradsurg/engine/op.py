@@ -17,7 +17,8 @@ s (with ``setup_context``, so ``torch.func.grad`` works) set the gradient:
 Second-order gradients are not defined (the first-order gradient is set in
 closed form, not differentiated): any attempt (``create_graph=True`` followed
 by a backward through the gradient, nested ``torch.func.grad``) raises. So
-does ``vmap``.
+does ``loss.backward()`` through a ``vmap``; ``vmap`` itself works (the operator has a
+per-sample vmap rule).
 """
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def _(x, c, row_weights, weight, want_grad, paradigm, params, backend, options, 
     return rows, x.new_empty(x.shape, dtype=cd), c.new_empty(c.shape, dtype=cd)
 
 
+@direction_op.register_vmap
+def _(info, in_dims, x, c, row_weights, *rest):
+    """``torch.func.vmap``: one call per sample (the losses of separate batches are independent)."""
+    tensors = (x, c, row_weights)
+    outs = []
+    for b in range(info.batch_size):
+        args = [t if t is None or dim is None else t.select(dim, b) for t, dim in zip(tensors, in_dims[:3])]
+        outs.append(direction_op(*args, *rest))
+    return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0)
+
+
 def paradigm_call(paradigm: Paradigm, backend: str, options: dict) -> Callable:
     """``call(x, c, row_weights, weight, want_grad, check) -> (rows, dx, dc)`` through the op."""
     names, params = paradigm.encode()
@@ -135,7 +147,7 @@ def _finish(ctx, gx: Tensor, gc: Tensor, x: Tensor, c: Tensor):
 class Fused(torch.autograd.Function):
     """``weight * sum_i L_i`` with its gradient computed in the forward pass."""
 
-    generate_vmap_rule = True  # the op is batched by PyTorch's per-sample fallback loop
+    generate_vmap_rule = True  # forward and backward are vmapped through the operator's rule
 
     @staticmethod
     def forward(x, c, weight, call, check):
