@@ -142,3 +142,24 @@ def test_cuda_code_paths_on_cpu(monkeypatch):
         assert loss.dtype == torch.float32
         assert rel_err(loss, want) <= 2e-2
         assert all(rel_err(a, b) <= 2e-2 for a, b in zip(grads, want_grads))
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_half_gemm_operands_keep_small_gradients(monkeypatch, low):
+    """N = M = 3000, uniform weights: G_ij ~ 1/(N M) ~ 1.1e-7 is subnormal in float16. The torch
+    backend's CUDA path (exercised on CPU) scales G into range before the float16 cast, so
+    the gradients stay within 1e-2 of float64 (unscaled: ~10% off, or zero)."""
+    from gradsurg.components import _rows
+    from gradsurg.engine import torch_backend
+
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(3000, 8, generator=g), torch.randn(3000, 8, generator=g)
+    p = gradsurg.Paradigm(D.Constant(1.0), W.Uniform(), R.Constant(0.0))  # only the push: G_ij, j != i
+    x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+    want = torch.autograd.grad(ref.surrogate(x64, y64, paradigm=p), (x64, y64))
+    xl, yl = x.to(low).requires_grad_(), y.to(low).requires_grad_()
+    monkeypatch.setattr(torch_backend, "gemm_dtype", lambda t: low)
+    monkeypatch.setattr(_rows, "_MM_OUT_DTYPE", False)
+    got = torch.autograd.grad(gradsurg.paradigm_loss(xl, yl, paradigm=p), (xl, yl))
+    for a, b in zip(got, want):
+        assert rel_err(a, b) <= 1e-2

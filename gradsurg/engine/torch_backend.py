@@ -7,7 +7,8 @@ matrix is never held; the chunk size follows a memory budget.
 
 Precision: the normalisation, the statistics, G and the results are float32
 (float64 for float64 inputs). The products take their operands in the input
-dtype on CUDA (float16/bfloat16 GEMMs with float32 accumulation and output);
+dtype on CUDA (float16/bfloat16 GEMMs with float32 accumulation and output;
+for float16, G is scaled per row / per column into float16's range first);
 on CPU they run on float32 copies (CPU half-precision GEMMs are neither faster
 nor exact).
 """
@@ -26,6 +27,8 @@ DEFAULT_CHUNK_BYTES = 128 * 2**20
 #: how many (rows x M) buffers of the statistics dtype a chunk may hold at once
 _BUFFERS_PER_CHUNK = 3
 NAME = "torch"
+#: floor of the per-row / per-column scales of G before a float16 cast
+_TINY = 1e-30
 #: the options :func:`direction` accepts
 OPTIONS = ("chunk_bytes",)
 
@@ -105,10 +108,15 @@ def direction(
         if gd == cd:  # in place: no temporaries
             torch.mm(g, v, out=du[start:stop])
             dv.addmm_(g.T, uc)
-        else:  # half-precision operands, float32 accumulation and results
+        elif gd == torch.bfloat16:  # bfloat16 operands (float32's range), float32 accumulation and results
             g = g.to(gd)
             du[start:stop] = product(g, v)
             dv += product(g.T, uc)
+        else:  # float16 operands: G scaled per row (for dU) and per column (for dV) into range
+            row = g.abs().amax(dim=1, keepdim=True).clamp_(min=_TINY)
+            du[start:stop] = product((g / row).to(gd), v).mul_(row)
+            col = g.abs().amax(dim=0, keepdim=True).clamp_(min=_TINY)
+            dv += product((g / col).to(gd).T, uc).mul_(col.T)
     if not want_grad:
         return loss, None, None
     return loss, normalize_backward(du, u32, inv_x), normalize_backward(dv, v32, inv_c)
