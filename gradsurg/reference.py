@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .components._rows import ANGLE_EPS, EUCLID_FLOOR
+from .components._rows import ANGLE_EPS, EUCLID_FLOOR, POWER_FLOOR, Rows
+from .components.weight import Power
 from .paradigm import Paradigm
-from .components._rows import Rows
 
 
 def cosine_matrix(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
@@ -100,9 +100,21 @@ def mat(anchors, positives, negatives=None, *, margin=0.15 * math.pi, symmetric=
     return _symmetric(mat_rows, anchors, positives, negatives, symmetric, reduction, margin=margin)
 
 
+def power_weights(s: Tensor, p: float) -> Tensor:
+    """``max(s_ij, 1e-4)^p`` normalised over the negatives, written independently of
+    ``weight.Power``: a float64 softmax of ``p log max(s_ij, 1e-4)`` (log-domain, so
+    finite for any ``p``), returned in ``s``'s dtype."""
+    logits = p * s.detach().double().clamp(min=POWER_FLOOR).log()
+    return torch.softmax(_negatives_only(logits, -math.inf), dim=1).to(s.dtype)
+
+
 def components(paradigm: Paradigm, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """GD (N,), W (N x M), R (N,) of ``paradigm`` on a whole, detached similarity matrix."""
-    return paradigm.components(Rows(s.detach().clone(), 0))
+    """GD (N,), W (N x M), R (N,) of ``paradigm`` on a whole, detached similarity matrix
+    (power weights from :func:`power_weights`, the others from the components)."""
+    gd, w, r = paradigm.components(Rows(s.detach().clone(), 0))
+    if isinstance(paradigm.weight, Power):
+        w = power_weights(s, paradigm.weight.p)
+    return gd, w, r
 
 
 def surrogate_rows(s: Tensor, paradigm: Paradigm) -> Tensor:

@@ -36,6 +36,9 @@ from .evaluate import evaluate_sts
 from .losses import loss_from_config
 from .stats import StepLogger, make_collector
 
+#: a run is flagged ``collapsed`` when its last dev Spearman (x100) falls this far below its first
+COLLAPSE_DROP = 20.0
+
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
@@ -65,6 +68,9 @@ class TrainResult:
     evals: list = field(default_factory=list)
     saved_to: str | None = None
     final_stats: dict = field(default_factory=dict)
+    #: the last dev score fell at least COLLAPSE_DROP below the first (see ``collapse_note``)
+    collapsed: bool = False
+    collapse_note: str | None = None
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -108,15 +114,16 @@ class Trainer:
         self.eval_full = eval_pairs
         self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
         self.on_eval = on_eval
+        from .models import load_encoder, pick_device
+
+        try:
+            self.device = pick_device(cfg.device)
+        except ValueError as exc:
+            raise ConfigError(f"config field 'device': {exc}") from None
         set_seed(cfg.seed)
         if encoder is None:
-            from .models import load_encoder
-
             encoder = load_encoder(cfg.model, pooler=cfg.pooler, max_len=cfg.max_len,
                                    mlp_only_train=cfg.mlp_only_train)
-        from .models import pick_device
-
-        self.device = pick_device(cfg.device)
         self.encoder = encoder.to(self.device)
         self.loss = self.loss.to(self.device)
 
@@ -259,6 +266,7 @@ class Trainer:
                 bar.close()
             logger.close()
         result.train_seconds = round(time.time() - start, 2)
+        _check_collapse(result, cfg)
         tail = logger.rows[-10:]
         if tail:  # mean of the per-step statistics over the last (up to) 10 logged steps
             keys = [k for k in tail[0] if k not in ("step", "lr") and isinstance(tail[0][k], (int, float))]
@@ -281,6 +289,27 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
         return result
+
+
+def _check_collapse(result: TrainResult, cfg: TrainConfig) -> None:
+    """Flag (and warn about) a run whose last dev score fell far below its first one.
+
+    The first score is the untrained encoder's with ``eval_at_start``, else the
+    first scheduled evaluation. The best checkpoint is still what the run reports;
+    the flag says that training went wrong after (or before) it.
+    """
+    evals = [e for e in result.evals if e["spearman"] is not None]
+    if len(evals) < 2 or not math.isfinite(evals[0]["spearman"]):
+        return
+    first, last = evals[0], evals[-1]
+    if not math.isfinite(last["spearman"]) or last["spearman"] <= first["spearman"] - COLLAPSE_DROP:
+        import warnings
+
+        result.collapsed = True
+        result.collapse_note = (f"dev Spearman {first['spearman']:.2f} at step {first['step']} -> "
+                                f"{last['spearman']:.2f} at step {last['step']}")
+        warnings.warn(f"gradsurg: run {cfg.run_name()} collapsed: {result.collapse_note} (lr {cfg.lr}); "
+                      f"the best checkpoint is kept, but check the learning rate and the loss", stacklevel=3)
 
 
 def _scalar(loss: torch.Tensor) -> torch.Tensor:
