@@ -235,3 +235,21 @@ def test_unscored_and_collapsed_runs_are_shown_not_dropped(base):
     flagged = [r for r in rows if ablate.flag(r)]
     table = ablate.format_table(ablate.summarize(rows), flagged)
     assert "seed 2 | not scored" in table and "seed 3 | collapsed | 90.33 -> -8.86" in table
+
+
+def test_check_and_repair_commands(tmp_path, capsys):
+    from gradsurg.cli import main
+
+    out = str(tmp_path / "out")
+    good = json.dumps(_row("a"))
+    _write(out, good, "null", good.replace('"a"', '"b"')[:30], newline_at_end=False)
+    assert main(["ablate", "--out", out, "--check"]) == 1
+    printed = capsys.readouterr().out
+    assert "line 2: not a JSON object" in printed and "line 3: torn last line" in printed
+    assert "1 run(s); 2 line(s) not usable" in printed
+    assert main(["ablate", "--out", out, "--repair"]) == 0
+    assert "set aside in" in capsys.readouterr().out
+    assert main(["ablate", "--out", out, "--check"]) == 0
+    assert "1 run(s); 0 line(s) not usable" in capsys.readouterr().out
+    assert len(open(os.path.join(out, SET_ASIDE)).read().splitlines()) == 2
+    assert main(["ablate", "--out", str(tmp_path / "none"), "--check"]) == 2
