@@ -101,7 +101,14 @@ def test_a_key_is_stored_once(tmp_path):
     # a file with a key twice (hand-edited, or from an older version): the later row wins, reported
     _write(out, json.dumps(_row("a", spearman=1.0)), json.dumps(_row("a", spearman=2.0)))
     rows, problems, superseded = parse(open(store.path, "rb").read())
-    assert rows["a"]["spearman"] == 2.0 and not problems and superseded == [1]
+    assert rows["a"]["spearman"] == 2.0 and not problems and [p.line for p in superseded] == [1]
+    store = ResultsStore(out)
+    with store.lock():
+        store.load()
+        assert "line 1: run key a is stored again on line 2" in store.check()[0]
+        store.repair()
+    assert [json.loads(x)["spearman"] for x in open(store.path)] == [2.0]
+    assert json.loads(json.loads(open(store.set_aside_path).read())["text"])["spearman"] == 1.0
 
 
 def test_writes_need_the_lock_and_the_folder_must_be_usable(tmp_path):

@@ -97,19 +97,26 @@ def expand_grid(
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seeds must be integers, got {seed!r}")
     keys = sorted(params)
-    configs: dict[str, TrainConfig] = {}
+    configs: list[TrainConfig] = []
     for loss in losses:
         takes_mod = any(parse_modified(m) for m in mods) and accepts_modified(loss)
         loss_mods = mods if takes_mod else ["none"]
-        for norm in dict.fromkeys(",".join(parse_modified(m)) or None for m in loss_mods):
+        for norm in dict.fromkeys(",".join(parse_modified(m)) or None for m in loss_mods):  # each once
             for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
                 loss_params = dict(base.loss_params)
                 loss_params.update(dict(zip(keys, values)))
                 build_loss(loss, loss_params, norm)  # fail fast, naming the bad parameter
                 for seed in seeds:
-                    cfg = base.replace(loss=loss, modified=norm, loss_params=loss_params, seed=seed)
-                    configs.setdefault(run_key(cfg), cfg)
-    return list(configs.values())
+                    configs.append(base.replace(loss=loss, modified=norm, loss_params=loss_params, seed=seed))
+    return unique_runs(configs)
+
+
+def unique_runs(configs: Iterable[TrainConfig]) -> list[TrainConfig]:
+    """``configs`` without repeats of a run (the same :func:`run_key`), in first-seen order."""
+    unique: dict[str, TrainConfig] = {}
+    for cfg in configs:
+        unique.setdefault(run_key(cfg), cfg)
+    return list(unique.values())
 
 
 def repeated(name: str, values: Iterable[Any]) -> str | None:
@@ -312,10 +319,7 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
     from .trainer import train
 
     stream = sys.stderr if stream is None else stream
-    unique: dict[str, TrainConfig] = {}
-    for c in configs:  # a grid is a set
-        unique.setdefault(run_key(c), c)
-    configs = list(unique.values())
+    configs = unique_runs(configs)
     store = ResultsStore(out_dir)
     with store.lock(wait):
         if not resume and os.path.exists(store.path):

@@ -19,7 +19,8 @@ What it guarantees:
   stored (a failed run retried) rewrites the file with the new row in place of
   the old; the rewrite goes through a temporary file and ``os.replace``, so the
   file is always either the old or the new one. A file written by hand or by
-  an older version with the same key twice keeps the last row (reported).
+  an older version with the same key twice keeps the last row; the earlier one
+  is reported and set aside like a problem.
 - **One writer per folder.** :meth:`ResultsStore.lock` holds an exclusive
   ``flock`` on ``OUT/.gradsurg.lock`` for the whole grid; a second process on
   the same folder is refused with a message naming the holder (or waits, given
@@ -90,13 +91,13 @@ def _row_problem(obj: Any) -> str | None:
     return None
 
 
-def parse(data: bytes) -> tuple[dict[str, dict], list[Problem], list[int]]:
-    """Rows by key (file order, the last row of a key wins), problems, and the lines
-    dropped as duplicates of a later row."""
+def parse(data: bytes) -> tuple[dict[str, dict], list[Problem], list[Problem]]:
+    """Rows by key (file order, the last row of a key wins), problems, and the earlier
+    rows of keys stored again later (superseded)."""
     rows: dict[str, dict] = {}
-    where: dict[str, int] = {}
+    where: dict[str, tuple[int, str]] = {}
     problems: list[Problem] = []
-    superseded: list[int] = []
+    superseded: list[Problem] = []
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends in a newline
     for number, raw in enumerate(lines, 1):
@@ -114,10 +115,11 @@ def parse(data: bytes) -> tuple[dict[str, dict], list[Problem], list[int]]:
             continue
         key = obj["key"]
         if key in rows:
-            superseded.append(where[key])
+            line, old = where[key]
+            superseded.append(Problem(line, f"run key {key} is stored again on line {number} (that row is used)", old))
             del rows[key]  # keep file order of the surviving (later) row
         rows[key] = obj
-        where[key] = number
+        where[key] = (number, text)
     if tail.strip():
         problems.append(Problem(len(lines) + 1, "torn last line (no newline at the end: a write was cut short)",
                                 tail.decode("utf-8", errors="replace")))
@@ -136,7 +138,7 @@ class ResultsStore:
         self.set_aside_path = os.path.join(self.folder, SET_ASIDE)
         self.rows: dict[str, dict] = {}
         self.problems: list[Problem] = []
-        self.superseded: list[int] = []
+        self.superseded: list[Problem] = []
         self._lock_fh = None
 
     # ------------------------------------------------------------- folder
@@ -199,11 +201,8 @@ class ResultsStore:
         return self.rows
 
     def check(self) -> list[str]:
-        """Human-readable lines for every problem and superseded duplicate (empty: the file is clean)."""
-        out = [p.describe(self.path) for p in self.problems]
-        out += [f"{self.path} line {n}: an earlier row of a run key stored again later (the later row is used)"
-                for n in self.superseded]
-        return out
+        """Human-readable lines for every problem and superseded row (empty: the file is clean)."""
+        return [p.describe(self.path) for p in sorted(self.problems + self.superseded, key=lambda p: p.line)]
 
     # --------------------------------------------------------------- write
     def _require_lock(self) -> None:
@@ -211,9 +210,10 @@ class ResultsStore:
             raise StoreError("the results store is written only under its lock (use `with store.lock():`)")
 
     def repair(self) -> list[Problem]:
-        """Move problem lines to ``results.set-aside.jsonl`` and rewrite the file from the good rows."""
+        """Move problem lines and superseded rows to ``results.set-aside.jsonl`` and rewrite
+        the file from the good rows; return what was set aside."""
         self._require_lock()
-        problems = list(self.problems)
+        problems = sorted(self.problems + self.superseded, key=lambda p: p.line)
         if problems:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             with open(self.set_aside_path, "a", encoding="utf-8") as fh:
