@@ -462,3 +462,23 @@ def test_default_data_absent_says_how_to_get_data(tmp_path, monkeypatch, capsys)
     assert main(["evaluate"]) == 2
     err = capsys.readouterr().err
     assert "--data is required" in err and "--format hf" in err
+
+
+def test_10_bad_data_files_are_named_before_training(tiny, tmp_path, capsys):
+    from gradsurg.train.data import read_corpus
+
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"text": "a b"}\nnull\n')
+    with pytest.raises(ConfigError, match="line 2: expected a JSON object"):
+        read_corpus(str(bad))
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_corpus(str(tmp_path))
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"\xff\xfe\x00a,b,1\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_sts_pairs(str(binary))
+    common = ["ablate", *_data_args(tiny), "--loss", "info_nce", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(common + ["--set", "eval_split=TEST"]) == 2  # stsb-csv has no splits: said before any training
+    assert "split" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(common[:-2] + ["--out", str(tmp_path / "o2"), "--train-data", str(bad)]) == 2
+    assert "line 2" in capsys.readouterr().err

@@ -526,14 +526,18 @@ def run(args: argparse.Namespace) -> int:
         base, explicit = build_base(args)
         losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
         configs = expand_grid(base, losses, mods, params, seeds)
-        # data paths and the device are checked before any model is loaded
-        from .data import resolve_path
+        # the data and the device are checked before any model is loaded
+        from .data import read_corpus, read_sts_pairs, resolve_path
 
         resolve_path(base.train_data, "config field 'train_data'")
         if base.eval_data is not None and base.eval_format != "hf":
             resolve_path(base.eval_data, "config field 'eval_data'")
         if not args.dry_run and not args.table_only:
             _check_device(base.device)
+            read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,
+                        base.max_train_sentences)
+            if base.eval_data is not None:
+                read_sts_pairs(base.eval_data, base.eval_format, base.eval_split).subset(base.eval_max_pairs)
     except ConfigError as exc:
         print(f"gradsurg ablate: {exc}", file=sys.stderr)
         return 2

@@ -124,6 +124,15 @@ def read_corpus(
     the first ones.
     """
     path = resolve_path(path, "training data path (train_data)")
+    if os.path.isdir(path):
+        raise ConfigError(f"training data path (train_data) {path!r} is a folder; give a file")
+    try:
+        return _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"training data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) -> Corpus:
     if fmt == "auto":
         fmt = _guess_format(path)
     sentences: list[str] = []
@@ -143,8 +152,18 @@ def read_corpus(
                 sentences.extend(s.strip() for s in row[:2] if s.strip())
     elif fmt in ("csv", "tsv", "jsonl"):
         if fmt == "jsonl":
+            rows = []
             with open(path, encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise ConfigError(f"{path!r} line {lineno}: not valid JSON ({exc})") from None
+                    if not isinstance(row, dict):
+                        raise ConfigError(f"{path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                    rows.append(row)
             columns = list(rows[0].keys()) if rows else []
         else:
             with open(path, encoding="utf-8", newline="") as fh:
@@ -370,14 +389,15 @@ def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -
     if os.path.isdir(path) and fmt != "senteval":
         raise ConfigError(f"STS data path {path!r} is a folder; give a file, or --format senteval for a "
                           "SentEval folder of STS.input.*.txt files")
-    if fmt == "stsb-csv":
-        pairs = _read_stsb_csv(path)
-    elif fmt == "sick":
-        pairs = _read_sick(path, split)
-    elif fmt == "senteval":
-        pairs = _read_senteval(path)
-    else:
+    readers = {"stsb-csv": _read_stsb_csv, "sick": lambda p: _read_sick(p, split), "senteval": _read_senteval}
+    if fmt not in readers:
         raise ConfigError(f"STS format {fmt!r} is not one of stsb-csv, sick, senteval, hf")
+    try:
+        pairs = readers[fmt](path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"STS data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ConfigError(f"STS data {path!r} is not a readable {fmt} file ({exc})") from None
     check_pairs(pairs, f"STS data {path!r} ({fmt})")
     return pairs
 
