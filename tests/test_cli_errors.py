@@ -482,3 +482,10 @@ def test_10_bad_data_files_are_named_before_training(tiny, tmp_path, capsys):
     assert "split" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(common[:-2] + ["--out", str(tmp_path / "o2"), "--train-data", str(bad)]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_10_plot_out_that_is_a_file(tmp_path, capsys):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    assert main(["plot", "--out", str(afile), "--grid", "2", "--num-batches", "1", "--batch-size", "2"]) == 2
+    assert "cannot be used as a folder" in capsys.readouterr().err

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 FIGURES = ("gd", "w", "r")
@@ -37,13 +39,21 @@ def run(args: argparse.Namespace) -> int:
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     unknown = sorted(set(which) - set(FIGURES))
     if unknown or not which:
-        print(f"gradsurg plot: --which must list some of {', '.join(FIGURES)}; got {args.which!r}")
+        print(f"gradsurg plot: --which must list some of {', '.join(FIGURES)}; got {args.which!r}", file=sys.stderr)
         return 2
     if args.batch_size < 2:
-        print("gradsurg plot: --batch-size must be >= 2")
+        print("gradsurg plot: --batch-size must be >= 2", file=sys.stderr)
         return 2
     if args.grid < 2:
-        print("gradsurg plot: --grid must be >= 2")
+        print("gradsurg plot: --grid must be >= 2", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(f"gradsurg plot: --out {args.out!r} cannot be used as a folder: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        print(f"gradsurg plot: --out {args.out!r} is not writable", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     start = time.perf_counter()
