@@ -489,3 +489,29 @@ def test_10_plot_out_that_is_a_file(tmp_path, capsys):
     afile.write_text("x")
     assert main(["plot", "--out", str(afile), "--grid", "2", "--num-batches", "1", "--batch-size", "2"]) == 2
     assert "cannot be used as a folder" in capsys.readouterr().err
+
+
+def test_12_non_finite_gradient_stops_with_the_step(tiny):
+    from gradsurg.train.trainer import Trainer
+
+    class BadGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.shape = x.shape
+            return x.sum() * 0.0  # a finite loss ...
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full(ctx.shape, float("nan")) * g  # ... with a NaN gradient
+
+    class Loss(torch.nn.Module):
+        def forward(self, a, p, n=None):
+            return BadGrad.apply(a)
+
+    cfg = TrainConfig(model=tiny["model"], train_data=tiny["corpus"], eval_data=None, max_train_sentences=None,
+                      batch_size=8, max_steps=2, progress=False, tensorboard=False)
+    trainer = Trainer(cfg, loss=Loss())
+    before = [p.detach().clone() for p in trainer.encoder.parameters()]
+    with pytest.raises(FloatingPointError, match="gradient .* non-finite at step 1"):
+        trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))

@@ -242,8 +242,15 @@ class Trainer:
                     raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
                 if not cfg.mini_batch_size:
                     loss.backward()
+                grads = [p.grad for p in params if p.grad is not None]
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
+                        if grads else torch.zeros(())
+                if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
+                    raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
+                                             f"(loss {value}, lr {cfg.lr})")
                 optimizer.step()
                 scheduler.step()
                 result.losses.append(value)
