@@ -157,7 +157,8 @@ def variant_label(row: dict) -> str:
 def write_csv(rows: list[dict], path: str) -> None:
     """A flat CSV of the results (one line per run)."""
     fields = ["key", "status", "loss", "modified", "loss_params", "seed", "spearman", "pearson", "n_pairs",
-              "best_dev", "best_step", "initial_dev", "steps", "first_loss", "last_loss", "train_seconds", "error"]
+              "best_dev", "best_step", "initial_dev", "steps", "first_loss", "last_loss", "train_seconds", "error",
+              "collapsed"]
     stat_keys = sorted({k for r in rows for k in (r.get("final_stats") or {})})
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -168,7 +169,7 @@ def write_csv(rows: list[dict], path: str) -> None:
                         json.dumps(cfg.get("loss_params") or {}, sort_keys=True), cfg.get("seed"),
                         r.get("spearman"), r.get("pearson"), r.get("n_pairs"), r.get("best_dev"), r.get("best_step"),
                         r.get("initial_dev"), r.get("steps"), r.get("first_loss"), r.get("last_loss"),
-                        r.get("train_seconds"), r.get("error", "")]
+                        r.get("train_seconds"), r.get("error", ""), bool(r.get("collapsed"))]
                        + [(r.get("final_stats") or {}).get(k) for k in stat_keys])
 
 
