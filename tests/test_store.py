@@ -71,6 +71,8 @@ def test_torn_tail_is_set_aside_before_the_next_row(tmp_path):
     ('{"status": "ok", "config": {}}', "no string 'key'"),
     ('{"key": "k", "status": "weird", "config": {}}', "'status'"),
     ('{"key": "k", "status": "ok"}', "no 'config'"),
+    ('{"key": "k", "status": "ok", "config": {"seed": 1}}', "lacks a string 'loss'"),
+    ('{"key": "k", "status": "ok", "config": {"loss": "x", "seed": 1}, "spearman": "high"}', "not a number"),
 ])
 def test_bad_middle_lines_are_reported_and_set_aside(tmp_path, line, reason):
     out = str(tmp_path / "out")

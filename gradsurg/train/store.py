@@ -9,8 +9,9 @@ What it guarantees:
   mid-write): it is set aside before anything is appended, so a new row never
   lands on the torn text.
 - **Every line is checked.** A line that is not valid JSON, not an object,
-  without a string ``key``, with a ``status`` other than ``ok``/``failed`` or
-  without a ``config`` object is a *problem*: :meth:`ResultsStore.check`
+  without a string ``key``, with a ``status`` other than ``ok``/``failed``,
+  without a ``config`` object naming ``loss`` and ``seed``, or with a
+  non-numeric ``spearman``/``pearson`` is a *problem*: :meth:`ResultsStore.check`
   reports it (file, line, reason) and :meth:`ResultsStore.repair` moves it,
   verbatim with its line number and reason, to ``results.set-aside.jsonl`` and
   rewrites ``results.jsonl`` without it. A training run repairs first, with a
@@ -86,8 +87,14 @@ def _row_problem(obj: Any) -> str | None:
         return "no string 'key'"
     if obj.get("status") not in STATUSES:
         return f"'status' is {obj.get('status')!r}, expected one of {', '.join(STATUSES)}"
-    if not isinstance(obj.get("config"), dict):
+    cfg = obj.get("config")
+    if not isinstance(cfg, dict):
         return "no 'config' object"
+    if not isinstance(cfg.get("loss"), str) or not isinstance(cfg.get("seed"), int):
+        return "its 'config' lacks a string 'loss' or an integer 'seed'"
+    for name in ("spearman", "pearson"):
+        if obj.get(name) is not None and (isinstance(obj[name], bool) or not isinstance(obj[name], (int, float))):
+            return f"{name!r} is {obj[name]!r}, not a number or null"
     return None
 
 
