@@ -262,3 +262,15 @@ def test_check_and_repair_commands(tmp_path, capsys):
     assert "1 run(s); 0 line(s) not usable" in capsys.readouterr().out
     assert len(open(os.path.join(out, SET_ASIDE)).read().splitlines()) == 2
     assert main(["ablate", "--out", str(tmp_path / "none"), "--check"]) == 2
+
+
+def test_add_never_lands_on_a_torn_line(tmp_path):
+    out = str(tmp_path / "out")
+    _write(out, json.dumps(_row("a")), '{"key": "b", "sta', newline_at_end=False)
+    store = ResultsStore(out)
+    with store.lock():
+        with pytest.raises(StoreError, match="torn"):
+            store.add(_row("c"))  # without load(repair=True) first
+        store.load(repair=True)
+        store.add(_row("c"))
+    assert [json.loads(x)["key"] for x in open(store.path)] == ["a", "c"]

@@ -247,8 +247,11 @@ class ResultsStore:
         if replacing:
             self._rewrite()
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.lseek(fd, size - 1, os.SEEK_SET) >= 0 and os.read(fd, 1) != b"\n":
+                raise StoreError(f"{self.path} ends in a torn line; load(repair=True) sets it aside before adding")
             _write_all(fd, (line + "\n").encode("utf-8"))
             os.fsync(fd)
         finally:
