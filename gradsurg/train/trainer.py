@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig
-from .data import Corpus, STSPairs, read_corpus, read_sts_pairs
+from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
 from .evaluate import evaluate_sts
 from .losses import loss_from_config
 from .stats import StepLogger, make_collector
@@ -113,6 +113,8 @@ class Trainer:
             eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
         self.eval_full = eval_pairs
         self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
+        if self.eval_pairs is not None:  # a subset with equal gold scores fails here, not after training
+            check_pairs(self.eval_pairs, f"the dev pairs {self.eval_pairs.name!r}")
         self.on_eval = on_eval
         from .models import load_encoder, pick_device
 
