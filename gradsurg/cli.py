@@ -19,6 +19,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (else a usage error naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradsurg",

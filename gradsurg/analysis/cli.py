@@ -10,14 +10,12 @@ import os
 import sys
 import time
 
+from ..cli import int_at_least
+
 FIGURES = ("gd", "w", "r")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive_int = int_at_least(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

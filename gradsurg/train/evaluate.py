@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ..cli import int_at_least
 from .config import STS_FORMATS, ConfigError
 from .data import STSPairs, check_pairs, default_stsb_dir, missing_data_hint, read_sts_pairs
 
@@ -110,20 +111,6 @@ def evaluate_sts(encoder, pairs: STSPairs, batch_size: int = 128, progress: bool
 
 
 # ------------------------------------------------------------------- the CLI
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gradsurg evaluate``."""
     parser.add_argument("--model", default="minilm",
@@ -141,9 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the pooler (default: the model's own: trained-with / "
                              "sentence-transformers config / cls_before_pooler)")
     parser.add_argument("--max-len", type=int, default=None, help="max tokens per sentence at evaluation")
-    parser.add_argument("--max-pairs", type=_at_least(2), default=None,
+    parser.add_argument("--max-pairs", type=int_at_least(2), default=None,
                         help="score only N pairs (spread evenly over the file), N >= 2")
-    parser.add_argument("--batch-size", type=_at_least(1), default=128, help="sentences per forward pass")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128, help="sentences per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
