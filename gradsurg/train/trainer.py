@@ -244,12 +244,10 @@ class Trainer:
                     raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
                 if not cfg.mini_batch_size:
                     loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
                 if cfg.grad_clip:
                     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 else:
-                    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
-                        if grads else torch.zeros(())
+                    norm = _grad_norm(params)
                 if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
                     raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
                                              f"(loss {value}, lr {cfg.lr})")
@@ -319,6 +317,12 @@ def _check_collapse(result: TrainResult, cfg: TrainConfig) -> None:
                                 f"{last['spearman']:.2f} at step {last['step']}")
         warnings.warn(f"gradsurg: run {cfg.run_name()} collapsed: {result.collapse_note} (lr {cfg.lr}); "
                       f"the best checkpoint is kept, but check the learning rate and the loss", stacklevel=3)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together (0 when there is none)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def _scalar(loss: torch.Tensor) -> torch.Tensor:
