@@ -504,7 +504,8 @@ def _check_store(args: argparse.Namespace) -> int:
             with store.lock(args.wait):
                 store.load()
                 notes = store.check()
-                store.repair()
+                if notes:
+                    store.repair()
         else:
             store.load()
             notes = store.check()
