@@ -185,7 +185,8 @@ def cached_step(
 
 
 def _check_args(inputs, mini_batch_size, where: str) -> None:
-    if mini_batch_size is not None and (not isinstance(mini_batch_size, int) or mini_batch_size < 1):
+    if mini_batch_size is not None and (not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool)
+                                        or mini_batch_size < 1):
         raise ValueError(f"{where}: mini_batch_size must be a positive int or None, got {mini_batch_size!r}")
     if isinstance(inputs, (Tensor, Mapping)) or not isinstance(inputs, Sequence) or len(inputs) == 0:
         raise TypeError(f"{where}: inputs must be a non-empty list of columns, e.g. [anchors, positives]")

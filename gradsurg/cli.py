@@ -20,6 +20,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (else a usage error naming the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradsurg",
@@ -49,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"gradsurg {name}", description=help_text)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (a command may say more first)
+        print(f"\ngradsurg {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

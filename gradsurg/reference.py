@@ -154,6 +154,16 @@ def _dissipation(comp, s, neg, pos, hard):
     raise ValueError(f"reference: no textbook formula for dissipation {comp!r}")
 
 
+def power_weights(s: Tensor, p: float, neg: Tensor | None = None) -> Tensor:
+    """``max(s_ij, 1e-4)^p`` normalised over the negatives (``neg``; default ``j != i``),
+    written as a float64 softmax of ``p log max(s_ij, 1e-4)``: log-domain, so finite for any
+    ``p`` (the plain power underflows to 0/0 in float32 from p ~ 10). In ``s``'s dtype."""
+    if neg is None:
+        neg = _negative_stats(s)[0]
+    logits = p * s.detach().double().clamp(min=POWER_FLOOR).log()
+    return torch.softmax(logits.masked_fill(~neg, -math.inf), dim=1).to(s.dtype)
+
+
 def _weight(comp, s, neg, hard_index):
     name, p = type(comp).__name__, comp.params()
     n, m = s.shape
@@ -164,8 +174,7 @@ def _weight(comp, s, neg, hard_index):
         w[torch.arange(n), hard_index] = 1.0
         return w
     if name == "Power":
-        f = s.clamp(min=POWER_FLOOR).pow(p["p"]).masked_fill(~neg, 0.0)
-        return f / f.sum(dim=1, keepdim=True)
+        return power_weights(s, p["p"], neg)
     if name == "Uniform":
         return neg.to(s.dtype) / (m - 1)
     raise ValueError(f"reference: no textbook formula for weight {comp!r}")

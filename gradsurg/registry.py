@@ -84,7 +84,44 @@ def _factories() -> dict[str, Callable[..., nn.Module]]:
 
 
 def _paradigm_module(symmetric: bool = False, **params) -> nn.Module:
+    unused = sorted(set(params) - _paradigm_uses(params.get("dissipation", "constant"), params.get("weight", "softmax"),
+                                                 params.get("ratio", 1.0)))
+    if unused:
+        raise ValueError(
+            f"loss 'paradigm': parameter(s) {', '.join(unused)} have no effect with dissipation="
+            f"{params.get('dissipation', 'constant')!r}, weight={params.get('weight', 'softmax')!r}, "
+            f"ratio={params.get('ratio', 1.0)!r}; remove them"
+        )
     return losses.ParadigmLoss(build_paradigm(**params), symmetric=symmetric)
+
+
+def _paradigm_uses(dissipation: Any, weight: Any, ratio: Any) -> set[str]:
+    """The :func:`build_paradigm` parameters that a choice of components reads."""
+    used = {"dissipation", "weight", "ratio"}
+    if dissipation in ("info_nce", "arccon") or weight == "softmax":
+        used.add("temperature")
+    if dissipation in ("margin", "euclidean_margin", "angular_margin"):
+        used.add("margin")
+    if dissipation == "arccon" or ratio == "arc":
+        used.add("arc_margin")
+    if dissipation == "constant":
+        used.add("gd_value")
+    if weight == "power":
+        used.add("p")
+    return used
+
+
+def _check_module_options(name: str, params: dict[str, Any]) -> None:
+    """The module options of the paradigm losses, checked when the loss is built (not at its first call)."""
+    from .engine.validation import BACKENDS, REDUCTIONS
+
+    for flag in ("symmetric", "check_finite", "gather_across_devices"):
+        if flag in params and not isinstance(params[flag], bool):
+            raise TypeError(f"loss {name!r}: {flag} must be true or false, got {params[flag]!r}")
+    if "reduction" in params and params["reduction"] not in REDUCTIONS:
+        raise ValueError(f"loss {name!r}: reduction must be one of {', '.join(REDUCTIONS)}, got {params['reduction']!r}")
+    if "backend" in params and params["backend"] not in BACKENDS:
+        raise ValueError(f"loss {name!r}: backend must be one of {', '.join(BACKENDS)}, got {params['backend']!r}")
 
 
 _MODULE_OPTIONS = {"symmetric", "reduction", "backend", "check_finite", "gather_across_devices", "group"}
@@ -111,7 +148,11 @@ def available_losses() -> list[str]:
 def build_loss(name: str, **params) -> nn.Module:
     """Build the loss module ``name`` with hyper-parameters ``params``.
 
-    Raises ``ValueError`` naming the loss or the parameter when either is unknown.
+    Raises ``ValueError`` (``TypeError`` for a wrong type) naming the loss or
+    the parameter when either is unknown, when a parameter would have no effect
+    (``paradigm`` with ``margin`` but a dissipation without one), or when a
+    module option (``symmetric``, ``reduction``, ``backend``, ...) is invalid:
+    at build time, not at the first forward.
     """
     table = _factories()
     if name not in table:
@@ -124,4 +165,5 @@ def build_loss(name: str, **params) -> nn.Module:
             raise ValueError(
                 f"loss {name!r}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
             )
+    _check_module_options(name, params)
     return factory(**params)

@@ -173,4 +173,4 @@ def test_plot_command(tmp_path, capsys):
                      "--which", "gd,r"]) == 0
     assert sorted(os.listdir(out)) == ["gd_surface.png", "r_surface.png"]
     assert cli_main(["plot", "--out", str(out), "--which", "bogus"]) == 2
-    assert "--which" in capsys.readouterr().out
+    assert "--which" in capsys.readouterr().err

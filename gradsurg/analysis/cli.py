@@ -6,16 +6,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+from ..cli import int_at_least
 
 FIGURES = ("gd", "w", "r")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive_int = int_at_least(1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +37,21 @@ def run(args: argparse.Namespace) -> int:
     which = [w.strip() for w in args.which.split(",") if w.strip()]
     unknown = sorted(set(which) - set(FIGURES))
     if unknown or not which:
-        print(f"gradsurg plot: --which must list some of {', '.join(FIGURES)}; got {args.which!r}")
+        print(f"gradsurg plot: --which must list some of {', '.join(FIGURES)}; got {args.which!r}", file=sys.stderr)
         return 2
     if args.batch_size < 2:
-        print("gradsurg plot: --batch-size must be >= 2")
+        print("gradsurg plot: --batch-size must be >= 2", file=sys.stderr)
         return 2
     if args.grid < 2:
-        print("gradsurg plot: --grid must be >= 2")
+        print("gradsurg plot: --grid must be >= 2", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(f"gradsurg plot: --out {args.out!r} cannot be used as a folder: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        print(f"gradsurg plot: --out {args.out!r} is not writable", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     start = time.perf_counter()

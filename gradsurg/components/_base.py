@@ -9,20 +9,32 @@ from torch import Tensor
 from ._rows import Rows
 
 
+#: the largest finite float32 and the smallest normal one: a hyper-parameter (and, when it
+#: divides, its reciprocal) must be representable in float32, where the engine computes
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+
+
 def check_positive(name: str, value: float, owner: str) -> float:
-    """``value`` must be a finite real number > 0."""
+    """``value`` must be a real number > 0 that float32 holds with its reciprocal
+    (``[1.18e-38, 3.4e38]``: a temperature of 1e-39 would make ``1/tau`` infinite)."""
     _check_real(name, value, owner)
     if not value > 0:
         raise ValueError(f"{owner}: {name} must be > 0, got {value!r}")
+    if not FLOAT32_TINY <= value <= FLOAT32_MAX:
+        raise ValueError(f"{owner}: {name} must be in [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] (finite in float32 "
+                         f"together with its reciprocal), got {value!r}")
     return float(value)
 
 
 def check_nonnegative(name: str, value: float, owner: str, upper: float | None = None) -> float:
-    """``value`` must be a finite real number >= 0 (and <= ``upper``)."""
+    """``value`` must be a real number >= 0 (and <= ``upper``; at most 3.4e38, finite in float32)."""
     _check_real(name, value, owner)
     if value < 0 or (upper is not None and value > upper):
         bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
         raise ValueError(f"{owner}: {name} must be {bound}, got {value!r}")
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{owner}: {name} must be at most {FLOAT32_MAX:.3g} (finite in float32), got {value!r}")
     return float(value)
 
 

@@ -210,7 +210,35 @@ class Rows:
         return e.mul_((scale if factor is None else scale * factor)[:, None])
 
     def powers(self, p: float) -> Tensor:
-        """``max(s_ij, 1e-4) ** p`` on negatives, 0 at the positive."""
+        """``max(s_ij, 1e-4) ** p`` on negatives, 0 at the positive (unnormalised: in float32 it
+        underflows to 0 from ``p = 10`` on similarities near 0; use :meth:`power_weights` or
+        :meth:`log_power_sum`)."""
         w = self.s.clamp(min=POWER_FLOOR).pow(p)
         w[self.rows, self.cols] = 0.0
         return w
+
+    def _power(self, p: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(E, total, log_sum)``, cached: ``E_ij = (max(s_ij, 1e-4) / h_i) ** p`` on the negatives
+        (0 at the positive) with ``h_i = max_{j != i} max(s_ij, 1e-4)``, ``total_i = sum_j E_ij``
+        (>= 1: the hardest negative contributes exactly 1) and ``log_sum_i = log total_i + p log h_i``.
+        Scaled by the row's largest base, nothing overflows or underflows to an all-zero row."""
+        cache = self.__dict__.setdefault("_pows", {})
+        if p not in cache:
+            base = self.s.clamp(min=POWER_FLOOR)
+            base[self.rows, self.cols] = 0.0
+            top = base.amax(dim=1, keepdim=True)  # >= 1e-4: every negative is clamped there
+            e = base.div_(top).pow_(p)
+            total = e.sum(dim=1)
+            cache[p] = (e, total, total.log() + p * top.squeeze(1).log())
+        return cache[p]
+
+    def power_weights(self, p: float) -> Tensor:
+        """``max(s_ij, 1e-4)^p / sum_{k != i} max(s_ik, 1e-4)^p`` (0 at the positive), exact and
+        finite for any ``p > 0`` in float32 (see :meth:`_power`); formed in the cached buffer."""
+        e, total, _ = self._power(p)
+        del self.__dict__["_pows"][p]
+        return e.div_(total[:, None])
+
+    def log_power_sum(self, p: float) -> Tensor:
+        """``log sum_{j != i} max(s_ij, 1e-4)^p``, shape (n,), finite for any ``p > 0``."""
+        return self._power(p)[2]

@@ -53,7 +53,12 @@ class Hardest(Weight):
 
 @dataclass(frozen=True, repr=False)
 class Power(Weight):
-    """Power weights ``max(s_ij, 1e-4)^p``, normalised over the negatives."""
+    """Power weights ``max(s_ij, 1e-4)^p``, normalised over the negatives.
+
+    Formed as ``(max(s_ij, 1e-4) / h_i)^p`` normalised, with ``h_i`` the row's
+    largest base: the same numbers, finite in float32 for any ``p`` (the plain
+    powers underflow to an all-zero row, 0/0, from ``p = 10`` near ``s = 0``).
+    """
 
     p: float = 5.0
 
@@ -61,8 +66,7 @@ class Power(Weight):
         check_positive("p", self.p, "weight.Power")
 
     def __call__(self, rows: Rows) -> Tensor:
-        w = rows.powers(self.p)
-        return w.div_(w.sum(dim=1, keepdim=True))
+        return rows.power_weights(self.p)
 
 
 @dataclass(frozen=True, repr=False)

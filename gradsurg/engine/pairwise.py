@@ -93,8 +93,7 @@ def pair_weights(s: Tensor, temperature: float | None = None, power: float | Non
     """
     rows = Rows(s.detach().clone(), 0)
     if power is not None:
-        mass = rows.powers(power).sum(dim=1)
-        share = mass / mass.sum()
+        share = torch.softmax(rows.log_power_sum(power), dim=0)  # log domain: finite for any power
         w = W.Power(power)(rows)
     else:
         share = torch.softmax(rows.lse(temperature), dim=0)

@@ -35,6 +35,10 @@ def check_embeddings(
             )
         if t.dim() != 2:
             raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
+        if t.device.type == "meta":
+            raise ValueError(
+                f"{where}: {name} is on the 'meta' device (no data); pass tensors on a real device (cpu, cuda)"
+            )
     n, d = anchors.shape
     if n == 0:
         raise ValueError(f"{where}: anchors is an empty batch (shape {tuple(anchors.shape)}); need N >= 1 rows")
@@ -105,7 +109,11 @@ def autocast_inputs(tensors):
     ts = [t for t in tensors if isinstance(t, Tensor)]
     if not ts or not all(t.is_floating_point() for t in ts):
         return tensors, None
-    if not torch.is_autocast_enabled(ts[0].device.type):
+    try:
+        enabled = torch.is_autocast_enabled(ts[0].device.type)
+    except RuntimeError:  # a device type autocast does not know (e.g. meta): not under autocast
+        enabled = False
+    if not enabled:
         return tensors, None
     target = ts[0].dtype
     for t in ts[1:]:

@@ -6,9 +6,13 @@
     gradsurg ablate --loss paradigm --param dissipation=margin --param ratio=0.5,1.0,1.5,2.0
     gradsurg ablate --config my.yaml --set lr=1e-5 --out runs/lr1e-5
 
-Each finished run is appended (flushed and fsynced) to ``OUT/results.jsonl``
-and ``OUT/results.csv`` is rewritten from it; rerunning the same command skips
-every run already recorded, so an interrupted grid resumes and loses nothing.
+Each finished run is stored in ``OUT/results.jsonl`` (:mod:`gradsurg.train.store`:
+one strict-JSON line per run, written whole and fsynced, one line per run key,
+one grid per folder at a time) and ``OUT/results.csv`` is rewritten from it;
+rerunning the same command skips every run already recorded, so an
+interrupted grid (Ctrl-C, a crash, a kill) resumes and loses only the run in
+flight. ``--check`` reports lines of ``results.jsonl`` that are not usable rows,
+``--repair`` sets them aside in ``OUT/results.set-aside.jsonl``.
 At the end: a mean +- std table over seeds (printed, and ``OUT/table.md``),
 plots of STS vs every swept knob (``OUT/sts_vs_<knob>.png``), and per run the
 per-step statistics (``OUT/runs/<run>/stats.csv``, TensorBoard when installed).
@@ -32,8 +36,7 @@ import time
 from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_modified, parse_overrides, parse_value, preset, preset_names
-
-RESULTS = "results.jsonl"
+from .store import RESULTS, SET_ASIDE, ResultsStore, StoreError, parse, strict
 #: config fields that do not change what a run computes (left out of its identity)
 _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device", "eval_batch_size", "log_every"}
 #: preferred default grid: InfoNCE vs the non-contrastive objectives, original and modified
@@ -78,6 +81,8 @@ def expand_grid(
 ) -> list[TrainConfig]:
     """All configs of the grid, in order loss -> modified -> parameters -> seed.
 
+    A grid is a set: a value repeated on an axis, or two combinations that
+    describe the same run (the same :func:`run_key`), give one run.
     ``modified`` values ("none", "w_gd,w_w,w_r", ...) are applied only to losses
     that accept ``modified``; a parameter a loss does not take raises
     :class:`ConfigError` naming it (checked by building the loss once).
@@ -88,49 +93,51 @@ def expand_grid(
     mods = list(modified) if modified else [base.modified or "none"]
     params = params or {}
     seeds = list(seeds) if seeds else [base.seed]
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seeds must be integers, got {seed!r}")
     keys = sorted(params)
     configs: list[TrainConfig] = []
     for loss in losses:
         takes_mod = any(parse_modified(m) for m in mods) and accepts_modified(loss)
         loss_mods = mods if takes_mod else ["none"]
-        seen_mods = []
-        for m in loss_mods:
-            norm = ",".join(parse_modified(m)) or None
-            if norm in seen_mods:
-                continue
-            seen_mods.append(norm)
+        for norm in dict.fromkeys(",".join(parse_modified(m)) or None for m in loss_mods):  # each once
             for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
                 loss_params = dict(base.loss_params)
                 loss_params.update(dict(zip(keys, values)))
                 build_loss(loss, loss_params, norm)  # fail fast, naming the bad parameter
                 for seed in seeds:
-                    configs.append(base.replace(loss=loss, modified=norm, loss_params=loss_params, seed=int(seed)))
-    return configs
+                    configs.append(base.replace(loss=loss, modified=norm, loss_params=loss_params, seed=seed))
+    return unique_runs(configs)
+
+
+def unique_runs(configs: Iterable[TrainConfig]) -> list[TrainConfig]:
+    """``configs`` without repeats of a run (the same :func:`run_key`), in first-seen order."""
+    unique: dict[str, TrainConfig] = {}
+    for cfg in configs:
+        unique.setdefault(run_key(cfg), cfg)
+    return list(unique.values())
+
+
+def repeated(name: str, values: Iterable[Any]) -> str | None:
+    """A note when ``values`` (one grid axis) lists a value more than once, else None."""
+    values = list(values)
+    seen: dict[str, int] = {}
+    for v in values:
+        seen[json.dumps(v, default=str)] = seen.get(json.dumps(v, default=str), 0) + 1
+    twice = [f"{k} ({n} times)" for k, n in seen.items() if n > 1]
+    if not twice:
+        return None
+    return f"note: {name} repeats {', '.join(twice)}; a grid is a set, each run is trained and counted once"
 
 
 # --------------------------------------------------------------- results I/O
 def read_results(path: str) -> list[dict]:
-    """Rows of a results JSONL (a torn last line from a crash is ignored)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue
-    return rows
-
-
-def append_result(path: str, row: dict) -> None:
-    """Append one JSON line and force it to disk."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """The good rows of a results JSONL, read only (see :mod:`gradsurg.train.store` for what is checked)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as fh:
+        return list(parse(fh.read())[0].values())
 
 
 def variant_label(row: dict) -> str:
@@ -150,7 +157,8 @@ def variant_label(row: dict) -> str:
 def write_csv(rows: list[dict], path: str) -> None:
     """A flat CSV of the results (one line per run)."""
     fields = ["key", "status", "loss", "modified", "loss_params", "seed", "spearman", "pearson", "n_pairs",
-              "best_dev", "best_step", "initial_dev", "steps", "first_loss", "last_loss", "train_seconds", "error"]
+              "best_dev", "best_step", "initial_dev", "steps", "first_loss", "last_loss", "train_seconds", "error",
+              "collapsed"]
     stat_keys = sorted({k for r in rows for k in (r.get("final_stats") or {})})
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -161,7 +169,7 @@ def write_csv(rows: list[dict], path: str) -> None:
                         json.dumps(cfg.get("loss_params") or {}, sort_keys=True), cfg.get("seed"),
                         r.get("spearman"), r.get("pearson"), r.get("n_pairs"), r.get("best_dev"), r.get("best_step"),
                         r.get("initial_dev"), r.get("steps"), r.get("first_loss"), r.get("last_loss"),
-                        r.get("train_seconds"), r.get("error", "")]
+                        r.get("train_seconds"), r.get("error", ""), bool(r.get("collapsed"))]
                        + [(r.get("final_stats") or {}).get(k) for k in stat_keys])
 
 
@@ -182,7 +190,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for label, rs in groups.items():
         sp = [r["spearman"] for r in rs]
-        pe = [r["pearson"] for r in rs]
+        pe = [float("nan") if r.get("pearson") is None else r["pearson"] for r in rs]
         mean, std = _mean_std(sp)
         pmean, pstd = _mean_std(pe)
         init = [r["initial_dev"] for r in rs if r.get("initial_dev") is not None]
@@ -192,22 +200,37 @@ def summarize(rows: list[dict]) -> list[dict]:
             "best_step_mean": _mean_std([float(r.get("best_step") or 0) for r in rs])[0],
             "initial_subset_dev": init[0] if init else None,
             "n_pairs": rs[0].get("n_pairs"),
-            "minutes_per_run": _mean_std([r.get("train_seconds", 0.0) / 60 for r in rs])[0],
+            "minutes_per_run": _mean_std([(r.get("train_seconds") or 0.0) / 60 for r in rs])[0],
         })
     return out
 
 
-def format_table(summary: list[dict], failed: list[dict] | None = None) -> str:
-    """A Markdown table: variant, seeds, Spearman mean +- std (x100), Pearson, best step, minutes."""
+def flag(row: dict) -> str | None:
+    """Why a run needs a look (failed, not scored, collapsed), else None."""
+    if row.get("status") != "ok":
+        return f"failed: {row.get('error', '')}"
+    if row.get("spearman") is None:
+        return "not scored (no STS score was recorded)"
+    if row.get("collapsed"):
+        return f"collapsed: {row.get('collapse_note') or 'the dev score fell far below its start'}"
+    return None
+
+
+def format_table(summary: list[dict], flagged: list[dict] | None = None) -> str:
+    """A Markdown table: variant, seeds, Spearman mean +- std (x100), Pearson, best step, minutes;
+    then one line per run of ``flagged`` (failed, not scored or collapsed: see :func:`flag`)."""
     lines = ["| variant | seeds | STS Spearman (mean +- std) | Pearson | best step | min/run |",
              "|---|---|---|---|---|---|"]
     for s in summary:
         std = "" if math.isnan(s["spearman_std"]) else f" +- {s['spearman_std']:.2f}"
         pstd = "" if math.isnan(s["pearson_std"]) else f" +- {s['pearson_std']:.2f}"
+        pmean = "n/a" if math.isnan(s["pearson_mean"]) else f"{s['pearson_mean']:.2f}"
         lines.append(f"| {s['variant']} | {s['n_seeds']} | {s['spearman_mean']:.2f}{std} | "
-                     f"{s['pearson_mean']:.2f}{pstd} | {s['best_step_mean']:.0f} | {s['minutes_per_run']:.1f} |")
-    for r in failed or []:
-        lines.append(f"| {variant_label(r)} seed {r['config']['seed']} | failed | {r.get('error', '')[:60]} | | | |")
+                     f"{pmean}{pstd} | {s['best_step_mean']:.0f} | {s['minutes_per_run']:.1f} |")
+    for r in flagged or []:
+        note = flag(r) or ""
+        kind, _, detail = note.partition(":")
+        lines.append(f"| {variant_label(r)} seed {r['config']['seed']} | {kind} | {detail.strip()[:80]} | | | |")
     return "\n".join(lines)
 
 
@@ -283,57 +306,80 @@ def plot_results(rows: list[dict], out_dir: str) -> list[str]:
 
 # ------------------------------------------------------------------ the grid
 def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retry_failed: bool = False,
-             progress: bool = True, stream=None) -> list[dict]:
-    """Train every config not yet in ``out_dir/results.jsonl``; return all rows for this grid."""
+             progress: bool = True, stream=None, wait: float = 0.0) -> list[dict]:
+    """Train every config not yet in ``out_dir/results.jsonl``; return all rows for this grid.
+
+    The folder is locked for the whole grid (:class:`~gradsurg.train.store.StoreBusy`
+    if another process holds it, after ``wait`` seconds); lines of the results
+    file that are not usable rows are set aside first, with a message. A run's
+    folder ``runs/<run>-<key>`` is emptied before the run is (re)trained.
+    Ctrl-C (``KeyboardInterrupt``) propagates after the finished runs are stored.
+    """
+    import shutil
+
     from .trainer import train
 
     stream = sys.stderr if stream is None else stream
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, RESULTS)
-    done = {r["key"]: r for r in read_results(path)} if resume else {}
-    if not resume and os.path.exists(path):
-        os.replace(path, path + f".{int(time.time())}.bak")
-    keys = [run_key(c) for c in configs]
-    todo = [(k, c) for k, c in zip(keys, configs)
-            if k not in done or (retry_failed and done[k].get("status") != "ok")]
-    if len(todo) < len(configs):
-        print(f"resuming: {len(configs) - len(todo)} of {len(configs)} runs already in {path}", file=stream)
-    takes_mod: dict[str, bool] = {}
-    outer = None
-    if progress:
-        from tqdm.auto import tqdm
+    configs = unique_runs(configs)
+    store = ResultsStore(out_dir)
+    with store.lock(wait):
+        if not resume and os.path.exists(store.path):
+            backup = store.path + f".{time.strftime('%Y%m%d-%H%M%S')}.bak"
+            os.replace(store.path, backup)
+            print(f"--no-resume: the old results are kept in {backup}", file=stream)
+        done = store.load()
+        if store.problems or store.superseded:
+            notes = store.check()
+            store.repair()
+            print(f"{store.path}: {len(notes)} line(s) were not usable rows; set aside in "
+                  f"{store.set_aside_path}:", file=stream)
+            for note in notes:
+                print(f"  {note}", file=stream)
+        keys = [run_key(c) for c in configs]
+        todo = [(k, c) for k, c in zip(keys, configs)
+                if k not in done or (retry_failed and done[k].get("status") != "ok")]
+        if len(todo) < len(configs):
+            print(f"resuming: {len(configs) - len(todo)} of {len(configs)} runs already in {store.path}",
+                  file=stream)
+        takes_mod: dict[str, bool] = {}
+        outer = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        outer = tqdm(total=len(todo), desc="ablation", unit="run", position=0)
-    try:
-        for key, cfg in todo:
-            if cfg.loss not in takes_mod:
-                takes_mod[cfg.loss] = accepts_modified(cfg.loss)
-            run_dir = os.path.join(out_dir, "runs", f"{cfg.run_name()}-{key}")
-            run_cfg = cfg.replace(output_dir=run_dir, progress=progress)
-            row: dict[str, Any] = {"key": key, "takes_modified": takes_mod[cfg.loss]}
-            started = time.time()
-            try:
-                result = train(run_cfg)
-                row.update(result.to_dict())
-                row["status"] = "ok"
-            except (FloatingPointError, RuntimeError, ValueError) as exc:  # a failing run must not stop the grid
-                row.update({"config": cfg.to_dict(), "status": "failed", "error": str(exc),
-                            "train_seconds": round(time.time() - started, 2)})
-            row["config"] = cfg.to_dict()
-            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-            append_result(path, row)
-            done[key] = row
-            write_csv([done[k] for k in keys if k in done], os.path.join(out_dir, "results.csv"))
+            outer = tqdm(total=len(todo), desc="ablation", unit="run", position=0)
+        try:
+            for key, cfg in todo:
+                if cfg.loss not in takes_mod:
+                    takes_mod[cfg.loss] = accepts_modified(cfg.loss)
+                run_dir = os.path.join(out_dir, "runs", f"{cfg.run_name()}-{key}")
+                if os.path.isdir(run_dir):  # a rerun: no file of the old attempt survives
+                    shutil.rmtree(run_dir)
+                run_cfg = cfg.replace(output_dir=run_dir, progress=progress)
+                row: dict[str, Any] = {"key": key, "takes_modified": takes_mod[cfg.loss]}
+                started = time.time()
+                try:
+                    result = train(run_cfg)
+                    row.update(result.to_dict())
+                    row["status"] = "ok"
+                except (FloatingPointError, RuntimeError, ValueError) as exc:  # a failing run must not stop the grid
+                    row.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                "train_seconds": round(time.time() - started, 2)})
+                row["config"] = cfg.to_dict()
+                row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                store.add(row)
+                done = store.rows
+                write_csv([done[k] for k in keys if k in done], os.path.join(out_dir, "results.csv"))
+                if outer is not None:
+                    outer.update(1)
+                note = flag(row)
+                msg = (f"{cfg.run_name()}: spearman {row['spearman']:.2f} (best dev subset "
+                       f"{row.get('best_dev') or float('nan'):.2f} at step {row.get('best_step')})"
+                       if note is None else f"{cfg.run_name()}: {note}")
+                (outer.write if outer is not None else print)(msg)
+        finally:
             if outer is not None:
-                outer.update(1)
-            msg = (f"{cfg.run_name()}: spearman {row['spearman']:.2f} (best dev subset {row['best_dev']:.2f} "
-                   f"at step {row['best_step']})" if row["status"] == "ok" and row.get("spearman") is not None
-                   else f"{cfg.run_name()}: {row['status']} {row.get('error', '')}")
-            (outer.write if outer is not None else print)(msg)
-    finally:
-        if outer is not None:
-            outer.close()
-    return [done[k] for k in keys if k in done]
+                outer.close()
+        return [done[k] for k in keys if k in done]
 
 
 # ------------------------------------------------------------------- the CLI
@@ -359,6 +405,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: table and plots from the runs of this grid already in results.jsonl")
+    parser.add_argument("--check", action="store_true",
+                        help="check OUT/results.jsonl line by line and report what is not a usable row "
+                             "(changes nothing; exit 1 when something is reported)")
+    parser.add_argument("--repair", action="store_true",
+                        help=f"set the lines --check reports aside in OUT/{SET_ASIDE} and rewrite results.jsonl")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="when another grid is writing to --out, wait up to this long for it (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     for flag, field_name, kind in (("--model", "model", str), ("--pooler", "pooler", str),
                                    ("--max-steps", "max_steps", int), ("--batch-size", "batch_size", int),
@@ -371,72 +424,158 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"config field {field_name}")
 
 
-def build_base(args: argparse.Namespace) -> TrainConfig:
-    """The base config: preset, then --config file, then dedicated flags, then --set."""
+def build_base(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The base config (preset, then --config file, then dedicated flags, then --set) and
+    the fields the user set explicitly (by the file, a flag or --set)."""
     from .config import load_mapping
 
     base = preset(args.preset)
+    explicit: set[str] = set()
     if args.config:
-        base = TrainConfig.from_dict(load_mapping(args.config), base=base)
+        mapping = load_mapping(args.config)
+        base = TrainConfig.from_dict(mapping, base=base)
+        explicit |= set(mapping)
     flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if flags:
         base = base.replace(**flags)
+        explicit |= set(flags)
     overrides = parse_overrides(args.set)
     if "loss_params" in overrides:
+        if not isinstance(overrides["loss_params"], dict):
+            raise ConfigError(f"--set loss_params={overrides['loss_params']!r}: loss_params must be a mapping, "
+                              "e.g. --set 'loss_params={temperature: 0.1}' or --set loss_params.temperature=0.1")
         merged = dict(base.loss_params)
         merged.update(overrides["loss_params"])
         overrides["loss_params"] = merged
     if overrides:
         base = base.replace(**overrides)
-    return base
+        explicit |= set(overrides)
+    return base, explicit
+
+
+def _grid_axes(args: argparse.Namespace, base: TrainConfig, explicit: set[str]):
+    """Losses, modifications, swept parameters and seeds of the grid, with notes on repeats."""
+    from .losses import available_losses
+
+    losses, mods = args.loss, args.modified
+    if losses is None:
+        if "loss" in explicit:  # the config's loss (file or --set), not the default grid
+            losses = [base.loss]
+        else:
+            names = set(available_losses())
+            losses = [n for n in DEFAULT_LOSSES if n in names] or [base.loss]
+            if mods is None and "modified" not in explicit and any(accepts_modified(n) for n in losses):
+                mods = list(DEFAULT_MODIFIED)
+    if mods is not None:
+        mods = ["w_gd,w_w,w_r" if m.strip().lower() == "all" else m for m in mods]
+    params: dict[str, list[Any]] = {}
+    for item in args.param:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--param {item!r} must look like key=v1,v2")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key in params:
+            raise ConfigError(f"--param {key} is given twice; list all its values once: --param {key}=v1,v2")
+        params[key] = _split_values(text)
+    seeds = args.seeds or [1]
+    notes = [repeated("--loss", losses), repeated("--seeds", seeds),
+             repeated("--modified", [",".join(parse_modified(m)) or "none" for m in mods or []])]
+    notes += [repeated(f"--param {k}", v) for k, v in params.items()]
+    return losses, mods, params, seeds, [n for n in notes if n]
+
+
+def _check_device(device: str) -> None:
+    from .models import pick_device
+
+    try:
+        pick_device(device)
+    except ValueError as exc:
+        raise ConfigError(f"config field 'device': {exc}") from None
+
+
+def _check_store(args: argparse.Namespace) -> int:
+    """``--check`` / ``--repair``: report (and set aside) the lines that are not usable rows."""
+    store = ResultsStore(args.out)
+    if not os.path.isdir(args.out):
+        print(f"gradsurg ablate: --out {args.out!r} is not a folder (no grid has written there)", file=sys.stderr)
+        return 2
+    try:
+        if args.repair:
+            with store.lock(args.wait):
+                store.load()
+                notes = store.check()
+                if notes:
+                    store.repair()
+        else:
+            store.load()
+            notes = store.check()
+    except StoreError as exc:
+        print(f"gradsurg ablate: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note)
+    verb = f"set aside in {store.set_aside_path}" if args.repair else "(--repair sets them aside)"
+    print(f"{store.path}: {len(store.rows)} run(s); {len(notes)} line(s) not usable"
+          + (f" {verb}" if notes else ""))
+    return 1 if notes and not args.repair else 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Expand the grid, run what is missing, print the table (last lines of stdout)."""
-    from .losses import available_losses
-
+    if args.check or args.repair:
+        return _check_store(args)
     try:
-        base = build_base(args)
-        losses = args.loss
-        mods = args.modified
-        if losses is None:
-            names = set(available_losses())
-            losses = [n for n in DEFAULT_LOSSES if n in names] or [base.loss]
-            if mods is None and any(accepts_modified(n) for n in losses):
-                mods = list(DEFAULT_MODIFIED)
-        if mods is not None:
-            mods = ["w_gd,w_w,w_r" if m.strip().lower() == "all" else m for m in mods]
-        params = {}
-        for item in args.param:
-            if "=" not in item:
-                raise ConfigError(f"--param {item!r} must look like key=v1,v2")
-            key, text = item.split("=", 1)
-            params[key.strip()] = _split_values(text)
-        configs = expand_grid(base, losses, mods, params, args.seeds or [1])
-        # data paths are checked before any model is loaded
-        from .data import resolve_path
+        base, explicit = build_base(args)
+        losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
+        configs = expand_grid(base, losses, mods, params, seeds)
+        # the data and the device are checked before any model is loaded
+        from .data import read_corpus, read_sts_pairs, resolve_path
 
         resolve_path(base.train_data, "config field 'train_data'")
         if base.eval_data is not None and base.eval_format != "hf":
             resolve_path(base.eval_data, "config field 'eval_data'")
+        if not args.dry_run and not args.table_only:
+            _check_device(base.device)
+            read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,
+                        base.max_train_sentences)
+            if base.eval_data is not None:
+                read_sts_pairs(base.eval_data, base.eval_format, base.eval_split).subset(base.eval_max_pairs)
     except ConfigError as exc:
         print(f"gradsurg ablate: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(note, file=sys.stderr)
     print(f"{len(configs)} run(s) -> {args.out}/{RESULTS}", file=sys.stderr)
     if args.dry_run:
         for c in configs:
             print(f"{run_key(c)}  {c.run_name()}")
         return 0
-    if args.table_only:
-        done = {r["key"]: r for r in read_results(os.path.join(args.out, RESULTS))}
-        rows = [done[run_key(c)] for c in configs if run_key(c) in done]
-        print(f"{len(rows)} of {len(configs)} runs of this grid are in {args.out}/{RESULTS}", file=sys.stderr)
-    else:
-        rows = run_grid(configs, args.out, resume=not args.no_resume, retry_failed=args.retry_failed,
-                        progress=not args.no_progress)
+    store = ResultsStore(args.out)
+    try:
+        if args.table_only:
+            if not os.path.isdir(args.out):
+                raise StoreError(f"--out {args.out!r} does not exist: no run of this grid has finished there")
+            done = store.load()
+            for note in store.check():
+                print(f"warning: {note} (ignored; --repair sets it aside)", file=sys.stderr)
+            rows = [done[run_key(c)] for c in configs if run_key(c) in done]
+            print(f"{len(rows)} of {len(configs)} runs of this grid are in {store.path}", file=sys.stderr)
+        else:
+            try:
+                rows = run_grid(configs, args.out, resume=not args.no_resume, retry_failed=args.retry_failed,
+                                progress=not args.no_progress, wait=args.wait)
+            except KeyboardInterrupt:
+                kept = store.load()
+                n = sum(run_key(c) in kept for c in configs)
+                print(f"\ngradsurg ablate: interrupted; {n} of {len(configs)} runs of this grid are kept in "
+                      f"{store.path}; rerun the same command to resume", file=sys.stderr)
+                return 130
+    except StoreError as exc:
+        print(f"gradsurg ablate: {exc}", file=sys.stderr)
+        return 2
     summary = summarize(rows)
-    failed = [r for r in rows if r.get("status") != "ok"]
-    table = format_table(summary, failed)
+    flagged = [r for r in rows if flag(r)]
+    table = format_table(summary, flagged)
     plots = plot_results(rows, args.out)
     n_pairs = summary[0]["n_pairs"] if summary else None
     header = (f"STS Spearman x100 of the best checkpoint on {base.eval_data} ({n_pairs} pairs), "
@@ -445,9 +584,9 @@ def run(args: argparse.Namespace) -> int:
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
         fh.write(header + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
+        json.dump(strict(summary), fh, indent=2, allow_nan=False)
     for p in plots:
         print(f"plot: {p}", file=sys.stderr)
     print(header)
     print(table)
-    return 0 if not failed else 1
+    return 0 if not any(r.get("status") != "ok" for r in rows) else 1

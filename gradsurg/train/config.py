@@ -29,7 +29,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,10 @@ CORPUS_FORMATS = ("auto", "txt", "stsb-csv", "csv", "tsv", "jsonl")
 
 #: Formats of an STS evaluation file (see :func:`gradsurg.train.data.read_sts_pairs`).
 STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
+
+
+#: the longest :meth:`TrainConfig.run_name` (longer names are shortened in the middle)
+RUN_NAME_MAX = 100
 
 
 class ConfigError(ValueError):
@@ -134,14 +140,26 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"config field {name!r} must be a positive integer or null, got {value!r}")
-        if not isinstance(self.lr, (int, float)) or not (0 < self.lr < 1):
-            raise ConfigError(f"config field 'lr' must be in (0, 1), got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ConfigError(f"config field 'weight_decay' must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if self.eval_max_pairs is not None and self.eval_max_pairs < 2:
+            raise ConfigError(f"config field 'eval_max_pairs' must be >= 2 (a correlation needs 2 pairs) or null, "
+                              f"got {self.eval_max_pairs!r}")
+        if not _real(self.lr) or not (0 < self.lr < 1):
+            raise ConfigError(f"config field 'lr' must be a number in (0, 1), got {self.lr!r}")
+        if not _real(self.weight_decay) or not (0 <= self.weight_decay < math.inf):
+            raise ConfigError(f"config field 'weight_decay' must be a finite number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
             raise ConfigError(f"config field 'warmup_steps' must be an integer >= 0, got {self.warmup_steps!r}")
-        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float)) or self.grad_clip <= 0):
-            raise ConfigError(f"config field 'grad_clip' must be > 0 or null, got {self.grad_clip!r}")
+        if self.grad_clip is not None and (not _real(self.grad_clip) or not (0 < self.grad_clip < math.inf)):
+            raise ConfigError(f"config field 'grad_clip' must be a finite number > 0 or null, got {self.grad_clip!r}")
+        for name in ("mlp_only_train", "eval_at_start", "save_best", "tensorboard", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
+        for name in ("device", "train_data", "eval_data", "final_eval_data", "output_dir", "text_column",
+                     "hard_negative_column", "eval_split"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"config field {name!r} must be a string{'' if name == 'device' else ' or null'}, "
+                                  f"got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"config field 'seed' must be an integer, got {self.seed!r}")
         if self.train_format not in CORPUS_FORMATS:
@@ -227,7 +245,15 @@ class TrainConfig:
         for key in sorted(self.loss_params):
             parts.append(f"{key}={self.loss_params[key]}")
         parts.append(f"seed{self.seed}")
-        return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
+        name = re.sub(r"[^A-Za-z0-9._=+,-]+", "-", "_".join(str(p).replace(" ", "") for p in parts))
+        if len(name) > RUN_NAME_MAX:  # a folder name must stay well below the file systems' 255 bytes
+            name = name[: RUN_NAME_MAX - 12] + "~" + name[-11:]
+        return name
+
+
+def _real(value: Any) -> bool:
+    """A real number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_modified(value: Any) -> list[str]:
@@ -293,19 +319,31 @@ def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
     path = str(path)
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a folder")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc}") from None
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover
             raise ConfigError(f"reading {path!r} needs pyyaml (pip install pyyaml)") from exc
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {path!r}{where}: not valid YAML ({problem})") from None
     else:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise ConfigError(f"config file {path!r} is not valid JSON: {exc}") from exc
+            where = f" line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ConfigError(f"config file {path!r}{where}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -50,7 +51,23 @@ def resolve_path(path: str | None, what: str = "path") -> str:
         alt = os.path.normpath(os.path.join(_REPO_ROOT, path))
         if os.path.exists(alt):
             return alt
-    raise ConfigError(f"{what} {path!r} does not exist")
+    raise ConfigError(f"{what} {path!r} does not exist" + missing_data_hint(path))
+
+
+#: where the workspace keeps STS-B (the defaults of the ``quick`` preset and ``gradsurg evaluate``)
+SHARED_STSB = "../shared/data/stsb"
+
+
+def missing_data_hint(path: str | None = None) -> str:
+    """How to get data when the workspace's ``../shared/data/stsb`` is absent (a clone elsewhere)."""
+    if path is not None and "shared/data/stsb" not in str(path).replace(os.sep, "/"):
+        return ""
+    return (f". The default STS-B data lives in {SHARED_STSB}/ next to the checkout, which is absent here. "
+            "Give your own files: --train-data FILE (one sentence per line, or csv/tsv/jsonl with --set "
+            "text_column=NAME) and --eval-data FILE (STS-B csv: sentence1,sentence2,score); or, online with "
+            "`pip install datasets`, read STS from the Hugging Face hub: --eval-data mteb/stsbenchmark-sts "
+            "--set eval_format=hf --set eval_split=validation (gradsurg evaluate: --data mteb/stsbenchmark-sts "
+            "--format hf --split validation)")
 
 
 def default_stsb_dir() -> str | None:
@@ -107,6 +124,15 @@ def read_corpus(
     the first ones.
     """
     path = resolve_path(path, "training data path (train_data)")
+    if os.path.isdir(path):
+        raise ConfigError(f"training data path (train_data) {path!r} is a folder; give a file")
+    try:
+        return _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"training data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) -> Corpus:
     if fmt == "auto":
         fmt = _guess_format(path)
     sentences: list[str] = []
@@ -126,8 +152,18 @@ def read_corpus(
                 sentences.extend(s.strip() for s in row[:2] if s.strip())
     elif fmt in ("csv", "tsv", "jsonl"):
         if fmt == "jsonl":
+            rows = []
             with open(path, encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as exc:
+                        raise ConfigError(f"{path!r} line {lineno}: not valid JSON ({exc})") from None
+                    if not isinstance(row, dict):
+                        raise ConfigError(f"{path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                    rows.append(row)
             columns = list(rows[0].keys()) if rows else []
         else:
             with open(path, encoding="utf-8", newline="") as fh:
@@ -188,11 +224,32 @@ class STSPairs:
 
         STS files are sorted by source genre, so the first ``n`` pairs would be one genre only.
         """
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+            raise ConfigError(f"the number of pairs to score must be an integer >= 2 (a correlation needs 2), got {n!r}")
         if n is None or n >= len(self):
             return self
         idx = [int(i * len(self) / n) for i in range(n)]
         return STSPairs([self.sentences1[i] for i in idx], [self.sentences2[i] for i in idx],
                         [self.scores[i] for i in idx], f"{self.name}[{n} of {len(self)}]")
+
+
+#: names a header row may give the score column (a first line with another non-number is an error)
+SCORE_HEADERS = ("score", "scores", "similarity", "similarity_score", "sim", "gold", "label", "relatedness_score")
+
+
+def _score(text: str, path: str, lineno: int, header_ok: bool = False) -> float | None:
+    """The gold score of a line: a finite number; None for a header (first line only); else an error."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        if header_ok and str(text).strip().lower() in SCORE_HEADERS:
+            return None
+        raise ConfigError(f"{path!r} line {lineno}: score {text!r} is not a number"
+                          + (f" (a header names it one of {', '.join(SCORE_HEADERS)})" if lineno == 1 else "")
+                          ) from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{path!r} line {lineno}: score {text!r} is not finite")
+    return value
 
 
 def _read_stsb_csv(path: str) -> STSPairs:
@@ -203,12 +260,9 @@ def _read_stsb_csv(path: str) -> STSPairs:
                 continue
             if len(row) < 3:
                 raise ConfigError(f"{path!r} line {lineno}: expected sentence1,sentence2,score, got {len(row)} field(s)")
-            try:
-                score = float(row[2])
-            except ValueError:
-                if lineno == 1:  # tolerate a header
-                    continue
-                raise ConfigError(f"{path!r} line {lineno}: score {row[2]!r} is not a number") from None
+            score = _score(row[2], path, lineno, header_ok=lineno == 1)
+            if score is None:
+                continue
             s1.append(row[0])
             s2.append(row[1])
             sc.append(score)
@@ -223,15 +277,24 @@ def _read_sick(path: str, split: str | None) -> STSPairs:
         missing = [c for c in need if c not in columns]
         if missing:
             raise ConfigError(f"SICK file {path!r} lacks column(s) {missing} (columns: {columns})")
+        if split is not None and split.strip().upper() not in ("TRAIN", "TRIAL", "TEST"):
+            raise ConfigError(f"--split {split!r}: SICK splits are TRAIN, TRIAL, TEST")
         if split is not None and "SemEval_set" not in columns:
             raise ConfigError(f"--split {split!r} given but SICK file {path!r} has no SemEval_set column")
         s1, s2, sc = [], [], []
         for row in reader:
+            lineno = reader.line_num
+            if not any(row.values()):
+                continue
+            short = [c for c in need if row.get(c) is None]
+            if short:
+                raise ConfigError(f"SICK file {path!r} line {lineno}: the row has {len(row) - len(short)} field(s), "
+                                  f"no value for {short} (tab-separated, {len(columns)} columns expected)")
             if split is not None and (row.get("SemEval_set") or "").strip().upper() != split.upper():
                 continue
             s1.append(row["sentence_A"])
             s2.append(row["sentence_B"])
-            sc.append(float(row["relatedness_score"]))
+            sc.append(_score(row["relatedness_score"], path, lineno))
     name = os.path.basename(path) + (f":{split.upper()}" if split else "")
     return STSPairs(s1, s2, sc, name)
 
@@ -248,12 +311,12 @@ def _read_senteval_input(path: str) -> STSPairs:
     if len(gold) != len(inputs):
         raise ConfigError(f"{path!r} has {len(inputs)} lines but {gs_path!r} has {len(gold)}")
     s1, s2, sc = [], [], []
-    for parts, g in zip(inputs, gold):
+    for lineno, (parts, g) in enumerate(zip(inputs, gold), 1):
         if not g or len(parts) < 2:
             continue
         s1.append(parts[0])
         s2.append(parts[1])
-        sc.append(float(g))
+        sc.append(_score(g, gs_path, lineno))
     return STSPairs(s1, s2, sc, os.path.basename(path))
 
 
@@ -273,12 +336,9 @@ def _read_senteval_tsv(path: str) -> STSPairs:
                     a, b, score = parts
             else:
                 continue
-            try:
-                value = float(score)
-            except ValueError:
-                if lineno == 1:
-                    continue
-                raise ConfigError(f"{path!r} line {lineno}: score {score!r} is not a number") from None
+            value = _score(score, path, lineno, header_ok=lineno == 1)
+            if value is None:
+                continue
             s1.append(a)
             s2.append(b)
             sc.append(value)
@@ -314,7 +374,9 @@ def _read_hf(name: str, split: str | None) -> STSPairs:
     s = next((c for c in ("score", "similarity_score", "relatedness_score", "label") if c in cols), None)
     if a not in cols or b not in cols or s is None:
         raise ConfigError(f"dataset {name!r} has columns {cols}; expected sentence1/sentence2/score")
-    return STSPairs(list(ds[a]), list(ds[b]), [float(x) for x in ds[s]], f"{name}:{split or 'test'}")
+    pairs = STSPairs(list(ds[a]), list(ds[b]), [float(x) for x in ds[s]], f"{name}:{split or 'test'}")
+    check_pairs(pairs, f"dataset {name!r}")
+    return pairs
 
 
 def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -> STSPairs:
@@ -322,14 +384,31 @@ def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -
     if fmt == "hf":
         return _read_hf(path, split)
     path = resolve_path(path, "STS data path")
-    if fmt == "stsb-csv":
-        pairs = _read_stsb_csv(path)
-    elif fmt == "sick":
-        pairs = _read_sick(path, split)
-    elif fmt == "senteval":
-        pairs = _read_senteval(path)
-    else:
+    if split is not None and fmt in ("stsb-csv", "senteval"):
+        raise ConfigError(f"a split ({split!r}) applies to the sick and hf formats only; a {fmt} file is one split")
+    if os.path.isdir(path) and fmt != "senteval":
+        raise ConfigError(f"STS data path {path!r} is a folder; give a file, or --format senteval for a "
+                          "SentEval folder of STS.input.*.txt files")
+    readers = {"stsb-csv": _read_stsb_csv, "sick": lambda p: _read_sick(p, split), "senteval": _read_senteval}
+    if fmt not in readers:
         raise ConfigError(f"STS format {fmt!r} is not one of stsb-csv, sick, senteval, hf")
-    if len(pairs) < 2:
-        raise ConfigError(f"STS data {path!r} ({fmt}) holds {len(pairs)} scored pair(s); need at least 2")
+    try:
+        pairs = readers[fmt](path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"STS data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ConfigError(f"STS data {path!r} is not a readable {fmt} file ({exc})") from None
+    check_pairs(pairs, f"STS data {path!r} ({fmt})")
     return pairs
+
+
+def check_pairs(pairs: "STSPairs", what: str) -> None:
+    """At least 2 pairs with finite gold scores that are not all equal (else a correlation is undefined)."""
+    if len(pairs) < 2:
+        raise ConfigError(f"{what} holds {len(pairs)} scored pair(s); need at least 2")
+    bad = next((i for i, v in enumerate(pairs.scores) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise ConfigError(f"{what}: gold score of pair {bad + 1} is {pairs.scores[bad]!r}; scores must be finite")
+    if min(pairs.scores) == max(pairs.scores):
+        raise ConfigError(f"{what}: all {len(pairs)} gold scores are {pairs.scores[0]!r}; "
+                          "a correlation with constant scores is undefined")

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 import numpy as np
 
+from ..cli import int_at_least
 from .config import STS_FORMATS, ConfigError
-from .data import STSPairs, default_stsb_dir, read_sts_pairs
+from .data import STSPairs, check_pairs, default_stsb_dir, missing_data_hint, read_sts_pairs
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -59,8 +61,16 @@ def spearman(x, y) -> float:
     return pearson(_average_ranks(np.asarray(x, dtype=np.float64)), _average_ranks(np.asarray(y, dtype=np.float64)))
 
 
+def check_batch_size(batch_size, where: str = "batch_size") -> int:
+    """``batch_size`` must be an integer >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{where} must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
 def cosine_scores(encoder, pairs: STSPairs, batch_size: int = 128, progress: bool = False) -> np.ndarray:
     """Cosine similarity of each pair; every distinct sentence is embedded once."""
+    check_batch_size(batch_size)
     unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
     index = {s: i for i, s in enumerate(unique)}
     kwargs = {"batch_size": batch_size}
@@ -73,6 +83,9 @@ def cosine_scores(encoder, pairs: STSPairs, batch_size: int = 128, progress: boo
     if hasattr(emb, "detach"):  # a torch tensor
         emb = emb.detach().float().cpu().numpy()
     emb = np.asarray(emb, dtype=np.float64)
+    if emb.shape[0] != len(unique) or not np.isfinite(emb).all():
+        raise ValueError(f"the encoder returned {'non-finite' if emb.shape[0] == len(unique) else 'too few'} "
+                         f"embeddings for {len(unique)} sentences (shape {emb.shape})")
     emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
     a = emb[[index[s] for s in pairs.sentences1]]
     b = emb[[index[s] for s in pairs.sentences2]]
@@ -80,7 +93,13 @@ def cosine_scores(encoder, pairs: STSPairs, batch_size: int = 128, progress: boo
 
 
 def evaluate_sts(encoder, pairs: STSPairs, batch_size: int = 128, progress: bool = False) -> dict:
-    """``{"spearman", "pearson"}`` (both x100), ``n_pairs`` and ``data`` for ``encoder`` on ``pairs``."""
+    """``{"spearman", "pearson"}`` (both x100), ``n_pairs`` and ``data`` for ``encoder`` on ``pairs``.
+
+    The gold scores must be finite and not all equal (:class:`ConfigError`
+    otherwise). Both correlations are NaN when the encoder's similarities are
+    all equal (a collapsed encoder): undefined, not zero.
+    """
+    check_pairs(pairs, f"STS pairs {pairs.name!r}")
     sims = cosine_scores(encoder, pairs, batch_size=batch_size, progress=progress)
     gold = np.asarray(pairs.scores, dtype=np.float64)
     return {
@@ -109,38 +128,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the pooler (default: the model's own: trained-with / "
                              "sentence-transformers config / cls_before_pooler)")
     parser.add_argument("--max-len", type=int, default=None, help="max tokens per sentence at evaluation")
-    parser.add_argument("--max-pairs", type=int, default=None, help="score only the first N pairs")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-pairs", type=int_at_least(2), default=None,
+                        help="score only N pairs (spread evenly over the file), N >= 2")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128, help="sentences per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print the result; the last stdout line is the JSON object."""
+    """Evaluate and print the result; the last stdout line is one strict JSON object.
+
+    Exit status: 0, 1 when the correlation is undefined (the encoder's
+    similarities are all equal; printed as null), 2 for bad arguments.
+    """
     from .models import ModelLoadError, load_encoder
 
     data = args.data
     if data is None:
         stsb = default_stsb_dir()
         if stsb is None:
-            print("gradsurg evaluate: --data is required (no ../shared/data/stsb found)", file=sys.stderr)
+            print("gradsurg evaluate: --data is required" + missing_data_hint(), file=sys.stderr)
             return 2
         data = f"{stsb}/stsb-en-dev.csv"
     try:
         pairs = read_sts_pairs(data, args.fmt, args.split).subset(args.max_pairs)
+        check_pairs(pairs, f"--data {data!r}")
         encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"gradsurg evaluate: {exc}", file=sys.stderr)
         return 2
     start = time.time()
-    result = evaluate_sts(encoder, pairs, batch_size=args.batch_size, progress=not args.no_progress)
+    try:
+        result = evaluate_sts(encoder, pairs, batch_size=args.batch_size, progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"gradsurg evaluate: {exc}", file=sys.stderr)
+        return 2
     result.update({
         "model": args.model,
         "pooler": encoder.pooler,
         "format": args.fmt,
         "seconds": round(time.time() - start, 2),
     })
-    print(f"{result['data']}: spearman {result['spearman']:.2f}  pearson {result['pearson']:.2f}  "
+    undefined = [k for k in ("spearman", "pearson") if not math.isfinite(result[k])]
+    for k in undefined:
+        result[k] = None
+    fmt = lambda v: "undefined" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"{result['data']}: spearman {fmt(result['spearman'])}  pearson {fmt(result['pearson'])}  "
           f"({result['n_pairs']} pairs, pooler {encoder.pooler})", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    if undefined:
+        print("gradsurg evaluate: the encoder gives every pair the same similarity (a collapsed model?): "
+              f"{' and '.join(undefined)} undefined, printed as null", file=sys.stderr)
+    print(json.dumps(result, allow_nan=False))
+    return 1 if undefined else 0

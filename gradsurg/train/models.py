@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterable, Sequence
 
 import torch
@@ -70,9 +71,22 @@ def resolve_model(name: str | None) -> str:
         return name
     if os.path.exists(name):
         raise ModelLoadError(f"model {name!r} is a file; expected a model directory or a hub name")
-    if name.startswith((".", "/")):
-        raise ModelLoadError(f"model directory {name!r} does not exist")
+    if looks_like_path(name):
+        raise ModelLoadError(f"model directory {name!r} does not exist (from {os.getcwd()!r})")
     return name
+
+
+#: a Hugging Face hub id: ``name`` or ``owner/name`` of letters, digits, ``-``, ``_``, ``.``
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name that does not exist is meant as a local path, not a hub id: it starts
+    with ``.``, ``/`` or ``~``, is not of the hub's ``owner/name`` form, or its first part is a
+    local folder (``runs/best`` next to ``runs/``)."""
+    if name.startswith((".", "/", "~")) or os.sep in name.replace("/", "") or not _HUB_ID.match(name):
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
 
 
 def _read_json(path: str) -> dict | None:
@@ -212,6 +226,8 @@ class Encoder(nn.Module):
         normalize: bool = False,
     ):
         """Embed ``texts`` in eval mode (length-sorted batches, original order returned)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Encoder.encode: batch_size must be an integer >= 1, got {batch_size!r}")
         texts = [str(t) for t in texts]
         was_training = self.training
         self.eval()
@@ -255,16 +271,16 @@ class Encoder(nn.Module):
 
 def _from_pretrained(loader, path: str, what: str):
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    local_only = offline or os.path.isdir(path)
-    try:
-        return loader.from_pretrained(path, local_files_only=local_only)
+    try:  # a directory, or a hub name already in the cache: no network
+        return loader.from_pretrained(path, local_files_only=True)
     except Exception as first:  # noqa: BLE001 - re-raised with context
-        if not local_only:
-            try:  # a hub name already in the cache loads without the network
-                return loader.from_pretrained(path, local_files_only=True)
-            except Exception:
-                pass
-        raise ModelLoadError(f"cannot load the {what} of model {path!r}: {first}") from first
+        if offline or os.path.isdir(path):
+            raise ModelLoadError(f"cannot load the {what} of model {path!r}: {first}") from first
+    try:
+        return loader.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise ModelLoadError(f"cannot load the {what} of model {path!r} (not a local directory, not in the "
+                             f"Hugging Face cache, and the hub gave: {exc})") from exc
 
 
 def load_encoder(
@@ -307,7 +323,13 @@ def load_encoder(
         mlp_only_train = bool(meta.get("mlp_only_train", mlp_only_train))
     encoder = Encoder(backbone, tokenizer, chosen, max_len, mlp_only_train, eval_max_len)
     if meta is not None and encoder.mlp is not None and os.path.exists(os.path.join(path, MLP_FILE)):
-        encoder.mlp.load_state_dict(torch.load(os.path.join(path, MLP_FILE), map_location="cpu"))
+        mlp_path = os.path.join(path, MLP_FILE)
+        try:  # tensors only: a model directory from elsewhere must not run code when loaded
+            state = torch.load(mlp_path, map_location="cpu", weights_only=True)
+            encoder.mlp.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+            raise ModelLoadError(f"cannot load the pooler MLP {mlp_path!r} (a state dict of tensors, as "
+                                 f"Encoder.save writes): {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if device is not None:
         encoder.to(pick_device(device))
     return encoder
@@ -318,6 +340,17 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device {device!r} is not a valid torch device") from exc
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a valid torch device (auto, cpu, cuda, cuda:1, ...)") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here "
+                             f"(torch {torch.__version__}, {'no GPU found' if torch.version.cuda else 'a CPU-only build'}); "
+                             "use cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r}: only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device {str(device)!r}: a training/evaluation device is cpu, cuda[:i] (or mps, xpu)")
+    return dev

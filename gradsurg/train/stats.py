@@ -60,7 +60,8 @@ def make_collector(loss_module: torch.nn.Module | None = None):
 
 
 class StepLogger:
-    """Appends per-step rows to ``stats.csv`` and mirrors them to TensorBoard when available."""
+    """Writes per-step rows to ``stats.csv`` and dev scores to ``eval.csv`` (both started afresh by each
+    logger, so a rerun in the same folder replaces them) and mirrors them to TensorBoard when available."""
 
     def __init__(self, directory: str | None, tensorboard: bool = True):
         self.directory = directory
@@ -69,6 +70,7 @@ class StepLogger:
         self._fields: list[str] | None = None
         self.tb = None
         self.rows: list[dict[str, Any]] = []
+        self._eval_started = False
         if directory:
             os.makedirs(directory, exist_ok=True)
             if tensorboard:
@@ -98,8 +100,9 @@ class StepLogger:
     def log_eval(self, step: int, metrics: dict[str, Any]) -> None:
         if self.directory:
             path = os.path.join(self.directory, "eval.csv")
-            new = not os.path.exists(path)
-            with open(path, "a", newline="", encoding="utf-8") as fh:
+            new = not self._eval_started  # a run rewrites the file, as stats.csv: no rows of an earlier attempt
+            self._eval_started = True
+            with open(path, "w" if new else "a", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 if new:
                     w.writerow(["step", "spearman", "pearson", "n_pairs"])

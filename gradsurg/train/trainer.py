@@ -31,10 +31,13 @@ import numpy as np
 import torch
 
 from .config import ConfigError, TrainConfig
-from .data import Corpus, STSPairs, read_corpus, read_sts_pairs
+from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
 from .evaluate import evaluate_sts
 from .losses import loss_from_config
 from .stats import StepLogger, make_collector
+
+#: a run is flagged ``collapsed`` when its last dev Spearman (x100) falls this far below its first
+COLLAPSE_DROP = 20.0
 
 
 def set_seed(seed: int) -> None:
@@ -65,6 +68,9 @@ class TrainResult:
     evals: list = field(default_factory=list)
     saved_to: str | None = None
     final_stats: dict = field(default_factory=dict)
+    #: the last dev score fell at least COLLAPSE_DROP below the first (see ``collapse_note``)
+    collapsed: bool = False
+    collapse_note: str | None = None
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -107,16 +113,19 @@ class Trainer:
             eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
         self.eval_full = eval_pairs
         self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
+        if self.eval_pairs is not None:  # a subset with equal gold scores fails here, not after training
+            check_pairs(self.eval_pairs, f"the dev pairs {self.eval_pairs.name!r}")
         self.on_eval = on_eval
+        from .models import load_encoder, pick_device
+
+        try:
+            self.device = pick_device(cfg.device)
+        except ValueError as exc:
+            raise ConfigError(f"config field 'device': {exc}") from None
         set_seed(cfg.seed)
         if encoder is None:
-            from .models import load_encoder
-
             encoder = load_encoder(cfg.model, pooler=cfg.pooler, max_len=cfg.max_len,
                                    mlp_only_train=cfg.mlp_only_train)
-        from .models import pick_device
-
-        self.device = pick_device(cfg.device)
         self.encoder = encoder.to(self.device)
         self.loss = self.loss.to(self.device)
 
@@ -236,7 +245,12 @@ class Trainer:
                 if not cfg.mini_batch_size:
                     loss.backward()
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    norm = _grad_norm(params)
+                if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
+                    raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
+                                             f"(loss {value}, lr {cfg.lr})")
                 optimizer.step()
                 scheduler.step()
                 result.losses.append(value)
@@ -259,6 +273,7 @@ class Trainer:
                 bar.close()
             logger.close()
         result.train_seconds = round(time.time() - start, 2)
+        _check_collapse(result, cfg)
         tail = logger.rows[-10:]
         if tail:  # mean of the per-step statistics over the last (up to) 10 logged steps
             keys = [k for k in tail[0] if k not in ("step", "lr") and isinstance(tail[0][k], (int, float))]
@@ -281,6 +296,33 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
         return result
+
+
+def _check_collapse(result: TrainResult, cfg: TrainConfig) -> None:
+    """Flag (and warn about) a run whose last dev score fell far below its first one.
+
+    The first score is the untrained encoder's with ``eval_at_start``, else the
+    first scheduled evaluation. The best checkpoint is still what the run reports;
+    the flag says that training went wrong after (or before) it.
+    """
+    evals = [e for e in result.evals if e["spearman"] is not None]
+    if len(evals) < 2 or not math.isfinite(evals[0]["spearman"]):
+        return
+    first, last = evals[0], evals[-1]
+    if not math.isfinite(last["spearman"]) or last["spearman"] <= first["spearman"] - COLLAPSE_DROP:
+        import warnings
+
+        result.collapsed = True
+        result.collapse_note = (f"dev Spearman {first['spearman']:.2f} at step {first['step']} -> "
+                                f"{last['spearman']:.2f} at step {last['step']}")
+        warnings.warn(f"gradsurg: run {cfg.run_name()} collapsed: {result.collapse_note} (lr {cfg.lr}); "
+                      f"the best checkpoint is kept, but check the learning rate and the loss", stacklevel=3)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together (0 when there is none)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 def _scalar(loss: torch.Tensor) -> torch.Tensor:
