@@ -62,7 +62,7 @@ def plans(arch: int, dtype: torch.dtype, d: int, n: int = 4096, m: int = 4096, v
     """``(path, reason, [(variant, Launch)])``: the launches of one direction, on meta tensors."""
     from . import launch as L
 
-    path, reason = L.choose_path(dtype, d)
+    path, reason = L.choose_path(dtype, d, arch)
     meta = dict(device="meta")
     x = torch.empty((n, d), dtype=dtype, **meta)
     c = torch.empty((m, d), dtype=dtype, **meta)
@@ -239,9 +239,10 @@ def main(argv=None) -> int:
     if L.interpreted():
         ap.error("Triton was imported in interpreter mode (TRITON_INTERPRET=1); run this command in a fresh process")
     print(f"triton {triton.__version__}; N = {args.n}, M = {args.m}; out: {args.out}")
-    for dtype in args.dtype:
-        for d in args.d:
-            print(f"  {dtype} d={d}: " + " ".join(L.choose_path(DTYPES[dtype], d)))
+    for arch in args.arch:
+        for dtype in args.dtype:
+            for d in args.d:
+                print(f"  sm_{arch} {dtype} d={d}: " + ": ".join(L.choose_path(DTYPES[dtype], d, arch)))
     print(HEADER)
     bad = 0
     for arch in args.arch:

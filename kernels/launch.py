@@ -34,7 +34,7 @@ from . import chunked as _chunked
 from . import fused as _fused
 
 __all__ = [
-    "W_KINDS", "N_STATS", "FUSED_MAX_D", "Launch", "Tiles", "arch_of", "choose_path", "fused_tiles",
+    "W_KINDS", "N_STATS", "FUSED_MAX_D", "Launch", "Tiles", "arch_of", "device_arch", "choose_path", "fused_tiles",
     "chunk_tiles", "plan_fused_rows", "plan_fused_finish", "plan_fused_cols", "plan_chunk_weights",
     "fused_rows", "fused_finish", "fused_cols", "chunk_weights", "mm_f32", "addmm_f32_", "interpreted",
 ]
@@ -43,8 +43,9 @@ __all__ = [
 W_KINDS = {"softmax": 0, "hardest": 1, "power": 2, "uniform": 3}
 #: rows of the fp32 statistics tensor (pos, hardest value, m_w, l_w, ws, m_g, l_g)
 N_STATS = _fused.N_STATS
-#: the fused path is taken for 16-bit inputs with d up to this (its accumulators span d)
-FUSED_MAX_D = 128
+#: the fused path is taken for 16-bit inputs with d up to this, per tile family (its
+#: accumulators span d; beyond it a fused kernel spills, measured with ptxas, docs/kernels.md)
+FUSED_MAX_D = {90: 256, 80: 128}
 _SIXTEEN = (torch.float16, torch.bfloat16)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -63,18 +64,24 @@ def arch_of(device: torch.device) -> int:
     return 90 if major >= 9 else 80
 
 
+def device_arch(t: Tensor) -> int:
+    """The tile family for ``t``'s device (CPU tensors, run by the interpreter: 90)."""
+    return arch_of(t.device) if t.is_cuda else 90
+
+
 # -- choices ------------------------------------------------------------------------------------------
 
-def choose_path(dtype: torch.dtype, d: int) -> tuple[str, str]:
-    """``(path, reason)``: 'fused' or 'chunked' for inputs of ``dtype`` and size ``d``."""
+def choose_path(dtype: torch.dtype, d: int, arch: int = 90) -> tuple[str, str]:
+    """``(path, reason)``: 'fused' or 'chunked' for inputs of ``dtype`` and size ``d`` on tile family ``arch``."""
     if dtype not in _DTYPES:
         raise ValueError(f"gradsurg.kernels: dtype must be one of float16, bfloat16, float32, got {dtype}")
     if dtype == torch.float32:
-        return "chunked", ("float32: cuBLAS GEMMs in float32 (the fused kernels would need FMA dot products, "
+        return "chunked", ("float32: cuBLAS GEMMs in float32 (fused kernels would need FMA dot products, "
                            "which spill); TF32 only if torch's matmul precision allows it")
-    if d <= FUSED_MAX_D:
-        return "fused", f"16-bit and d = {d} <= {FUSED_MAX_D}: the d-long accumulators fit registers"
-    return "chunked", (f"d = {d} > {FUSED_MAX_D}: a d-long accumulator per row would spill; "
+    limit = FUSED_MAX_D[90 if arch >= 90 else 80]
+    if d <= limit:
+        return "fused", f"16-bit and d = {d} <= {limit} on sm_{arch}: the d-long accumulators fit registers"
+    return "chunked", (f"d = {d} > {limit} on sm_{arch}: a d-long accumulator per row would spill; "
                        "cuBLAS GEMMs on row chunks + one fused statistics/weights kernel per chunk")
 
 
@@ -98,10 +105,17 @@ def _pow2(n: int) -> int:
 
 
 def fused_tiles(arch: int, dtype: torch.dtype, d: int) -> Tiles:
-    """Tiles of the fused kernels (measured spill-free with ptxas, docs/kernels.md)."""
+    """Tiles of the fused kernels: the largest spill-free ones for every weight kind and
+    both log-sum-exp variants, measured with ptxas (docs/kernels.md)."""
     block_d = _pow2(d)
-    warps = 4 if block_d <= 64 else 8
-    return Tiles(block_n=64, block_m=64, block_d=block_d, num_warps=warps, num_stages=2)
+    if arch >= 90:
+        block_m = 64 if block_d <= 128 else 32
+        return Tiles(block_n=64, block_m=block_m, block_d=block_d, num_warps=8, num_stages=2)
+    if block_d <= 64:
+        return Tiles(block_n=64, block_m=32, block_d=block_d, num_warps=8, num_stages=2)
+    if block_d <= 128:
+        return Tiles(block_n=64, block_m=64, block_d=block_d, num_warps=8, num_stages=2)
+    return Tiles(block_n=32, block_m=32, block_d=block_d, num_warps=4, num_stages=2)  # forced path only
 
 
 def finish_tiles(d: int) -> Tiles:
@@ -190,7 +204,7 @@ def plan_chunk_weights(s, w, ix, ic, ic_max, stats, hidx, row0, *, w_kind, need_
 
 def _tiles_for(x: Tensor, d: int, override: dict | None) -> tuple[Tiles, bool]:
     interpret = not x.is_cuda
-    tiles = fused_tiles(90 if interpret else arch_of(x.device), x.dtype, d)
+    tiles = fused_tiles(device_arch(x), x.dtype, d)
     if override:
         tiles = replace(tiles, **override)
     return tiles, interpret
@@ -247,7 +261,7 @@ def chunk_weights(s, operand_dtype, ix, ic, ic_max, row0, *, w_kind, need_lse_g,
     if not (s.dtype == torch.float32 and s.is_contiguous()):
         raise ValueError("chunk_weights: s must be a contiguous float32 (R, M) tensor")
     interpret = not s.is_cuda
-    t = chunk_tiles(90 if interpret else arch_of(s.device), r, interpret)
+    t = chunk_tiles(device_arch(s), r, interpret)
     if tiles:
         t = replace(t, **tiles)
     stats = torch.empty((N_STATS, r), dtype=torch.float32, device=s.device)

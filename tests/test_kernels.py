@@ -282,6 +282,7 @@ def test_supports_describe_and_options():
         assert tb.supports(x, paradigms.info_nce()) is None
     assert "fused" in tb.describe(torch.bfloat16, 128, paradigms.info_nce())
     assert "chunked" in tb.describe(torch.bfloat16, 768, paradigms.info_nce())
+    assert "BLOCK_N" in tb.describe(torch.float16, 64, paradigms.mpt())
     assert "chunked" in tb.describe(torch.float32, 64, paradigms.mpt())
     with pytest.raises(ValueError, match="unknown option.*'bogus'.*accepted"):
         tb.direction(x, x, paradigms.info_nce(), 1.0, bogus=1)
@@ -290,12 +291,15 @@ def test_supports_describe_and_options():
 
 
 def test_paths_by_dtype_and_d():
-    for d in (64, 128):
-        assert launch.choose_path(torch.bfloat16, d)[0] == "fused"
-        assert launch.choose_path(torch.float16, d)[0] == "fused"
-    for d in (256, 384, 768, 1024, 4096):
-        assert launch.choose_path(torch.bfloat16, d)[0] == "chunked"
-    assert launch.choose_path(torch.float32, 64)[0] == "chunked"
+    for arch in (80, 90):
+        for d in (64, 128):
+            assert launch.choose_path(torch.bfloat16, d, arch)[0] == "fused"
+            assert launch.choose_path(torch.float16, d, arch)[0] == "fused"
+        for d in (384, 768, 1024, 4096):
+            assert launch.choose_path(torch.bfloat16, d, arch)[0] == "chunked"
+        assert launch.choose_path(torch.float32, 64, arch)[0] == "chunked"
+    assert launch.choose_path(torch.bfloat16, 256, 90)[0] == "fused"
+    assert launch.choose_path(torch.bfloat16, 256, 80)[0] == "chunked"
 
 
 def test_kernels_are_a_pure_layer():

@@ -5,7 +5,7 @@ for the dispatcher and ``gradsurg doctor``. One direction of the loss (anchors
 ``x``, candidates ``c``, raw, anchor i's positive is ``c[i]``) runs on one of
 two kernel paths, chosen by dtype and d (:func:`gradsurg.kernels.launch.choose_path`):
 
-``fused``    (16-bit, d <= 128) rows kernel -> statistics -> finish + cols kernels.
+``fused``    (16-bit, d <= 256 on sm_90+, <= 128 on sm_80) rows kernel -> statistics -> finish + cols kernels.
 ``chunked``  (large d, float32) per chunk of anchor rows: ``S = x_chunk c^T``
              (cuBLAS, fp32 out), the chunk kernel (statistics; weights ``W'``
              in the operand dtype, written over ``S``), then ``W' c`` and
@@ -84,12 +84,9 @@ def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
 def describe(dtype: torch.dtype, d: int, paradigm: Paradigm) -> str:
     """Which kernel path and tiles would run for ``dtype`` and ``d``, and why (one paragraph)."""
     k = _kernels()
-    path, why = k.choose_path(dtype, d)
+    arch = k.arch_of(torch.device("cuda")) if torch.cuda.is_available() else 90
+    path, why = k.choose_path(dtype, d, arch)
     kind = _WEIGHTS.get(type(paradigm.weight), type(paradigm.weight).__name__)
-    if torch.cuda.is_available():
-        arch = k.arch_of(torch.device("cuda"))
-    else:
-        arch = 90
     if path == "fused":
         t = k.fused_tiles(arch, dtype, d)
         run = (f"kernels fused_rows + fused_finish + fused_cols (4 tensor-core passes over N x M x d), "
@@ -125,7 +122,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     k = _kernels()
     path = options.get("path", "auto")
     if path == "auto":
-        path = k.choose_path(x.dtype, d)[0]
+        path = k.choose_path(x.dtype, d, k.device_arch(x))[0]
     elif path not in ("fused", "chunked"):
         raise ValueError(f"triton backend: path must be 'auto', 'fused' or 'chunked', got {path!r}")
     tiles = {key: int(options[key]) for key in ("block_n", "block_m") if options.get(key) is not None}
