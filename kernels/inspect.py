@@ -219,17 +219,48 @@ def _row(rec: dict) -> str:
             f"{rec['shared_bytes']:>6} {rec['tensor_core_instructions']:>4} {'yes' if rec['ok'] else 'NO'}")
 
 
+def summary_table(records: list[dict]) -> str:
+    """A markdown table, one row per (arch, dtype, d): the path, the tiles of its main kernel and the
+    worst registers / spills / local bytes and the fewest tensor-core instructions over its kernels."""
+    cases = {}
+    for r in records:
+        cases.setdefault((r["triton"], r["arch"], r["dtype"], r["d"]), []).append(r)
+    lines = ["| triton | arch | dtype | d | path | kernels | main tiles (warps/stages) | max regs | "
+             "spill instr. | local B | min TC instr. | ok |", "|" + "---|" * 12]
+    for (tv, arch, dtype, d), rs in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+        good = [r for r in rs if not r.get("error")]
+        main = next((r for r in rs if r["kernel"] in ("fused_rows", "chunk_weights")), rs[0])
+        c = main["constexprs"]
+        tiles = "x".join(str(c[k]) for k in ("BLOCK_R", "BLOCK_N", "BLOCK_M", "BLOCK_D") if k in c)
+        tc = [r["tensor_core_instructions"] for r in good if r["tensor_cores_required"]]
+        lines.append(
+            f"| {tv} | {arch} | {dtype} | {d} | {main['path']} | {len(rs)} | {main['kernel']} {tiles} "
+            f"({main['num_warps']}/{main['num_stages']}) | {max((r['registers'] for r in good), default='-')} | "
+            f"{sum(r['spill_stores'] + r['spill_loads'] for r in good)} | "
+            f"{max((r['local_bytes'] for r in good), default='-')} | {min(tc) if tc else '-'} | "
+            f"{'yes' if all(r['ok'] for r in rs) else 'NO'} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gradsurg.kernels.inspect", description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", type=int, nargs="+", choices=(80, 90), required=True, help="80 (sm_80) or 90 (sm_90a)")
-    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), required=True)
-    ap.add_argument("--d", type=int, nargs="+", required=True, help="embedding size(s)")
-    ap.add_argument("--out", required=True, help="directory for the cubins and kernels.jsonl")
+    ap.add_argument("--arch", type=int, nargs="+", choices=(80, 90), help="80 (sm_80) or 90 (sm_90a)")
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES))
+    ap.add_argument("--d", type=int, nargs="+", help="embedding size(s)")
+    ap.add_argument("--out", help="directory for the cubins and kernels.jsonl")
+    ap.add_argument("--table", metavar="JSONL", help="only print the markdown summary of a kernels.jsonl")
     ap.add_argument("--n", type=int, default=4096, help="anchors N of the planned launch (default 4096)")
     ap.add_argument("--m", type=int, default=4096, help="candidates M of the planned launch (default 4096)")
     ap.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS], default=None,
                     help="only these paradigm variants (default: all)")
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as fh:
+            print(summary_table([json.loads(line) for line in fh if line.strip()]))
+        return 0
+    missing = [f"--{k}" for k in ("arch", "dtype", "d", "out") if not getattr(args, k)]
+    if missing:
+        ap.error(f"the following arguments are required: {', '.join(missing)}")
     if any(d < 1 for d in args.d):
         ap.error("--d: embedding sizes must be >= 1")
     import triton
