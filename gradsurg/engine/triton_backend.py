@@ -83,6 +83,10 @@ def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
 
 def describe(dtype: torch.dtype, d: int, paradigm: Paradigm) -> str:
     """Which kernel path and tiles would run for ``dtype`` and ``d``, and why (one paragraph)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton backend unavailable: Triton is not installed (pip install triton)"
+    if dtype not in _DTYPES:
+        return f"triton backend unavailable for {dtype}: the kernels take float16, bfloat16 or float32"
     k = _kernels()
     arch = k.arch_of(torch.device("cuda")) if torch.cuda.is_available() else 90
     path, why = k.choose_path(dtype, d, arch)
