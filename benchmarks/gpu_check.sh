@@ -20,15 +20,15 @@ print("torch", torch.__version__, "triton", triton.__version__, "card", torch.cu
       "capability", torch.cuda.get_device_capability())
 PY
 echo "== 0. ahead-of-time compilation (registers, spills, tensor cores)"
-timeout 120 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce \
+timeout 60 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce \
     --out "$RES/inspect_gpu_machine" 2>&1 | tail -12 | tee "$RES/gpu_inspect.txt"
 echo "== 1. correctness on the GPU"
 timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"
 echo "== 2. N = M = 262144, bf16: d = 768 (chunked) and d = 128 (fused)"
-timeout 60 python benchmarks/gpu_large.py 262144 768 2>&1 | tail -3 | tee "$RES/gpu_large.txt"
-timeout 45 python benchmarks/gpu_large.py 262144 128 2>&1 | tail -3 | tee -a "$RES/gpu_large.txt"
+timeout 45 python benchmarks/gpu_large.py 262144 768 2>&1 | tail -3 | tee "$RES/gpu_large.txt"
+timeout 35 python benchmarks/gpu_large.py 262144 128 2>&1 | tail -3 | tee -a "$RES/gpu_large.txt"
 echo "== 3. benchmark subset and the fused/chunked crossover"
-timeout 200 python benchmarks/bench_kernels.py --matrix check --budget-s 150 --out "$RES" 2>&1 | tail -60 | tee "$RES/gpu_bench.txt"
-timeout 60 python benchmarks/bench_kernels.py --matrix crossover --methods matmul,triton-fused,triton-chunked \
-    --budget-s 45 --out "$RES" 2>&1 | tail -20 | tee -a "$RES/gpu_bench.txt"
+timeout 150 python benchmarks/bench_kernels.py --matrix check --budget-s 110 --out "$RES" 2>&1 | tail -60 | tee "$RES/gpu_bench.txt"
+timeout 45 python benchmarks/bench_kernels.py --matrix crossover --methods matmul,triton-fused,triton-chunked \
+    --budget-s 30 --out "$RES" 2>&1 | tail -20 | tee -a "$RES/gpu_bench.txt"
 echo "== done: $RES"

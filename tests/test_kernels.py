@@ -82,12 +82,27 @@ def reference(x, c, paradigm, row_weights, dtype=torch.float32):
     return torch_backend.forward(x, c, paradigm, symmetric=False, row_scale=rw)
 
 
+#: the input dtype of the last ``both`` call (its tolerance is a floor for ``check``)
+_USED = [torch.float32]
+
+
+def gpu_inputs(x, c, path):
+    """On a GPU float32 always takes the chunked path; a forced fused float32 launch would only compile
+    slow FMA kernels that never run in practice, so the fused path is tested there in float16."""
+    if DEVICE == "cuda" and path == "fused" and x.dtype == torch.float32:
+        return x.half(), c.half()
+    return x, c
+
+
 def both(x, c, paradigm, row_weights=1.0 / N, ref_dtype=torch.float32, **options):
+    x, c = gpu_inputs(x, c, options.get("path"))
+    _USED[0] = x.dtype
     out = tb.direction(x, c, paradigm, row_weights, **options)
     return out, reference(x, c, paradigm, row_weights, ref_dtype)
 
 
 def check(out, ref, tol, what=""):
+    tol = max(tol, TOL[_USED[0]])
     for name, a, b in zip(("loss", "dx", "dc"), out, ref):
         if b is None:
             assert a is None, f"{what}: {name} should be None"
@@ -108,11 +123,9 @@ def test_every_combination(index):
     (the chunked one in three chunks)."""
     paradigm = Paradigm(*COMBOS[index])
     x, c = batch()
-    ref = reference(x, c, paradigm, 1.0 / N)
-    check(tb.direction(x, c, paradigm, 1.0 / N, path="fused", **SMALL), ref, TOL[torch.float32],
-          f"fused {paradigm!r}")
-    check(tb.direction(x, c, paradigm, 1.0 / N, path="chunked", chunk_bytes=15 * M * 12, block_n=8), ref,
-          TOL[torch.float32], f"chunked {paradigm!r}")
+    check(*both(x, c, paradigm, path="fused", **SMALL), TOL[torch.float32], f"fused {paradigm!r}")
+    check(*both(x, c, paradigm, path="chunked", chunk_bytes=15 * M * 12, block_n=8), TOL[torch.float32],
+          f"chunked {paradigm!r}")
 
 
 @kernel_test
@@ -189,7 +202,7 @@ def test_confident_positive_keeps_its_gradient(dtype, path):
     g = torch.Generator().manual_seed(9)
     x = torch.randn(N, DIM, generator=g)
     c = torch.cat([x, torch.randn(M - N, DIM, generator=g)])  # s_ii = 1
-    x, c = x.to(DEVICE, dtype), c.to(DEVICE, dtype)
+    x, c = gpu_inputs(x.to(DEVICE, dtype), c.to(DEVICE, dtype), path)
     p = paradigms.info_nce(tau)
     s = torch.nn.functional.normalize(x.float(), dim=1) @ torch.nn.functional.normalize(c.float(), dim=1).T
     p_ii = torch.softmax(s / tau, dim=1).diagonal()
@@ -200,7 +213,8 @@ def test_confident_positive_keeps_its_gradient(dtype, path):
     dx, dx_ref = out[1][confident], ref[1][confident]
     assert (dx.norm(dim=1) > 0).all()
     row_err = (dx - dx_ref).norm(dim=1) / dx_ref.norm(dim=1)
-    assert row_err.max() <= 10 * TOL[dtype], f"confident rows lose their gradient: {row_err.max():.2e}"
+    tol = max(TOL[dtype], TOL[x.dtype])
+    assert row_err.max() <= 10 * tol, f"confident rows lose their gradient: {row_err.max():.2e}"
 
 
 @kernel_test
@@ -214,7 +228,7 @@ def test_large_logit_offsets(path):
     x, c = x.to(DEVICE), c.to(DEVICE)
     out, ref = both(x, c, paradigms.info_nce(0.01), path=path, **SMALL)
     assert (ref[0] > 0).all()
-    check(out, ref, 1e-4, "tau = 0.01, s ~ -0.9")  # logits amplify s's rounding 100x
+    check(out, ref, 1e-4, "tau = 0.01, s ~ -0.9")  # logits amplify s's rounding 100x (floor: the dtype's)
 
 
 @kernel_test
@@ -244,7 +258,8 @@ def test_zero_rows_get_zero_gradient(path):
 @kernel_test
 @pytest.mark.parametrize("path", PATHS)
 def test_deterministic_and_chunk_independent(path):
-    x, c = batch(seed=13)
+    x, c = gpu_inputs(*batch(seed=13), path)
+    _USED[0] = x.dtype
     first = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
     second = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
     for a, b in zip(first, second):
