@@ -95,7 +95,7 @@ def plans(arch: int, dtype: torch.dtype, d: int, n: int = 4096, m: int = 4096, v
             w = s if dtype == torch.float32 else torch.empty((rows, 2 * m), dtype=dtype, **meta)[:, :m]
             out.append((name, L.plan_chunk_weights(
                 s, w, ix[:rows], ic, one, stats[:, :rows], hidx[:rows], 0, w_kind=w_kind, need_lse_g=need_g,
-                write_w=grad, inv_tau_w=20.0, power_p=5.0, inv_tau_g=20.0, tiles=L.chunk_tiles(arch, rows),
+                write_w=grad, inv_tau_w=20.0, power_p=5.0, inv_tau_g=20.0, tiles=L.chunk_tiles(arch),
                 interpret=False)))
     return path, reason, out
 

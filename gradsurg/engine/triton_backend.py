@@ -96,7 +96,7 @@ def describe(dtype: torch.dtype, d: int, paradigm: Paradigm) -> str:
         run = (f"kernels fused_rows + fused_finish + fused_cols (4 tensor-core passes over N x M x d), "
                f"{t.describe()} on sm_{arch}")
     else:
-        t = k.chunk_tiles(arch, 1024)
+        t = k.chunk_tiles(arch)
         run = (f"per row chunk: cuBLAS S = x c^T (fp32 out), chunk_weights kernel (BLOCK_R={t.block_n} "
                f"BLOCK_M={t.block_m} warps={t.num_warps}), cuBLAS W' c and W'^T y (3 GEMMs in "
                f"{str(dtype).replace('torch.', '')}, fp32 accumulation)")
