@@ -336,3 +336,22 @@ def test_kernels_in_a_fresh_interpreter_process():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                           env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_row_stats_feed_the_components_and_nothing_else():
+    """RowStats carries O(n) statistics only: the core dissipations and ratios read them and give what
+    they give on the full rows; a weight (which needs s itself) fails loudly."""
+    from gradsurg.components import Rows, RowStats
+
+    g = torch.Generator().manual_seed(16)
+    s = torch.rand(5, 9, generator=g) * 2 - 1
+    rows = Rows(s.clone(), 0)
+    stats = RowStats(pos=rows.pos, hardest_value=rows.hardest_value, hardest_index=rows.hardest_index,
+                     lses={0.1: rows.lse(0.1)})
+    for p in (paradigms.info_nce(0.1), paradigms.mat(), Paradigm(D.ArcCon(0.1), W.Hardest(), R.Euclidean())):
+        assert torch.allclose(p.dissipation(stats), p.dissipation(Rows(s.clone(), 0)))
+        assert torch.allclose(p.pull(stats, p.dissipation(stats)), p.pull(Rows(s.clone(), 0), p.dissipation(rows)))
+    with pytest.raises(AttributeError):
+        W.Softmax(0.1)(stats)
+    with pytest.raises(KeyError, match="temperature 0.05"):
+        stats.lse(0.05)
