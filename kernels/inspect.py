@@ -220,25 +220,33 @@ def _row(rec: dict) -> str:
 
 
 def summary_table(records: list[dict]) -> str:
-    """A markdown table, one row per (arch, dtype, d): the path, the tiles of its main kernel and the
-    worst registers / spills / local bytes and the fewest tensor-core instructions over its kernels."""
+    """A markdown table, one row per (triton, arch, dtype, d) (chunked rows with equal results merged
+    over d): the path, the tiles of its main kernel, the worst registers / spills / local bytes and the
+    range of tensor-core instruction counts of its fused kernels."""
     cases = {}
     for r in records:
         cases.setdefault((r["triton"], r["arch"], r["dtype"], r["d"]), []).append(r)
-    lines = ["| triton | arch | dtype | d | path | kernels | main tiles (warps/stages) | max regs | "
-             "spill instr. | local B | min TC instr. | ok |", "|" + "---|" * 12]
-    for (tv, arch, dtype, d), rs in sorted(cases.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    rows = []
+    for (tv, arch, dtype, d), rs in cases.items():
         good = [r for r in rs if not r.get("error")]
         main = next((r for r in rs if r["kernel"] in ("fused_rows", "chunk_weights")), rs[0])
         c = main["constexprs"]
         tiles = "x".join(str(c[k]) for k in ("BLOCK_R", "BLOCK_N", "BLOCK_M", "BLOCK_D") if k in c)
         tc = [r["tensor_core_instructions"] for r in good if r["tensor_cores_required"]]
-        lines.append(
-            f"| {tv} | {arch} | {dtype} | {d} | {main['path']} | {len(rs)} | {main['kernel']} {tiles} "
-            f"({main['num_warps']}/{main['num_stages']}) | {max((r['registers'] for r in good), default='-')} | "
-            f"{sum(r['spill_stores'] + r['spill_loads'] for r in good)} | "
-            f"{max((r['local_bytes'] for r in good), default='-')} | {min(tc) if tc else '-'} | "
-            f"{'yes' if all(r['ok'] for r in rs) else 'NO'} |")
+        key = (tv, arch, dtype, main["path"], len(rs), f"{tiles} ({main['num_warps']}/{main['num_stages']})",
+               max((r["registers"] for r in good), default="-"),
+               sum(r["spill_stores"] + r["spill_loads"] for r in good),
+               max((r["local_bytes"] for r in good), default="-"),
+               f"{min(tc)}-{max(tc)}" if tc else "-", all(r["ok"] for r in rs))
+        if rows and main["path"] == "chunked" and rows[-1][0] == key:
+            rows[-1][1].append(d)
+        else:
+            rows.append((key, [d]))
+    lines = ["| triton | arch | dtype | d | path | kernels | main kernel tiles (warps/stages) | max regs | "
+             "spill instr. | local bytes | tensor-core instr. (fused) | ok |", "|" + "---|" * 12]
+    for (tv, arch, dtype, path, n, tiles, reg, spills, local, tc, ok), ds in rows:
+        lines.append(f"| {tv} | {arch} | {dtype} | {', '.join(map(str, ds))} | {path} | {n} | {tiles} | {reg} | "
+                     f"{spills} | {local} | {tc} | {'yes' if ok else 'NO'} |")
     return "\n".join(lines)
 
 
