@@ -235,8 +235,10 @@ def _chunked(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles, chunk_byt
     dx = torch.empty((n, d), dtype=torch.float32, device=x.device) if want else None
     acc = torch.zeros((m, d), dtype=torch.float32, device=x.device) if want else None  # ic_j dV_j / max(ic)
     step = torch_backend.chunk_rows(n, m, torch.float32, chunk_bytes)
-    if x.is_cuda and step < n:  # GEMM-friendly chunks: a multiple of 128 rows, at least 512
-        step = max(min(n, 512), step // 128 * 128)
+    if x.is_cuda and step < n:
+        # GEMM-friendly chunks: a multiple of 128 rows and at least 1024 (every chunk also reads and
+        # writes the M x d fp32 accumulator once, which must stay small next to its GEMMs)
+        step = max(min(n, 1024), step // 128 * 128)
     ct = dict(block_n=tiles["block_n"]) if "block_n" in tiles else {}
     if "block_m" in tiles:
         ct["block_m"] = tiles["block_m"]
