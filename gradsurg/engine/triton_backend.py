@@ -131,7 +131,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
         raise ValueError(f"triton backend: path must be 'auto', 'fused' or 'chunked', got {path!r}")
     tiles = {key: int(options[key]) for key in ("block_n", "block_m") if options.get(key) is not None}
     x, c = _rows_contiguous(x), _rows_contiguous(c)
-    spec = _Spec(paradigm, m)
+    spec = _Spec(paradigm)
     ix, ic = _inverse_norms(x), _inverse_norms(c)
     ic_max = _positive_max(ic)
     if isinstance(row_weights, Tensor):
@@ -149,7 +149,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
 class _Spec:
     """What the kernels need to know of a paradigm: weight kind and parameters, which LSEs."""
 
-    def __init__(self, paradigm: Paradigm, m: int):
+    def __init__(self, paradigm: Paradigm):
         self.paradigm = paradigm
         wgt, dis = paradigm.weight, paradigm.dissipation
         self.kind = _WEIGHTS[type(wgt)]
