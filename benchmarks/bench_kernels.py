@@ -3,7 +3,9 @@
 For every configuration it measures forward + backward of InfoNCE (the
 reference loss; ``--paradigm`` picks another preset) with
 
-* ``triton``   gradsurg.paradigm_loss(..., backend="triton")  (GPU only)
+* ``triton``   gradsurg.paradigm_loss(..., backend="triton")  (GPU only; the dispatcher's path)
+* ``triton-fused`` / ``triton-chunked``  the same with ``path=`` forced (the crossover in d;
+               ``triton-fused`` only for 16-bit inputs with d <= 256)
 * ``torch``    gradsurg.paradigm_loss(..., backend="torch")   (the chunked torch backend)
 * ``eager``    materialised cosine matrix + F.cross_entropy, plain autograd
 * ``compile``  torch.compile of ``eager``
@@ -24,6 +26,7 @@ measurement, so an interrupted run loses nothing) and
     python benchmarks/bench_kernels.py --quick            # CPU: torch paths, small shapes
     python benchmarks/bench_kernels.py --matrix check     # GPU: a subset that fits ~5 minutes
     python benchmarks/bench_kernels.py --matrix full      # GPU: the matrix of docs/ANCHORS.md
+    python benchmarks/bench_kernels.py --matrix crossover --methods matmul,triton-fused,triton-chunked
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import gradsurg  # noqa: E402
 
 K = 1024
-METHODS = ("matmul", "triton", "torch", "eager", "compile")
+METHODS = ("matmul", "triton", "triton-fused", "triton-chunked", "torch", "eager", "compile")
 
 
 # -- the configurations ---------------------------------------------------------------------------------
@@ -61,10 +64,12 @@ def matrix(name: str) -> list[dict]:
                 config(2048, 768, dtype="fp32"), config(1024, 384, k=1, dtype="fp32"),
                 config(1024, 384, dtype="fp32", symmetric=True)]
     if name == "check":  # GPU: the headline shape first, then a few others (~5 minutes)
-        return [config(32 * K, 768), config(8 * K, 768), config(16 * K, 768),
+        return [config(32 * K, 768), config(16 * K, 128), config(16 * K, 64), config(16 * K, 768),
                 config(16 * K, 768, dtype="fp16"), config(16 * K, 768, dtype="fp32"),
                 config(16 * K, 768, k=1), config(16 * K, 768, symmetric=True),
                 config(16 * K, 4096), config(32767, 768, m=32767)]
+    if name == "crossover":  # GPU: fused vs chunked Triton paths over d (bf16)
+        return [config(16 * K, d) for d in (64, 128, 256, 384)]
     if name == "full":  # the benchmark matrix of docs/ANCHORS.md, grouped in sweeps
         out = [config(n * K, 768) for n in (4, 8, 16, 32, 64)]
         out += [config(16 * K, d) for d in (384, 1024, 4096)]
@@ -105,12 +110,15 @@ def make_step(method, x, c, cfg, paradigm, allow_tf32):
         def step():
             return x.detach() @ ct
         return step
-    if method in ("triton", "torch"):
-        opts = {"allow_tf32": allow_tf32} if method == "triton" else {}
+    if method in ("triton", "torch", "triton-fused", "triton-chunked"):
+        backend, _, path = method.partition("-")
+        opts = {"path": path} if path else {}
+        if path == "fused" and (x.dtype == torch.float32 or x.shape[1] > 256):
+            raise ValueError("triton-fused is measured for 16-bit inputs with d <= 256 only")
 
         def step():
             loss = gradsurg.paradigm_loss(x, c[:n], c[n:] if c.shape[0] > n else None, paradigm=paradigm,
-                                          symmetric=sym, backend=method, check_finite=False, **opts)
+                                          symmetric=sym, backend=backend, check_finite=False, **opts)
             loss.backward()
         return step
     if method == "eager":
@@ -230,7 +238,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=None, help="comma list of " + ",".join(METHODS))
     ap.add_argument("--paradigm", default="info_nce", help="preset of gradsurg.paradigms (the eager and "
                     "compile rows are always InfoNCE)")
-    ap.add_argument("--allow-tf32", action="store_true", help="fp32: TF32 dot products in the kernels")
+    ap.add_argument("--allow-tf32", action="store_true", help="fp32: let cuBLAS use TF32 (torch's matmul setting)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new configs after this many s")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(HERE, "results"))
@@ -241,9 +249,9 @@ def main(argv=None):
     name = args.matrix or ("full" if cuda else "quick")
     configs = matrix(name)
     methods = args.methods.split(",") if args.methods else (
-        list(METHODS) if cuda else ["matmul", "torch", "eager", "compile"])
-    if not cuda and "triton" in methods:
-        methods.remove("triton")  # the interpreter is not a benchmark
+        ["matmul", "triton", "torch", "eager", "compile"] if cuda else ["matmul", "torch", "eager", "compile"])
+    if not cuda:  # the interpreter is not a benchmark
+        methods = [mt for mt in methods if not mt.startswith("triton")]
     reps = args.reps or (100 if cuda else 3)
     torch.backends.cuda.matmul.allow_tf32 = bool(args.allow_tf32)
     paradigm = getattr(gradsurg.paradigms, args.paradigm)

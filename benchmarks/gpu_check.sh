@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the fused kernels (issue 3), sized to finish in about 8 minutes:
-#   1. correctness: tests/test_kernels.py compiled on the GPU (no interpreter), ~1-2 min with compilation;
-#   2. scale: N = M = 262144, d = 768, bf16 through the Triton backend (must fit one H100);
-#   3. benchmark: bench_kernels.py --matrix check, stopped after a time budget.
+# The one prepared GPU check of the Triton backend, sized to finish in about 8 minutes on an H100/H200:
+#   0. ahead-of-time compilation report with this machine's Triton (sm_80 + sm_90a, bf16, d = 128 / 768), ~30 s;
+#   1. correctness: tests/test_kernels.py compiled on the GPU (both paths, every combination), ~2 min;
+#   2. scale: N = M = 262144, bf16, d = 768 (chunked path) and d = 128 (fused path), one GPU;
+#   3. benchmark: bench_kernels.py --matrix check, then the fused/chunked crossover, within a time budget.
 # Results (logs, JSON, PNG) go to $OUT if set, else benchmarks/results.
 # Usage: bash benchmarks/gpu_check.sh   (from the repository root, on a machine with a GPU)
 set -u
@@ -15,12 +16,19 @@ export GRADSURG_TEST_DEVICE=cuda
 pip install -q -e . --no-deps >/dev/null 2>&1 || true
 python - <<'PY' | tee "$RES/gpu_env.txt"
 import torch, triton
-print("torch", torch.__version__, "triton", triton.__version__, "card", torch.cuda.get_device_name())
+print("torch", torch.__version__, "triton", triton.__version__, "card", torch.cuda.get_device_name(),
+      "capability", torch.cuda.get_device_capability())
 PY
+echo "== 0. ahead-of-time compilation (registers, spills, tensor cores)"
+timeout 60 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce \
+    --out "$RES/inspect_gpu_machine" 2>&1 | tail -12 | tee "$RES/gpu_inspect.txt"
 echo "== 1. correctness on the GPU"
-timeout 200 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"
-echo "== 2. N = M = 262144, d = 768, bf16"
-timeout 90 python benchmarks/gpu_large.py 262144 768 2>&1 | tail -5 | tee "$RES/gpu_large.txt"
-echo "== 3. benchmark subset"
-timeout 300 python benchmarks/bench_kernels.py --matrix check --budget-s 200 --out "$RES" 2>&1 | tail -60 | tee "$RES/gpu_bench.txt"
+timeout 180 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"
+echo "== 2. N = M = 262144, bf16: d = 768 (chunked) and d = 128 (fused)"
+timeout 45 python benchmarks/gpu_large.py 262144 768 2>&1 | tail -3 | tee "$RES/gpu_large.txt"
+timeout 35 python benchmarks/gpu_large.py 262144 128 2>&1 | tail -3 | tee -a "$RES/gpu_large.txt"
+echo "== 3. benchmark subset and the fused/chunked crossover"
+timeout 120 python benchmarks/bench_kernels.py --matrix check --budget-s 90 --out "$RES" 2>&1 | tail -60 | tee "$RES/gpu_bench.txt"
+timeout 45 python benchmarks/bench_kernels.py --matrix crossover --methods matmul,triton-fused,triton-chunked \
+    --budget-s 30 --out "$RES" 2>&1 | tail -20 | tee -a "$RES/gpu_bench.txt"
 echo "== done: $RES"

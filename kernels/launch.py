@@ -1,295 +1,323 @@
-"""Launchers of the fused paradigm kernels: the Triton backend of ``paradigm_loss``.
+"""Launchers of the kernels on plain tensors and scalars, and the choice of path and tiles.
 
-``forward(x, c, paradigm, *, symmetric, row_scale, **options)`` has exactly the
-contract of :func:`gradsurg.engine.torch_backend.forward`: it returns the
-per-row loss ``(N,)`` in float32 and, when ``row_scale`` is given, the float32
-gradients of ``sum_i row_scale_i L_i`` with respect to the raw ``x`` and ``c``.
+Nothing here knows the paradigm: a weight kind is an int (:data:`W_KINDS`),
+temperatures and powers are floats, per-row factors are fp32 tensors. The
+glue in ``gradsurg.engine.triton_backend`` turns statistics into factors.
 
-CUDA tensors run the compiled kernels; CPU tensors run the same kernels under
-Triton's interpreter (``TRITON_INTERPRET=1`` is set here before Triton is
-imported, if nothing imported it earlier), which is how CPU CI tests them.
+Two paths (:func:`choose_path`):
 
-The per-row scalars GD_i and (GD R)_i are computed in fp32, in torch, from the
-O(N) row statistics the first kernel returns, by the very component objects
-of :mod:`gradsurg.components` (they only need the positive, the hardest
-negative and log-sum-exps): the kernels specialise on the weight (the only
-component that varies along a row) and on which statistics are needed.
+``fused``    16-bit inputs with ``d <= FUSED_MAX_D``: three Triton kernels, every
+             similarity tile only in registers (:mod:`gradsurg.kernels.fused`).
+``chunked``  everything else (large d, float32): cuBLAS GEMMs on row chunks
+             (operands in the input dtype, fp32 accumulation, fp32 similarities)
+             and one Triton kernel per chunk (:mod:`gradsurg.kernels.chunked`).
 
-Options (all keyword, all optional):
-    allow_tf32:   fp32 inputs may use TF32 dot products (default False: IEEE).
-    deterministic: accepted for API symmetry; the kernels never use atomics
-                  and are always deterministic.
-    block_n, block_m, block_k, block_d, num_warps, num_stages: tile sizes.
-    acc_in_regs:  keep d-long accumulators in registers (default: d <= block_d).
-    chunk_bytes:  ignored (the torch backend's option), so that callers may
-                  switch backends without changing options.
+Every launch is first built as a :class:`Launch` (kernel, grid, arguments,
+compile-time constants, warps, stages) by a ``plan_*`` function and then
+run; :mod:`gradsurg.kernels.inspect` compiles the very same plans ahead of
+time for a GPU that need not be present. The tiles below were chosen by
+compiling for sm_80 and sm_90a and reading registers and spills with
+``ptxas``/``cuobjdump`` (docs/kernels.md has the table); they are heuristics
+per (arch, dtype, d), not autotuned at run time.
+
+CPU tensors run the same plans under Triton's interpreter (``TRITON_INTERPRET=1``
+before Triton is imported), with the 16-bit dot operands up-cast there.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from types import SimpleNamespace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
-from gradsurg.components import dissipation as D
-from gradsurg.components import ratio as R
-from gradsurg.components import weight as W
-from gradsurg.engine import torch_backend
-from gradsurg.engine.normalize import EPS
+from . import chunked as _chunked
+from . import fused as _fused
 
-__all__ = ["forward", "supports", "kernels"]
+__all__ = [
+    "W_KINDS", "N_STATS", "FUSED_MAX_D", "Launch", "Tiles", "arch_of", "device_arch", "choose_path", "fused_tiles",
+    "chunk_tiles", "plan_fused_rows", "plan_fused_finish", "plan_fused_cols", "plan_chunk_weights",
+    "fused_rows", "fused_finish", "fused_cols", "chunk_weights", "mm_f32", "addmm_f32_", "interpreted",
+]
 
-if importlib.util.find_spec("triton") is None:  # checked without importing Triton
-    raise ImportError("gradsurg.kernels needs Triton (pip install triton)")
-
-_DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant)
-_RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular)
-_W_KIND = {W.Softmax: 0, W.Hardest: 1, W.Power: 2, W.Uniform: 3}
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def supports(x: Tensor, paradigm) -> bool:
-    """True when the kernels implement this dtype and these components exactly."""
-    return (
-        x.dtype in _DTYPES
-        and type(paradigm.dissipation) in _DISSIPATIONS
-        and type(paradigm.ratio) in _RATIOS
-        and type(paradigm.weight) in _W_KIND
-    )
+#: weight kinds, as the kernels' ``W_KIND``
+W_KINDS = {"softmax": 0, "hardest": 1, "power": 2, "uniform": 3}
+#: rows of the fp32 statistics tensor (pos, hardest value, m_w, l_w, ws, m_g, l_g)
+N_STATS = _fused.N_STATS
+#: the fused path is taken for 16-bit inputs with d up to this, per tile family (its
+#: accumulators span d; beyond it a fused kernel spills, measured with ptxas, docs/kernels.md)
+FUSED_MAX_D = {90: 256, 80: 128}
+_SIXTEEN = (torch.float16, torch.bfloat16)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-# -- kernel objects: compiled for CUDA, interpreted for CPU ---------------------------------------
+def interpreted() -> bool:
+    """Whether this process runs the kernels under Triton's interpreter: ``triton.jit``
+    decided so when these modules were imported (``TRITON_INTERPRET=1`` at that time)."""
+    from triton.runtime.interpreter import InterpretedFunction
 
-_CACHE: dict[bool, SimpleNamespace] = {}
-
-
-def kernels(interpret: bool) -> SimpleNamespace:
-    """The three kernels, wrapped for the compiler or for the interpreter (cached)."""
-    if interpret not in _CACHE:
-        if interpret and "triton" not in sys.modules:
-            os.environ["TRITON_INTERPRET"] = "1"
-        from . import paradigm_kernels as K
-
-        if _language_interpreted() != interpret:
-            raise RuntimeError(
-                "gradsurg.kernels: "
-                + ("CPU tensors run the Triton kernels under the interpreter, but Triton was imported "
-                   "without TRITON_INTERPRET=1; set TRITON_INTERPRET=1 before anything imports triton, "
-                   "or use backend='torch'"
-                   if interpret else
-                   "CUDA tensors need compiled Triton kernels, but Triton was imported with "
-                   "TRITON_INTERPRET=1 (interpreter mode); unset it before triton is imported")
-            )
-
-        if interpret:
-            from triton.runtime.interpreter import InterpretedFunction as wrap
-        else:
-            from triton.runtime.jit import JITFunction as wrap
-        _CACHE[interpret] = SimpleNamespace(
-            row_pass=wrap(K._row_pass),
-            row_finish=wrap(K._row_finish),
-            col_pass=wrap(K._col_pass),
-            N_STATS=K.N_STATS,
-        )
-    return _CACHE[interpret]
+    return isinstance(_fused.fused_rows, InterpretedFunction)
 
 
-def _language_interpreted() -> bool:
-    """Whether triton.language was imported in interpreter mode (decided once, at import)."""
-    import triton.language.standard as std
-    from triton.runtime.jit import JITFunction
-
-    return not any(isinstance(v, JITFunction) for v in vars(std).values())
+def arch_of(device: torch.device) -> int:
+    """The tile family for a CUDA device: 90 (Hopper and later) or 80 (Ampere/Ada)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return 90 if major >= 9 else 80
 
 
-# -- the statistics of a direction, seen by the components as a "Rows" -------------------------------
-
-class _RowStats:
-    """Duck-types :class:`gradsurg.components.Rows` with O(N) statistics only.
-
-    The components of the core vocabulary read ``pos``, ``hardest_value``,
-    ``hardest_index``, ``lse(tau)``, ``n`` and ``s.dtype``/``s.device``; here
-    they get the kernel's statistics instead of a chunk of ``s`` (``dtype`` and
-    ``device`` are those of the statistics, float32).
-    """
-
-    def __init__(self, pos: Tensor, hmax: Tensor, hidx: Tensor, lses: dict, m: int):
-        self.pos = pos
-        self.hardest_value = hmax
-        self.hardest_index = hidx
-        self.hardest = (hmax, hidx)
-        self.s = pos  # dtype and device only
-        self.dtype = pos.dtype
-        self.device = pos.device
-        self.n = pos.shape[0]
-        self.m = m
-        self._lses = lses
-
-    def lse(self, temperature: float) -> Tensor:
-        return self._lses[temperature]
+def device_arch(t: Tensor) -> int:
+    """The tile family for ``t``'s device (CPU tensors, run by the interpreter: 90)."""
+    return arch_of(t.device) if t.is_cuda else 90
 
 
-def _inv_norm(x: Tensor) -> Tensor:
-    norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
-    return torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
+# -- choices ------------------------------------------------------------------------------------------
+
+def choose_path(dtype: torch.dtype, d: int, arch: int = 90) -> tuple[str, str]:
+    """``(path, reason)``: 'fused' or 'chunked' for inputs of ``dtype`` and size ``d`` on tile family ``arch``."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"gradsurg.kernels: dtype must be one of float16, bfloat16, float32, got {dtype}")
+    if dtype == torch.float32:
+        return "chunked", ("float32: cuBLAS GEMMs in float32 (fused kernels would need FMA dot products, "
+                           "which spill); TF32 only if torch's matmul precision allows it")
+    limit = FUSED_MAX_D[90 if arch >= 90 else 80]
+    if d <= limit:
+        return "fused", f"16-bit and d = {d} <= {limit} on sm_{arch}: the d-long accumulators fit registers"
+    return "chunked", (f"d = {d} > {limit} on sm_{arch}: a d-long accumulator per row would spill; "
+                       "cuBLAS GEMMs on row chunks + one fused statistics/weights kernel per chunk")
 
 
-def _config(x: Tensor, d: int, options: dict) -> dict:
-    interpret = not x.is_cuda
-    wide = x.dtype != torch.float32
+@dataclass(frozen=True)
+class Tiles:
+    """Tile sizes, warps and pipeline stages of one kernel launch."""
+
+    block_n: int = 64
+    block_m: int = 64
+    block_d: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def describe(self) -> str:
+        return (f"BLOCK_N={self.block_n} BLOCK_M={self.block_m} BLOCK_D={self.block_d} "
+                f"warps={self.num_warps} stages={self.num_stages}")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
+
+
+def fused_tiles(arch: int, dtype: torch.dtype, d: int) -> Tiles:
+    """Tiles of the fused kernels: the largest spill-free ones for every weight kind and
+    both log-sum-exp variants, measured with ptxas (docs/kernels.md)."""
+    block_d = _pow2(d)
+    if arch >= 90:
+        # BLOCK_M = 64 is spill-free too up to d = 128 but sits at 251-255 registers with Triton 3.6
+        # in the two-log-sum-exp variant; 32 keeps every variant <= ~210
+        return Tiles(block_n=64, block_m=32, block_d=block_d, num_warps=8, num_stages=2)
+    if block_d <= 64:
+        return Tiles(block_n=64, block_m=32, block_d=block_d, num_warps=8, num_stages=2)
+    # d <= 128 on sm_80: 64 x 64 (8 warps) spills in the two-log-sum-exp variant with Triton 3.6 and
+    # 64 x 32 sits at 255 registers; 32 x 32 at 4 warps stays at <= 216
+    return Tiles(block_n=32, block_m=32, block_d=block_d, num_warps=4, num_stages=2)
+
+
+def finish_tiles(d: int) -> Tiles:
+    block_d = _pow2(d)
+    return Tiles(block_n=max(1, 4096 // block_d), block_m=1, block_d=block_d, num_warps=4, num_stages=1)
+
+
+def chunk_tiles(arch: int, interpret: bool = False) -> Tiles:
+    """Tiles of the chunk kernel: BLOCK_N rows per program streaming BLOCK_M columns.
+
+    Memory-bound and independent of d. 8 x 128 at 4 warps (8 values per thread) is spill-free for
+    every weight kind and dtype on sm_80 and sm_90a (8 x 256 spilled once in float32 on sm_90a);
+    the interpreter takes few, large programs."""
     if interpret:
-        cfg = dict(block_n=16, block_m=16, block_k=32, block_d=32, num_warps=1, num_stages=1)
-    else:
-        cfg = dict(block_n=64, block_m=64, block_k=64 if wide else 32, block_d=128,
-                   num_warps=4, num_stages=3 if wide else 2)
-    for key in list(cfg):
-        if options.get(key) is not None:
-            cfg[key] = int(options[key])
-    acc_in_regs = options.get("acc_in_regs")
-    if acc_in_regs is None:
-        acc_in_regs = d <= cfg["block_d"]
-    elif acc_in_regs:
-        cfg["block_d"] = max(cfg["block_d"], _next_pow2(d))
-    cfg["acc_in_regs"] = bool(acc_in_regs)
-    cfg["interpret"] = interpret
-    cfg["ieee"] = x.dtype == torch.float32 and not options.get("allow_tf32", False)
-    cfg["scale_ops"] = x.dtype == torch.float16  # operands of the gradient products kept in range
-    cfg["upcast"] = interpret  # the interpreter's tl.dot is wrong on bf16: compute its dots in fp32
-    return cfg
+        return Tiles(block_n=32, block_m=128, block_d=0, num_warps=4, num_stages=2)
+    return Tiles(block_n=8, block_m=128, block_d=0, num_warps=4, num_stages=2)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+# -- launch plans ---------------------------------------------------------------------------------------
+
+@dataclass
+class Launch:
+    """One kernel launch: what :mod:`gradsurg.kernels.inspect` compiles and what runs."""
+
+    name: str
+    kernel: object
+    grid: tuple
+    args: dict            # runtime arguments by name (tensors, ints, floats), in the kernel's order
+    constexprs: dict      # compile-time constants by name
+    tiles: Tiles
+    interpret: bool = field(default=False)
+
+    def __call__(self) -> None:
+        extra = {} if self.interpret else dict(num_warps=self.tiles.num_warps, num_stages=self.tiles.num_stages)
+        self.kernel[self.grid](**self.args, **self.constexprs, **extra)
 
 
-def _direction(x, c, ix, ic, paradigm, row_scale, out_rows, out_cols, cfg):
-    """One direction (rows x against candidates c): loss rows; gradients added into out_*."""
-    k = kernels(cfg["interpret"])
-    n, d = x.shape
-    m = c.shape[0]
-    dev = x.device
-    dis, wgt = paradigm.dissipation, paradigm.weight
-    w_kind = _W_KIND[type(wgt)]
-    want = row_scale is not None
-    surrogate = paradigm.loss_name is None
-
-    tau_w = wgt.temperature if w_kind == 0 else 1.0
-    need_lse_g = isinstance(dis, (D.InfoNCE, D.ArcCon)) and not (w_kind == 0 and dis.temperature == tau_w)
-    tau_g = dis.temperature if need_lse_g else 1.0
-    has_acc = want and w_kind != 1
-
-    stats = torch.empty((k.N_STATS, n), dtype=torch.float32, device=dev)
-    hidx = torch.zeros(n, dtype=torch.int32, device=dev)
-    acc = torch.zeros((n, d), dtype=torch.float32, device=dev) if has_acc else stats
-    bn, bm, bk, bd = cfg["block_n"], cfg["block_m"], cfg["block_k"], cfg["block_d"]
-    launch = {} if cfg["interpret"] else dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    k.row_pass[(triton_cdiv(n, bn),)](
-        x, c, ix, ic, acc, stats, hidx,
-        n, m, d,
-        x.stride(0), c.stride(0), acc.stride(0) if has_acc else 0,
-        1.0 / tau_w, float(getattr(wgt, "p", 1.0)), 1.0 / tau_g,
-        W_KIND=w_kind, NEED_LSE_G=need_lse_g, HAS_ACC=has_acc, ACC_IN_REGS=cfg["acc_in_regs"],
-        IEEE=cfg["ieee"], UPCAST=cfg["upcast"], SCALE_OPS=cfg["scale_ops"],
-        BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, **launch,
-    )
-    pos, hmax, m_w, l_w, ws, m_g, l_g = stats.unbind(0)
-
-    # -- per-row scalars in fp32, by the components themselves ------------------------------------
-    lses = {}
-    if w_kind == 0:
-        lses[tau_w] = m_w + torch.log(l_w)
-    if need_lse_g:
-        lses[tau_g] = m_g + torch.log(l_g)
-    rows = _RowStats(pos, hmax, hidx.long(), lses, m)
-    gd = dis(rows)
-    pull = paradigm.pull(rows, gd)
-    mean_s = hmax if w_kind == 1 else ws / l_w  # sum_j W_ij s_ij
-    if surrogate:
-        loss = gd * mean_s - pull * pos
-    else:
-        loss = paradigm.row_loss(rows)
-    if not want:
-        return loss
-
-    if isinstance(row_scale, Tensor):
-        rs, out_scale = row_scale.to(torch.float32), 1.0
-        a, pl = gd * rs, pull * rs
-    else:
-        rs, out_scale = float(row_scale), float(row_scale)
-        a, pl = gd, pull
-    # dU_i = a_i sum_j W_ij v_j - pl_i v_i ; radial rad_i = dU_i . u_i = a_i mean_s_i - pl_i s_ii
-    # dx_i = ix_i (dU_i - rad_i u_i), all scaled by out_scale
-    a_out, pl_out = a * out_scale, pl * out_scale
-    rad = a_out * mean_s - pl_out * pos
-    ca = ix * a_out / l_w if has_acc else ix
-    cg = ix * a_out * ic[hidx.long()] if w_kind == 1 else ix
-    cp = -ix * pl_out * ic[:n]
-    cx = -rad * ix * ix
-    fin_bn, fin_bd = (16, 32) if cfg["interpret"] else (32, 128)
-    k.row_finish[(triton_cdiv(n, fin_bn), triton_cdiv(d, fin_bd))](
-        out_rows, acc, x, c, ca, cg, cp, cx, hidx,
-        n, d,
-        out_rows.stride(0), acc.stride(0) if has_acc else 0, x.stride(0), c.stride(0),
-        HAS_ACC=has_acc, HAS_GATHER=w_kind == 1,
-        BLOCK_N=fin_bn, BLOCK_D=fin_bd, **({} if cfg["interpret"] else dict(num_warps=4)),
-    )
-
-    if w_kind == 0:
-        wstat = lses[tau_w]
-    elif w_kind == 2:
-        wstat = 1.0 / l_w
-    else:
-        wstat = l_w  # unused
-    k.col_pass[(triton_cdiv(m, bm),)](
-        out_cols, x, c, ix, ic, a.contiguous(), pl.contiguous(), wstat.contiguous(), hidx,
-        n, m, d,
-        out_cols.stride(0), x.stride(0), c.stride(0),
-        1.0 / tau_w, float(getattr(wgt, "p", 1.0)), 1.0 / (m - 1), out_scale,
-        W_KIND=w_kind, ACC_IN_REGS=cfg["acc_in_regs"],
-        IEEE=cfg["ieee"], UPCAST=cfg["upcast"], SCALE_OPS=cfg["scale_ops"],
-        BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, **launch,
-    )
-    return loss
-
-
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def forward(
-    x: Tensor,
-    c: Tensor,
-    paradigm,
-    *,
-    symmetric: bool,
-    row_scale: float | Tensor | None,
-    **options,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Loss rows ``(N,)`` and the gradients w.r.t. raw ``x`` (N x d) and ``c`` (M x d).
-
-    Same contract as :func:`gradsurg.engine.torch_backend.forward`. Inputs the
-    kernels do not cover (float64, components outside the core vocabulary)
-    are handed to the torch backend.
-    """
-    if not supports(x, paradigm):
-        kw = {k: v for k, v in options.items() if k == "chunk_bytes"}
-        return torch_backend.forward(x, c, paradigm, symmetric=symmetric, row_scale=row_scale, **kw)
-    x = x.contiguous()
-    c = c.contiguous()
+def plan_fused_rows(x, c, ix, ic, ic_max, acc, stats, hidx, *, w_kind, need_lse_g, has_acc,
+                    inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool) -> Launch:
     n, d = x.shape
-    cfg = _config(x, d, options)
-    ix, ic = _inv_norm(x), _inv_norm(c)
-    want = row_scale is not None
-    dx = torch.zeros((n, d), dtype=torch.float32, device=x.device) if want else None
-    dc = torch.zeros(c.shape, dtype=torch.float32, device=x.device) if want else None
-    if symmetric:
-        half = None if row_scale is None else row_scale * 0.5
-        loss_f = _direction(x, c, ix, ic, paradigm, half, dx, dc, cfg)
-        loss_r = _direction(c[:n], x, ic[:n], ix, paradigm, half, dc[:n] if want else None, dx, cfg)
-        loss = 0.5 * (loss_f + loss_r)
-    else:
-        loss = _direction(x, c, ix, ic, paradigm, row_scale, dx, dc, cfg)
-    return loss, dx, dc
+    m = c.shape[0]
+    args = dict(X=x, C=c, IX=ix, IC=ic, IC_MAX=ic_max, ACC=acc, STATS=stats, HIDX=hidx,
+                N=n, M=m, D=d, stride_x=x.stride(0), stride_c=c.stride(0), stride_acc=acc.stride(0),
+                inv_tau_w=float(inv_tau_w), power_p=float(power_p), inv_tau_g=float(inv_tau_g))
+    const = dict(W_KIND=int(w_kind), NEED_LSE_G=bool(need_lse_g), HAS_ACC=bool(has_acc),
+                 IEEE=x.dtype == torch.float32, UPCAST=interpret,
+                 BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_D=tiles.block_d)
+    return Launch("fused_rows", _fused.fused_rows, (_cdiv(n, tiles.block_n),), args, const, tiles, interpret)
+
+
+def plan_fused_finish(dx, acc, x, c, ix, ic, ca, cg, cp, hidx, *, has_acc, has_gather,
+                      tiles: Tiles, interpret: bool) -> Launch:
+    n, d = x.shape
+    args = dict(DX=dx, ACC=acc, X=x, C=c, IX=ix, IC=ic, CA=ca, CG=cg, CP=cp, HIDX=hidx, N=n, D=d,
+                stride_dx=dx.stride(0), stride_acc=acc.stride(0), stride_x=x.stride(0), stride_c=c.stride(0))
+    const = dict(HAS_ACC=bool(has_acc), HAS_GATHER=bool(has_gather),
+                 BLOCK_N=tiles.block_n, BLOCK_D=tiles.block_d)
+    return Launch("fused_finish", _fused.fused_finish, (_cdiv(n, tiles.block_n),), args, const, tiles, interpret)
+
+
+def plan_fused_cols(dc, x, c, ix, ic, q, kappa, shift, hidx, pull, *, w_kind, inv_tau_w, power_p,
+                    tiles: Tiles, interpret: bool) -> Launch:
+    n, d = x.shape
+    m = c.shape[0]
+    args = dict(DC=dc, X=x, C=c, IX=ix, IC=ic, Q=q, KAPPA=kappa, SHIFT=shift, HIDX=hidx, PULL=pull,
+                N=n, M=m, D=d, stride_dc=dc.stride(0), stride_x=x.stride(0), stride_c=c.stride(0),
+                inv_tau_w=float(inv_tau_w), power_p=float(power_p))
+    const = dict(W_KIND=int(w_kind), IEEE=x.dtype == torch.float32, UPCAST=interpret,
+                 BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_D=tiles.block_d)
+    return Launch("fused_cols", _fused.fused_cols, (_cdiv(m, tiles.block_m),), args, const, tiles, interpret)
+
+
+def plan_chunk_weights(s, w, ix, ic, ic_max, stats, hidx, row0, *, w_kind, need_lse_g, write_w,
+                       inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool) -> Launch:
+    r, m = s.shape
+    args = dict(S=s, W_OUT=w, IX=ix, IC=ic, IC_MAX=ic_max, STATS=stats, HIDX=hidx, R=r, M=m, row0=int(row0),
+                stride_s=s.stride(0), stride_w=w.stride(0),
+                inv_tau_w=float(inv_tau_w), power_p=float(power_p), inv_tau_g=float(inv_tau_g))
+    const = dict(W_KIND=int(w_kind), NEED_LSE_G=bool(need_lse_g), WRITE_W=bool(write_w),
+                 BLOCK_R=tiles.block_n, BLOCK_M=tiles.block_m)
+    return Launch("chunk_weights", _chunked.chunk_weights, (_cdiv(r, tiles.block_n),), args, const, tiles,
+                  interpret)
+
+
+# -- launchers -------------------------------------------------------------------------------------------
+
+def _tiles_for(x: Tensor, d: int, override: dict | None) -> tuple[Tiles, bool]:
+    interpret = not x.is_cuda
+    tiles = fused_tiles(device_arch(x), x.dtype, d)
+    if override:
+        tiles = replace(tiles, **override)
+    return tiles, interpret
+
+
+def fused_rows(x, c, ix, ic, ic_max, *, w_kind, need_lse_g, want_acc, inv_tau_w, power_p, inv_tau_g,
+               tiles: dict | None = None):
+    """Row statistics ``(N_STATS, N)`` fp32, hardest index ``(N,)`` int32 and, when
+    ``want_acc`` (and the weight is not 'hardest'), ``acc (N, d)`` fp32."""
+    n, d = x.shape
+    t, interpret = _tiles_for(x, d, tiles)
+    stats = torch.empty((N_STATS, n), dtype=torch.float32, device=x.device)
+    hidx = torch.zeros(n, dtype=torch.int32, device=x.device)
+    has_acc = bool(want_acc) and w_kind != W_KINDS["hardest"]
+    acc = torch.empty((n, d), dtype=torch.float32, device=x.device) if has_acc else stats
+    plan_fused_rows(x, c, ix, ic, ic_max, acc, stats, hidx, w_kind=w_kind, need_lse_g=need_lse_g,
+                    has_acc=has_acc, inv_tau_w=inv_tau_w, power_p=power_p, inv_tau_g=inv_tau_g,
+                    tiles=t, interpret=interpret)()
+    return stats, hidx, (acc if has_acc else None)
+
+
+def fused_finish(x, c, ix, ic, acc, ca, cg, cp, hidx):
+    """``dx`` (N, d) fp32 from the rows kernel's ``acc`` and fp32 per-row coefficients
+    (``cg`` None unless the hardest negative is gathered; ``acc``/``ca`` None for hardest)."""
+    n, d = x.shape
+    dx = torch.empty((n, d), dtype=torch.float32, device=x.device)
+    has_acc, has_gather = acc is not None, cg is not None
+    plan_fused_finish(dx, acc if has_acc else dx, x, c, ix, ic, ca if has_acc else cp, cg if has_gather else cp,
+                      cp, hidx, has_acc=has_acc, has_gather=has_gather, tiles=finish_tiles(d),
+                      interpret=not x.is_cuda)()
+    return dx
+
+
+def fused_cols(x, c, ix, ic, q, kappa, shift, hidx, pull, *, w_kind, inv_tau_w, power_p,
+               tiles: dict | None = None):
+    """``dc`` (M, d) fp32 (see :func:`gradsurg.kernels.fused.fused_cols`)."""
+    m, d = c.shape
+    t, interpret = _tiles_for(x, d, tiles)
+    dc = torch.empty((m, d), dtype=torch.float32, device=x.device)
+    plan_fused_cols(dc, x, c, ix, ic, q, kappa, shift, hidx, pull, w_kind=w_kind, inv_tau_w=inv_tau_w,
+                    power_p=power_p, tiles=t, interpret=interpret)()
+    return dc
+
+
+def chunk_weights(s, operand_dtype, ix, ic, ic_max, row0, *, w_kind, need_lse_g, write_w,
+                  inv_tau_w, power_p, inv_tau_g, tiles: dict | None = None):
+    """Statistics of the rows ``row0 .. row0 + R`` from their raw products ``s`` (R, M) fp32,
+    and (``write_w``) the weights ``W'`` (R, M) in ``operand_dtype``, written over ``s``.
+
+    Returns ``(stats (N_STATS, R), hidx (R,), W' or None)``; ``W'`` is a view of
+    ``s``'s storage (row stride ``M * 4 / itemsize``), valid until ``s`` is reused.
+    """
+    r, m = s.shape
+    if not (s.dtype == torch.float32 and s.is_contiguous()):
+        raise ValueError("chunk_weights: s must be a contiguous float32 (R, M) tensor")
+    interpret = not s.is_cuda
+    t = chunk_tiles(device_arch(s), interpret)
+    if tiles:
+        t = replace(t, **tiles)
+    stats = torch.empty((N_STATS, r), dtype=torch.float32, device=s.device)
+    hidx = torch.zeros(r, dtype=torch.int32, device=s.device)
+    w = _in_place(s, operand_dtype) if write_w else s
+    plan_chunk_weights(s, w, ix, ic, ic_max, stats, hidx, row0, w_kind=w_kind, need_lse_g=need_lse_g,
+                       write_w=write_w, inv_tau_w=inv_tau_w, power_p=power_p, inv_tau_g=inv_tau_g,
+                       tiles=t, interpret=interpret)()
+    return stats, hidx, (w if write_w else None)
+
+
+def _in_place(s: Tensor, dtype: torch.dtype) -> Tensor:
+    """An (R, M) view of ``s``'s storage in ``dtype``: row i starts where s's row i starts."""
+    if dtype == torch.float32:
+        return s
+    return s.view(dtype)[:, : s.shape[1]]
+
+
+# -- GEMMs with float32 results (cuBLAS) -----------------------------------------------------------------
+
+def _has_overload(op, name: str) -> bool:
+    try:
+        return name in op.overloads()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+
+
+_MM_DTYPE = _has_overload(torch.ops.aten.mm, "dtype")
+_ADDMM_DTYPE: list[bool | None] = [None if _has_overload(torch.ops.aten.addmm, "dtype_out") else False]
+
+
+def mm_f32(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in float32: 16-bit CUDA operands stay 16-bit (tensor cores, fp32 accumulation
+    and output, ``torch.mm(..., out_dtype=float32)``); elsewhere the operands are up-cast
+    (exactly) and multiplied in float32."""
+    if a.is_cuda and a.dtype in _SIXTEEN and _MM_DTYPE:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+def addmm_f32_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out += a @ b`` with ``out`` float32 and 16-bit operands kept (cuBLAS with a float32 C)."""
+    if out.is_cuda and a.dtype in _SIXTEEN:
+        if _ADDMM_DTYPE[0] is not False:
+            try:
+                torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+                _ADDMM_DTYPE[0] = True
+                return out
+            except (RuntimeError, TypeError):  # this torch wants self in the operands' dtype
+                if _ADDMM_DTYPE[0]:
+                    raise
+                _ADDMM_DTYPE[0] = False
+        return out.add_(mm_f32(a, b))
+    return out.addmm_(a.float(), b.float())

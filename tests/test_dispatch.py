@@ -52,7 +52,7 @@ def test_unsupported_inputs_explain_themselves():
     if dispatch.triton_problem():
         pytest.skip(dispatch.triton_problem())
     x = torch.randn(3, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="cannot run these inputs: the kernels take float32"):
+    with pytest.raises(ValueError, match="cannot run these inputs: the Triton kernels take"):
         dispatch.choose("triton", x, paradigms.info_nce())
     assert "float64" in dispatch.explain(torch.float64, 64, paradigms.info_nce(), "cuda")
     assert dispatch.explain(torch.float32, 64, paradigms.info_nce(), "cuda").startswith("triton")
@@ -65,7 +65,7 @@ def test_unknown_options_are_rejected_alike(backend):
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     with pytest.raises(ValueError, match=f"backend '{backend}' does not accept option\\(s\\) deterministic"):
         gradsurg.info_nce(x, y, backend=backend, deterministic=True)
-    other = "block_n" if backend == "torch" else "chunk_bytes"
+    other = "block_n" if backend == "torch" else "num_warps"
     with pytest.raises(ValueError, match=f"does not accept option\\(s\\) {other}; accepted"):
         gradsurg.info_nce(x, y, backend=backend, **{other: 16})
 

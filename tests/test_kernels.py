@@ -1,4 +1,4 @@
-"""The fused Triton kernels (gradsurg.kernels) against the chunked torch backend.
+"""The Triton backend (gradsurg.engine.triton_backend + gradsurg.kernels) against the torch backend.
 
 On CPU the kernels run under Triton's interpreter: this module sets
 ``TRITON_INTERPRET=1`` before anything of it imports Triton. (If another module
@@ -6,19 +6,23 @@ imported Triton in compiled mode earlier in the same process, the tests are
 rerun once in a subprocess instead.) With ``GRADSURG_TEST_DEVICE=cuda`` the
 same tests run the compiled kernels on the GPU (benchmarks/gpu_check.sh).
 
-Shapes are small and ragged (N=37, M=53, d=40 against 16 x 16 x 32 tiles on
-the interpreter): every tile loop has a partial last tile.
+Both kernel paths are tested on every case: ``fused`` (small d) and
+``chunked`` (cuBLAS GEMMs + the chunk kernel), at ragged sizes that are not
+multiples of the tiles (N=37, M=53, d=40 against 16 x 32 tiles; several
+chunks where the chunk budget is small).
 
 Tolerances, relative to the largest entry of the reference (conftest.rel_err):
-float32 1e-5 (the kernels use IEEE dot products unless allow_tf32), float16
-1e-3, bfloat16 1e-2 (the anchors' kernel tolerances); the reference is the
-torch backend on the same (rounded) inputs, computed in float32.
+float32 1e-5 (IEEE products), float16 1e-3, bfloat16 1e-2 (the anchors' kernel
+tolerances); the reference is the torch backend in float32 on the same
+(rounded) inputs, or in float64 where float32 itself overflows.
 """
 from __future__ import annotations
 
+import ast
 import itertools
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -31,23 +35,25 @@ if DEVICE == "cpu" and "triton" not in sys.modules:
 
 pytest.importorskip("triton")
 
-import gradsurg  # noqa: E402
 from gradsurg import Paradigm, paradigms  # noqa: E402
 from gradsurg import dissipation as D  # noqa: E402
 from gradsurg import ratio as R  # noqa: E402
 from gradsurg import weight as W  # noqa: E402
 from gradsurg.engine import dispatch, torch_backend, triton_backend  # noqa: E402
+from gradsurg.engine import triton_backend as tb  # noqa: E402
 from gradsurg.kernels import launch  # noqa: E402
 
 from conftest import rel_err  # noqa: E402
 
-_RERUN = DEVICE == "cpu" and not launch._language_interpreted()
+_RERUN = DEVICE == "cpu" and not launch.interpreted()
 kernel_test = pytest.mark.skipif(_RERUN, reason="Triton was imported in compiled mode: rerun in a subprocess")
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("GRADSURG_TEST_DEVICE=cuda but no GPU", allow_module_level=True)
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 N, M, DIM = 37, 53, 40
+SMALL = dict(block_n=16, block_m=32)  # several ragged tiles per loop at N=37, M=53
+PATHS = ("fused", "chunked")
 
 DISSIPATIONS = [D.InfoNCE(0.05), D.ArcCon(0.05), D.Margin(0.3), D.EuclideanMargin(0.45),
                 D.AngularMargin(0.15 * math.pi), D.Constant(1.0)]
@@ -66,15 +72,35 @@ def batch(n=N, m=M, d=DIM, dtype=torch.float32, seed=0, noise=0.8):
     return x.to(DEVICE, dtype), c.to(DEVICE, dtype)
 
 
-def both(x, c, paradigm, symmetric=False, row_scale=1.0 / N, **options):
-    ref = torch_backend.forward(x, c, paradigm, symmetric=symmetric, row_scale=row_scale)
-    out = launch.forward(x, c, paradigm, symmetric=symmetric, row_scale=row_scale, **options)
-    return out, ref
+def reference(x, c, paradigm, row_weights, dtype=torch.float32):
+    """One direction by the torch backend, on the same rounded inputs, in ``dtype``."""
+    x, c = x.to(dtype), c.to(dtype)
+    rw = row_weights.to(dtype) if isinstance(row_weights, torch.Tensor) else row_weights
+    return torch_backend.direction(x, c, paradigm, rw)
+
+
+#: the input dtype of the last ``both`` call (its tolerance is a floor for ``check``)
+_USED = [torch.float32]
+
+
+def gpu_inputs(x, c, path):
+    """On a GPU float32 always takes the chunked path; a forced fused float32 launch would only compile
+    slow FMA kernels that never run in practice, so the fused path is tested there in float16."""
+    if DEVICE == "cuda" and path == "fused" and x.dtype == torch.float32:
+        return x.half(), c.half()
+    return x, c
+
+
+def both(x, c, paradigm, row_weights=1.0 / N, ref_dtype=torch.float32, **options):
+    x, c = gpu_inputs(x, c, options.get("path"))
+    _USED[0] = x.dtype
+    out = tb.direction(x, c, paradigm, row_weights, **options)
+    return out, reference(x, c, paradigm, row_weights, ref_dtype)
 
 
 def check(out, ref, tol, what=""):
-    names = ("loss", "dx", "dc")
-    for name, a, b in zip(names, out, ref):
+    tol = max(tol, TOL[_USED[0]])
+    for name, a, b in zip(("loss", "dx", "dc"), out, ref):
         if b is None:
             assert a is None, f"{what}: {name} should be None"
             continue
@@ -84,164 +110,163 @@ def check(out, ref, tol, what=""):
         assert err <= tol, f"{what}: {name} relative error {err:.2e} > {tol:.0e}"
 
 
-# -- every component combination --------------------------------------------------------------------
+# -- every component combination, both paths ---------------------------------------------------------------
 
 @kernel_test
 @pytest.mark.parametrize("index", range(len(COMBOS)), ids=lambda i: "-".join(
     type(part).__name__ for part in COMBOS[i]))
 def test_every_combination(index):
-    """All 6 x 4 x 4 paradigms, hard negatives (M > N); the two accumulator layouts alternate."""
+    """All 6 x 4 x 4 paradigms, hard negatives (M > N), float32, ragged tiles, both paths
+    (the chunked one in three chunks)."""
     paradigm = Paradigm(*COMBOS[index])
     x, c = batch()
-    out, ref = both(x, c, paradigm, acc_in_regs=bool(index % 2))
-    check(out, ref, TOL[torch.float32], repr(paradigm))
+    check(*both(x, c, paradigm, path="fused", **SMALL), TOL[torch.float32], f"fused {paradigm!r}")
+    check(*both(x, c, paradigm, path="chunked", chunk_bytes=15 * M * 12, block_n=8), TOL[torch.float32],
+          f"chunked {paradigm!r}")
 
 
 @kernel_test
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["info_nce", "arccon", "mpt", "met", "mat"])
-def test_presets_loss_only(name):
-    """Value only (row_scale None): the true loss of each preset, no gradient buffers."""
+def test_presets_loss_only(name, path):
+    """Value only (row_weights None): the true loss of each preset, no gradient buffers."""
     x, c = batch(seed=1)
-    out, ref = both(x, c, getattr(paradigms, name)(), row_scale=None)
-    check(out, ref, TOL[torch.float32], name)
+    check(*both(x, c, getattr(paradigms, name)(), None, path=path), TOL[torch.float32], name)
 
 
 @kernel_test
-def test_surrogate_value_without_gradient():
-    p = Paradigm(D.Margin(0.3), W.Power(5.0), R.Constant(1.75))
+@pytest.mark.parametrize("path", PATHS)
+def test_surrogate_value_and_weight_temperature(path):
+    """A surrogate value without gradient; InfoNCE's GD at 0.05 with a softmax weight at 0.1
+    (two online log-sum-exps) with a per-row weight tensor."""
     x, c = batch(seed=2)
-    out, ref = both(x, c, p, row_scale=None)
-    check(out, ref, TOL[torch.float32], repr(p))
-
-
-@kernel_test
-def test_dissipation_and_weight_at_different_temperatures():
-    """InfoNCE's GD at 0.05 with a softmax weight at 0.1: two online log-sum-exps."""
+    p = Paradigm(D.Margin(0.3), W.Power(5.0), R.Constant(1.75))
+    check(*both(x, c, p, None, path=path), TOL[torch.float32], repr(p))
     p = Paradigm(D.InfoNCE(0.05), W.Softmax(0.1), R.Constant(1.0))
-    x, c = batch(seed=3)
-    out, ref = both(x, c, p, symmetric=True)
-    check(out, ref, TOL[torch.float32], repr(p))
+    rw = torch.linspace(0.5, 2.0, N, device=DEVICE)
+    check(*both(x, c, p, rw, path=path, **SMALL), TOL[torch.float32], repr(p))
 
 
-# -- dtypes, modes, reductions ---------------------------------------------------------------------
+# -- dtypes ---------------------------------------------------------------------------------------------------
+
+HALF_CASES = [paradigms.info_nce(), paradigms.mat(), Paradigm(D.Constant(1.0), W.Power(5.0), R.Constant(1.5)),
+              Paradigm(D.ArcCon(0.1), W.Uniform(), R.Euclidean())]
+
 
 @kernel_test
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("paradigm", [paradigms.info_nce(), paradigms.mat(),
-                                      Paradigm(D.Constant(1.0), W.Power(5.0), R.Constant(1.5))], ids=repr)
-def test_half_precision(dtype, paradigm):
-    x, c = batch(dtype=dtype, seed=4)
-    out, ref = both(x, c, paradigm, symmetric=True)
-    check(out, ref, TOL[dtype], f"{paradigm!r} {dtype}")
+def test_half_precision(dtype, path):
+    x, c = batch(n=70, m=150, d=64, dtype=dtype, seed=4)
+    for paradigm in HALF_CASES:
+        check(*both(x, c, paradigm, 1.0 / 70, path=path, chunk_bytes=40 * 150 * 12), TOL[dtype],
+              f"{paradigm!r} {dtype}")
 
 
 @kernel_test
-@pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_paradigm_loss_backend_triton(symmetric, reduction):
-    """End to end through gradsurg.paradigm_loss: values and gradients of both backends agree."""
-    x, c = batch(seed=5)
-    grads = {}
-    for backend in ("torch", "triton"):
-        a = x.clone().requires_grad_()
-        p = c[:N].clone().requires_grad_()
-        z = c[N:].clone().requires_grad_()
-        loss = gradsurg.paradigm_loss(a, p, z, paradigm=paradigms.arccon(), symmetric=symmetric,
-                                      reduction=reduction, backend=backend)
-        weights = torch.linspace(0.5, 2.0, N, device=DEVICE) if reduction == "none" else 1.0
-        (loss * weights).sum().backward()
-        grads[backend] = (loss.detach(), a.grad, p.grad, z.grad)
-    for name, got, want in zip(("loss", "anchors", "positives", "negatives"), grads["triton"], grads["torch"]):
-        assert rel_err(got, want) <= TOL[torch.float32], name
+def test_float16_uniform_weights_keep_their_range():
+    """Uniform weights over many candidates: GD/l ~ 1/M would be float16-subnormal as an operand;
+    the backend scales the operands to [0, 1] and restores the factor in float32."""
+    x, c = batch(n=40, m=3000, d=128, dtype=torch.float16, seed=5)
+    p = Paradigm(D.Constant(1.0), W.Uniform(), R.Constant(1.0))
+    for path in PATHS:  # GD w / l * u ~ (1/40) / 3000 * 0.09 ~ 1e-6: float16-subnormal unscaled
+        out, ref = both(x, c, p, 1.0 / 40, path=path)
+        check(out, ref, TOL[torch.float16], path)
+        err = rel_err(out[2][40:], ref[2][40:])  # the negatives only: no positive's pull dominates them
+        assert err <= TOL[torch.float16], f"{path}: negatives' gradient relative error {err:.2e}"
+
+
+# -- numerics the anchors warn about ------------------------------------------------------------------------------
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_power_weights_do_not_overflow(path):
+    """max(s, 1e-4)^12 = 1e-48 underflows float32: the kernels sum powers in the log domain.
+    x = y = eye(2) (every negative at the floor) and a random batch with p = 12, against float64."""
+    p = Paradigm(D.Constant(1.0), W.Power(12.0), R.Constant(1.0))
+    x = torch.eye(2, device=DEVICE)
+    out, ref = both(x, x.clone(), p, 0.5, ref_dtype=torch.float64, path=path)
+    check(out, ref, TOL[torch.float32], "eye(2), p = 12")
+    x, c = batch(seed=6)
+    out, ref = both(x, c, Paradigm(D.InfoNCE(0.05), W.Power(12.0), R.Angular()), 1.0 / N,
+                    ref_dtype=torch.float64, path=path)
+    check(out, ref, TOL[torch.float32], "random, p = 12")
 
 
 @kernel_test
-def test_no_hard_negatives_and_single_anchor():
-    p = paradigms.info_nce()
-    x, c = batch(n=29, m=29, seed=6)
-    check(*both(x, c, p, symmetric=True), TOL[torch.float32], "M = N")
-    x, c = batch(n=1, m=5, seed=7)
-    check(*both(x, c, paradigms.mpt(), row_scale=1.0), TOL[torch.float32], "N = 1")
-
-
-@kernel_test
-def test_other_tile_sizes():
-    """Non-default tiles, none of which divides N, M or d; the per-row scale is a tensor."""
-    x, c = batch(n=45, m=70, d=50, seed=8)
-    scale = torch.rand(45, device=DEVICE) + 0.5
-    for p in (paradigms.info_nce(), Paradigm(D.AngularMargin(0.4), W.Hardest(), R.Arc(0.2))):
-        out, ref = both(x, c, p, row_scale=scale, block_n=32, block_m=16, block_k=16, block_d=16)
-        check(out, ref, TOL[torch.float32], repr(p))
-
-
-# -- numerics the anchors warn about ------------------------------------------------------------------
-
-@kernel_test
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_confident_positive_keeps_its_gradient(dtype):
+def test_confident_positive_keeps_its_gradient(dtype, path):
     """Rows with p_ii around 0.999: GD = (1 - p_ii)/tau must survive (formed in fp32, never 1 - p)."""
     tau = 0.08
     g = torch.Generator().manual_seed(9)
     x = torch.randn(N, DIM, generator=g)
     c = torch.cat([x, torch.randn(M - N, DIM, generator=g)])  # s_ii = 1
-    x, c = x.to(DEVICE, dtype), c.to(DEVICE, dtype)
+    x, c = gpu_inputs(x.to(DEVICE, dtype), c.to(DEVICE, dtype), path)
     p = paradigms.info_nce(tau)
     s = torch.nn.functional.normalize(x.float(), dim=1) @ torch.nn.functional.normalize(c.float(), dim=1).T
     p_ii = torch.softmax(s / tau, dim=1).diagonal()
     confident = (p_ii > 0.998) & (p_ii < 0.9999)
     assert confident.any(), "the batch should have rows with p_ii ~ 0.999"
-    out, ref = both(x, c, p)
+    out, ref = both(x, c, p, path=path)
     check(out, ref, TOL[dtype], f"p_ii ~ 0.999 {dtype}")
     dx, dx_ref = out[1][confident], ref[1][confident]
     assert (dx.norm(dim=1) > 0).all()
     row_err = (dx - dx_ref).norm(dim=1) / dx_ref.norm(dim=1)
-    assert row_err.max() <= 10 * TOL[dtype], f"confident rows lose their gradient: {row_err.max():.2e}"
+    tol = max(TOL[dtype], TOL[x.dtype])
+    assert row_err.max() <= 10 * tol, f"confident rows lose their gradient: {row_err.max():.2e}"
 
 
 @kernel_test
-def test_large_logit_offsets():
+@pytest.mark.parametrize("path", PATHS)
+def test_large_logit_offsets(path):
     """All similarities near -0.9 at tau = 0.01: logits around -90 need a true online maximum."""
     g = torch.Generator().manual_seed(10)
     e = torch.randn(DIM, generator=g)
     x = e + 0.25 * torch.randn(N, DIM, generator=g) * e.norm() / math.sqrt(DIM)
     c = -e + 0.25 * torch.randn(M, DIM, generator=g) * e.norm() / math.sqrt(DIM)
     x, c = x.to(DEVICE), c.to(DEVICE)
-    p = paradigms.info_nce(0.01)
-    out, ref = both(x, c, p, symmetric=True)
+    out, ref = both(x, c, paradigms.info_nce(0.01), path=path, **SMALL)
     assert (ref[0] > 0).all()
-    check(out, ref, 1e-4, "tau = 0.01, s ~ -0.9")  # logits amplify s's rounding 100x
+    check(out, ref, 1e-4, "tau = 0.01, s ~ -0.9")  # logits amplify s's rounding 100x (floor: the dtype's)
 
 
 @kernel_test
-def test_hardest_ties_go_to_the_lowest_index():
+@pytest.mark.parametrize("path", PATHS)
+def test_hardest_ties_go_to_the_lowest_index(path):
     x, c = batch(seed=11)
     hard = torch.nn.functional.normalize(x.float(), dim=1).mean(0)
     c[N + 2] = hard.to(c.dtype) * 3
     c[N + 7] = hard.to(c.dtype) * 3  # an exact duplicate: tied for every anchor
-    out, ref = both(x, c, paradigms.mpt(0.9))
+    out, ref = both(x, c, paradigms.mpt(0.9), path=path, **SMALL)
     check(out, ref, TOL[torch.float32], "ties")
-    dc = out[2]
-    assert dc[N + 2].abs().sum() > 0
-    assert dc[N + 7].abs().sum() == 0
+    assert out[2][N + 2].abs().sum() > 0
+    assert out[2][N + 7].abs().sum() == 0
 
 
 @kernel_test
-def test_zero_rows_get_zero_gradient():
+@pytest.mark.parametrize("path", PATHS)
+def test_zero_rows_get_zero_gradient(path):
     x, c = batch(seed=12)
     x[3] = 0
     c[N + 1] = 0
-    out, ref = both(x, c, paradigms.info_nce(), symmetric=True)
+    out, ref = both(x, c, paradigms.info_nce(), path=path)
     check(out, ref, TOL[torch.float32], "zero rows")
     assert out[1][3].abs().sum() == 0 and out[2][N + 1].abs().sum() == 0
 
 
 @kernel_test
-def test_deterministic():
-    x, c = batch(seed=13)
-    first = launch.forward(x, c, paradigms.info_nce(), symmetric=True, row_scale=0.1)
-    second = launch.forward(x, c, paradigms.info_nce(), symmetric=True, row_scale=0.1)
+@pytest.mark.parametrize("path", PATHS)
+def test_deterministic_and_chunk_independent(path):
+    x, c = gpu_inputs(*batch(seed=13), path)
+    _USED[0] = x.dtype
+    first = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
+    second = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+    if path == "chunked":  # 1 chunk vs 5 chunks: the same numbers up to summation order
+        many = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path, chunk_bytes=8 * M * 12)
+        check(many, first, TOL[torch.float32], "chunks")
 
 
 # -- dispatch ------------------------------------------------------------------------------------------
@@ -257,19 +282,64 @@ def test_dispatch():
 
 
 @kernel_test
-def test_unsupported_inputs_fall_back_to_torch():
-    x, c = batch(seed=14)
-    x64, c64 = x.double(), c.double()
-    out = launch.forward(x64, c64, paradigms.info_nce(), symmetric=False, row_scale=1.0)
-    ref = torch_backend.forward(x64, c64, paradigms.info_nce(), symmetric=False, row_scale=1.0)
-    assert all(torch.equal(a, b) for a, b in zip(out, ref))
-
-
-@kernel_test
-def test_non_contiguous_inputs():
+def test_edge_shapes_and_layouts():
+    """M = N, N = 1, column-major anchors."""
+    x, c = batch(n=29, m=29, seed=6)
+    for path in PATHS:
+        check(*both(x, c, paradigms.info_nce(), 1.0 / 29, path=path), TOL[torch.float32], f"M = N {path}")
+    x, c = batch(n=1, m=5, seed=7)
+    for path in PATHS:
+        check(*both(x, c, paradigms.mpt(), 1.0, path=path), TOL[torch.float32], f"N = 1 {path}")
     x, c = batch(seed=15)
-    xt = x.t().contiguous().t()  # same values, column-major
+    xt = x.t().contiguous().t()
     check(*both(xt, c, paradigms.met()), TOL[torch.float32], "column-major anchors")
+
+
+# -- the dispatcher-facing functions and the layering -------------------------------------------------------------
+
+def test_supports_describe_and_options():
+    x = torch.randn(4, 8)
+    assert "float64" in tb.supports(x.double(), paradigms.info_nce())
+
+    class Odd(W.Softmax):
+        pass
+
+    assert "Odd" in tb.supports(x, Paradigm(D.InfoNCE(), Odd(0.05), R.Constant(1.0)))
+    if not _RERUN and DEVICE == "cpu":
+        assert tb.supports(x, paradigms.info_nce()) is None
+    assert "fused" in tb.describe(torch.bfloat16, 128, paradigms.info_nce())
+    assert "chunked" in tb.describe(torch.bfloat16, 768, paradigms.info_nce())
+    assert "BLOCK_N" in tb.describe(torch.float16, 64, paradigms.mpt())
+    assert "chunked" in tb.describe(torch.float32, 64, paradigms.mpt())
+    with pytest.raises(ValueError, match="does not accept option.*bogus.*accepted"):
+        tb.direction(x, x, paradigms.info_nce(), 1.0, bogus=1)
+    with pytest.raises(ValueError, match="path must be"):
+        tb.direction(x.to(DEVICE), x.to(DEVICE), paradigms.info_nce(), 1.0, path="fast")
+
+
+def test_paths_by_dtype_and_d():
+    for arch in (80, 90):
+        for d in (64, 128):
+            assert launch.choose_path(torch.bfloat16, d, arch)[0] == "fused"
+            assert launch.choose_path(torch.float16, d, arch)[0] == "fused"
+        for d in (384, 768, 1024, 4096):
+            assert launch.choose_path(torch.bfloat16, d, arch)[0] == "chunked"
+        assert launch.choose_path(torch.float32, 64, arch)[0] == "chunked"
+    assert launch.choose_path(torch.bfloat16, 256, 90)[0] == "fused"
+    assert launch.choose_path(torch.bfloat16, 256, 80)[0] == "chunked"
+
+
+def test_kernels_are_a_pure_layer():
+    """kernels/ imports nothing from gradsurg (it is installed as gradsurg.kernels)."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "kernels"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n == "gradsurg" or n.startswith("gradsurg.") for n in names), f"{path.name}: {names}"
 
 
 @pytest.mark.skipif(not _RERUN, reason="only when Triton was imported in compiled mode before this module")
@@ -278,3 +348,22 @@ def test_kernels_in_a_fresh_interpreter_process():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                           env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_row_stats_feed_the_components_and_nothing_else():
+    """RowStats carries O(n) statistics only: the core dissipations and ratios read them and give what
+    they give on the full rows; a weight (which needs s itself) fails loudly."""
+    from gradsurg.components import Rows, RowStats
+
+    g = torch.Generator().manual_seed(16)
+    s = torch.rand(5, 9, generator=g) * 2 - 1
+    rows = Rows(s.clone(), 0)
+    stats = RowStats(pos=rows.pos, hardest_value=rows.hardest_value, hardest_index=rows.hardest_index,
+                     lses={0.1: rows.lse(0.1)})
+    for p in (paradigms.info_nce(0.1), paradigms.mat(), Paradigm(D.ArcCon(0.1), W.Hardest(), R.Euclidean())):
+        assert torch.allclose(p.dissipation(stats), p.dissipation(Rows(s.clone(), 0)))
+        assert torch.allclose(p.pull(stats, p.dissipation(stats)), p.pull(Rows(s.clone(), 0), p.dissipation(rows)))
+    with pytest.raises(AttributeError):
+        W.Softmax(0.1)(stats)
+    with pytest.raises(KeyError, match="temperature 0.05"):
+        stats.lse(0.05)

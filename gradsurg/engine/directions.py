@@ -1,4 +1,4 @@
-"""The directions of a loss: written once, used by the front door and by ``torch_backend.forward``."""
+"""The directions of a loss: written once, used by the front door."""
 from __future__ import annotations
 
 from torch import Tensor

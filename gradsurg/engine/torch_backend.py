@@ -19,7 +19,6 @@ from torch import Tensor
 
 from ..components._rows import Rows, product
 from ..paradigm import Paradigm
-from .directions import directions
 from .normalize import normalize, normalize_backward
 
 #: default bytes for one chunk's N x M work buffers
@@ -120,25 +119,3 @@ def direction(
     if not want_grad:
         return loss, None, None
     return loss, normalize_backward(du, u32, inv_x), normalize_backward(dv, v32, inv_c)
-
-
-def forward(x: Tensor, c: Tensor, paradigm: Paradigm, *, symmetric: bool,
-            row_scale: float | Tensor | None, **options) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Both directions in one call (``symmetric``), for callers below the front door
-    (``kernels/launch.py``'s float64 fallback and its tests): the loss rows and the
-    gradients of ``sum_i row_scale_i L_i``. The front door itself calls
-    :func:`direction` once per direction."""
-    n = x.shape[0]
-    loss = dx = dc = None
-    for k, (a, b, factor) in enumerate(directions(x, c, symmetric)):
-        weights = None if row_scale is None else row_scale * factor
-        rows, da, db = direction(a, b, paradigm, weights, **options)
-        loss = rows * factor if loss is None else loss + rows * factor
-        if weights is None:
-            continue
-        if k == 0:
-            dx, dc = da, db
-        else:
-            dc[:n] += da
-            dx += db
-    return loss, dx, dc
