@@ -36,7 +36,18 @@ loss's backward.
 
 Each column is any of: a tensor (split along rows), a mapping of tensors /
 lists such as a tokenizer's output (every value with the batch's length is
-split), or a list of strings. Under DDP pass the DDP module's ``no_sync``
+split; with a 2-D ``attention_mask`` each chunk is trimmed to its own longest
+sequence), or a list of strings. Chunks are built afresh in each pass and
+dropped after use: across the step only the ``(rows, d)`` embeddings, their
+gradients and one random state per chunk (until its replay) are held.
+
+Random state (see ``docs/distributed.md`` for the exact guarantee): before
+each chunk's first forward the CPU generator and those of the devices in use
+(:func:`rng_devices`) are saved; the replay restores them, so it draws the same
+dropout masks; afterwards the generators are where the first pass left them,
+i.e. where embedding the same chunks once with autograd leaves them.
+
+Under DDP pass the DDP module's ``no_sync``
 (detected automatically when ``encode`` is the DDP module itself) so that
 gradients are all-reduced once per step, after the last chunk. With
 ``gather_across_devices=True`` in ``loss_fn`` every rank's cached embeddings
