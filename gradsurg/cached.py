@@ -441,7 +441,9 @@ def cached_loss(
     ``no_sync`` and ``trim_padding`` as in :func:`cached_step`.
 
     Under ``torch.no_grad()`` (evaluation) the chunks are embedded once and the
-    loss is returned without anything kept for a backward.
+    loss is returned without anything kept for a backward. When no column has
+    more than ``mini_batch_size`` rows, the plain loss is returned (its graph
+    is one chunk's).
     """
     _check_args(inputs, mini_batch_size, "cached_loss")
     if mini_batch_size is None:
@@ -449,6 +451,11 @@ def cached_loss(
     if not torch.is_grad_enabled():
         _, _, embs = _first_pass(encode, inputs, mini_batch_size, trim_padding, (), save_states=False)
         loss = loss_fn(*embs)
+        _check_loss(loss)
+        return loss
+    if all(_batch_len(c) <= mini_batch_size for c in inputs):
+        # one chunk per column: the plain loss (same gradients and random stream, one forward pass less)
+        loss = loss_fn(*[_embed(encode, column) for column in inputs])
         _check_loss(loss)
         return loss
     if no_sync is None and isinstance(encode, torch.nn.parallel.DistributedDataParallel):

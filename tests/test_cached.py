@@ -366,3 +366,30 @@ def test_unsplittable_columns_raise():
     packed = {"input_ids": torch.arange(12)[None], "cu_seq_lens_q": torch.tensor([0, 5, 12])}
     with pytest.raises(ValueError, match="cu_seq_lens_q"):
         cached_step(lambda t: t, [packed, packed], gradsurg.info_nce, 2)
+
+
+def test_cached_loss_of_one_chunk_is_the_plain_loss():
+    """No column exceeds mini_batch_size: the plain loss (one forward pass), same gradients and random stream."""
+    from gradsurg.cached import cached_loss
+
+    model = tiny_bert(0.1)
+    enc, batch = encoder(model), ragged_tokens(5)
+    batch.pop("text"), batch.pop("prompt_length")
+    calls = []
+
+    def counted(chunk):
+        calls.append(1)
+        return enc(chunk)
+
+    def plain():
+        loss = LOSSES["info_nce"](enc(batch), enc(batch))
+        loss.backward()
+        return loss.detach()
+
+    def deferred():
+        loss = cached_loss(counted, [batch, batch], LOSSES["info_nce"], 5)
+        loss.backward()
+        return loss.detach()
+
+    compare(model, deferred, plain)
+    assert len(calls) == 2  # one forward per column, no replay
