@@ -28,6 +28,8 @@ Results: ``benchmarks/results/st_cached_cpu.json`` and ``st_cached_cpu.png``::
 
     python benchmarks/bench_st_cached.py                       # B in 64 256 1024, 3 rounds, 2 threads
     python benchmarks/bench_st_cached.py --batches 1024 --rounds 5 --methods cmnrl gradsurg_cached
+    python benchmarks/bench_st_cached.py --batches 1024 --rounds 2 --append   # more rounds into the same JSON
+    python benchmarks/bench_st_cached.py --report                             # table and plot from the JSON
 """
 from __future__ import annotations
 
@@ -233,6 +235,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=os.path.join(HERE, "results", "st_cached_cpu.json"))
     p.add_argument("--append", action="store_true", help="add to the runs already in --out (more rounds later)")
+    p.add_argument("--report", action="store_true", help="only re-summarise --out, redraw the plot and print the table")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -241,6 +244,14 @@ def main(argv=None) -> None:
         return
     if args.check_worker:
         print(json.dumps(check(args.check_worker, args.mini_batch_size, args.threads, args.data)))
+        return
+    if args.report:
+        with open(args.out, encoding="utf-8") as fh:
+            result = json.load(fh)
+        result["summary"] = summarise(result["runs"])
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+        _finish(result, args.out)
         return
     import torch
 
@@ -277,12 +288,17 @@ def main(argv=None) -> None:
                 result["wall_seconds"] = round(time.time() - started, 1)
                 with open(args.out, "w", encoding="utf-8") as fh:
                     json.dump(result, fh, indent=2)
-    plot(result, os.path.splitext(args.out)[0] + ".png")
+    _finish(result, args.out)
+
+
+def _finish(result: dict, out: str) -> None:
+    plot(result, os.path.splitext(out)[0] + ".png")
     for r in result["summary"]:
         print(f"B={r['batch']:5d} {r['method']:16s} {r['seconds_median']:8.2f} s "
               f"[{r['seconds_min']:.2f}-{r['seconds_max']:.2f}]  {r['peak_mb_median']:8.1f} MB "
-              f"[{r['peak_mb_min']:.0f}-{r['peak_mb_max']:.0f}]  "
-              f"x{r.get('time_vs_cmnrl', float('nan')):.2f} time, x{r.get('memory_vs_cmnrl', float('nan')):.2f} memory")
+              f"[{r['peak_mb_min']:.0f}-{r['peak_mb_max']:.0f}]  CPU {r['cpu_seconds_median']:.1f} s  "
+              f"x{r.get('time_vs_cmnrl', float('nan')):.2f} time, x{r.get('cpu_time_vs_cmnrl', float('nan')):.2f} "
+              f"CPU time, x{r.get('memory_vs_cmnrl', float('nan')):.2f} memory")
 
 
 if __name__ == "__main__":

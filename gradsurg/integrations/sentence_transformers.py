@@ -142,7 +142,9 @@ class GradsurgLoss(nn.Module):
         if self.mini_batch_size is not None:
             from gradsurg.cached import cached_loss
 
-            return cached_loss(self._embed, features, self._loss, self.mini_batch_size)
+            ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)  # the trainer's wrapped model
+            return cached_loss(self._embed, features, self._loss, self.mini_batch_size,
+                               no_sync=self.model.no_sync if ddp else None)
         return self._loss(*[self._embed(f) for f in features])
 
     def get_config_dict(self) -> dict[str, Any]:
