@@ -30,6 +30,8 @@ Results: ``benchmarks/results/st_cached_cpu.json`` and ``st_cached_cpu.png``::
     python benchmarks/bench_st_cached.py --batches 1024 --rounds 5 --methods cmnrl gradsurg_cached
     python benchmarks/bench_st_cached.py --batches 1024 --rounds 2 --append   # more rounds into the same JSON
     python benchmarks/bench_st_cached.py --report                             # table and plot from the JSON
+    python benchmarks/bench_st_cached.py --inprocess 64 --threads 1 --rounds 3 \
+        --out benchmarks/results/st_cached_inprocess_b64_t1.json               # same-process alternation
 """
 from __future__ import annotations
 
@@ -166,6 +168,29 @@ def check(batch: int, mbs: int, threads: int, data: str) -> dict:
     return out
 
 
+def inprocess(batch: int, mbs: int, threads: int, data: str, rounds: int) -> dict:
+    """cmnrl and gradsurg_cached alternating in one process (order swapped every round): time per step."""
+    import torch
+
+    torch.set_num_threads(threads)
+    anchors, positives = _pairs(data, batch)
+    model = _model()
+    model.train()
+    losses = {m: _loss(m, model, mbs) for m in ("cmnrl", "gradsurg_cached")}
+    for m in losses:  # warm-up of both paths
+        _step(model, losses[m], anchors[:2 * mbs], positives[:2 * mbs])
+    steps = []
+    for rnd in range(rounds):
+        for m in ("cmnrl", "gradsurg_cached") if rnd % 2 == 0 else ("gradsurg_cached", "cmnrl"):
+            model.zero_grad(set_to_none=True)
+            c0, t0 = time.process_time(), time.perf_counter()
+            _step(model, losses[m], anchors, positives)
+            steps.append({"round": rnd, "method": m, "seconds": round(time.perf_counter() - t0, 3),
+                          "cpu_seconds": round(time.process_time() - c0, 3), "loadavg_1min": os.getloadavg()[0]})
+            print(json.dumps(steps[-1]), file=sys.stderr, flush=True)
+    return {"batch": batch, "threads": threads, "mini_batch_size": mbs, "steps": steps}
+
+
 def _run_child(args: list[str]) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__)] + args
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -236,6 +261,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=os.path.join(HERE, "results", "st_cached_cpu.json"))
     p.add_argument("--append", action="store_true", help="add to the runs already in --out (more rounds later)")
     p.add_argument("--report", action="store_true", help="only re-summarise --out, redraw the plot and print the table")
+    p.add_argument("--inprocess", type=int, metavar="BATCH",
+                   help="cmnrl and gradsurg_cached alternating in one process at this batch (--rounds rounds); "
+                        "JSON to --out")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -244,6 +272,11 @@ def main(argv=None) -> None:
         return
     if args.check_worker:
         print(json.dumps(check(args.check_worker, args.mini_batch_size, args.threads, args.data)))
+        return
+    if args.inprocess:
+        out = inprocess(args.inprocess, args.mini_batch_size, args.threads, args.data, args.rounds)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
         return
     if args.report:
         with open(args.out, encoding="utf-8") as fh:
@@ -280,7 +313,7 @@ def main(argv=None) -> None:
             for method in args.methods[k:] + args.methods[:k]:  # rotate the order every round
                 run = _run_child(["--worker", method, str(batch)] + common)
                 run["round"] = rnd + first_round
-                run["started"] = time.strftime("%H:%M:%S")
+                run["finished"] = time.strftime("%H:%M:%S")
                 result["runs"].append(run)
                 print(f"round {rnd} B={batch:5d} {method:16s} {run['seconds']:8.2f} s ({run['cpu_seconds']:.1f} s CPU) "
                       f"{run['peak_mb']:8.1f} MB  load {run['loadavg_1min']:.1f}", flush=True)
