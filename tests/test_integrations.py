@@ -135,3 +135,157 @@ def test_packaged_minilm_matches_sentence_transformers():
     ours = load_encoder("minilm").encode(texts, convert_to_numpy=True, normalize=True)
     ref = st.SentenceTransformer(packaged_minilm_path(), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+# ------------------------------------------------------------ cached steps (mini_batch_size)
+def _grads(model):
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _rel(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in b) / max(float(g.abs().max()) for g in b.values())
+
+
+def _ragged(model, n, seed):
+    texts = tiny_sentences(n, seed=seed)
+    texts[: n // 2] = [" ".join(t.split()[:3]) for t in texts[: n // 2]]  # short rows: their chunks are trimmed
+    tok = getattr(model, "preprocess", None) or model.tokenize
+    return tok(texts)
+
+
+def _cached_grads(model, loss_module, feats, seed=0):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    value = loss_module([dict(f) for f in feats], None)
+    value.backward()
+    return float(value.detach()), _grads(model)
+
+
+def test_cached_loss_every_registry_loss_matches_uncached(tiny_model):
+    """float64, dropout off: GradsurgLoss(name, mini_batch_size=3) gives the uncached loss and gradients for
+    every loss and objective of the registry (1e-9 relative), with 2 columns, and with hard negatives where taken."""
+    pytest.importorskip("sentence_transformers")
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+    from gradsurg.objectives import OBJECTIVES
+    from gradsurg.registry import available_losses
+
+    model = _st_model(tiny_model).double()
+    model.eval()
+    a, p, z = _ragged(model, 8, 0), _ragged(model, 8, 9), _ragged(model, 5, 4)
+    assert a["input_ids"].shape[1] > 6
+    for name in available_losses():
+        cols = [a, p] if name in OBJECTIVES else [a, p, z]
+        v_ref, g_ref = _cached_grads(model, GradsurgLoss(model, name), cols)
+        v, g = _cached_grads(model, GradsurgLoss(model, name, mini_batch_size=3), cols)
+        assert abs(v - v_ref) <= 1e-9 * max(abs(v_ref), 1.0), name
+        assert g.keys() == g_ref.keys() and _rel(g, g_ref) < 1e-9, name
+
+
+def test_cached_loss_replays_the_same_dropout_masks_as_cmnrl(tiny_model):
+    """Dropout on, float64: the cached GradsurgLoss (InfoNCE, tau 0.05) and sentence-transformers' CMNRL
+    (scale 20) from the same seed draw the same masks chunk by chunk: same loss, same gradients."""
+    pytest.importorskip("sentence_transformers")
+    try:
+        from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+
+    model = _st_model(tiny_model).double()
+    model.train()
+    feats = [_ragged(model, 10, 0), _ragged(model, 10, 9)]
+    v_ref, g_ref = _cached_grads(model, CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3),
+                                 feats, seed=5)
+    ours = GradsurgLoss(model, "info_nce", temperature=0.05, mini_batch_size=3)
+    v, g = _cached_grads(model, ours, feats, seed=5)
+    after = torch.get_rng_state()
+    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    _, g_other = _cached_grads(model, ours, feats, seed=6)
+    assert _rel(g_other, g_ref) > 1e-3  # the masks matter: the match above is not vacuous
+    torch.manual_seed(5)
+    CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3)([dict(f) for f in feats], None).backward()
+    assert torch.equal(torch.get_rng_state(), after)  # the random stream continues as CMNRL's does
+    with torch.no_grad():  # evaluation: the loss value only
+        assert abs(float(ours(feats, None)) - float(GradsurgLoss(model, "info_nce", temperature=0.05)(feats))) < 1.0
+
+
+def test_cached_loss_cannot_cache_says_why(tiny_model):
+    pytest.importorskip("sentence_transformers")
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+
+    model = _st_model(tiny_model)
+    with pytest.raises(ValueError, match="mini_batch_size must be a positive int"):
+        GradsurgLoss(model, "info_nce", mini_batch_size=0)
+    with pytest.raises(ValueError, match=r"reduction='none' returns one loss per row"):
+        GradsurgLoss(model, "info_nce", reduction="none", mini_batch_size=4)
+    from gradsurg.losses import InfoNCELoss
+
+    with pytest.raises(ValueError, match="reduction='none'"):
+        GradsurgLoss(model, InfoNCELoss(reduction="none"), mini_batch_size=4)
+    GradsurgLoss(model, "info_nce", reduction="none")  # uncached: allowed as before
+    static = torch.nn.Sequential(type("StaticEmbedding", (torch.nn.Module,), {})())
+    with pytest.raises(ValueError, match="StaticEmbedding"):
+        GradsurgLoss(static, "info_nce", mini_batch_size=4)
+    cached = GradsurgLoss(model, "info_nce", mini_batch_size=4)
+    assert cached.uses_gradient_cache and cached.get_config_dict()["mini_batch_size"] == 4
+    try:
+        from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+    except ImportError:
+        from sentence_transformers.losses import MatryoshkaLoss
+    with pytest.raises(TypeError, match="MatryoshkaLoss"):
+        MatryoshkaLoss(model, cached, matryoshka_dims=[32, 16])
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 4])
+def test_sentence_transformer_trainer_cached_matches_cmnrl(tiny_model, tmp_path, mini_batch_size):
+    """Two SentenceTransformerTrainer steps (batch 16, dropout on, SGD): the cached GradsurgLoss leaves the
+    same parameters as CMNRL (same masks), the uncached one the same as MNRL (float32: 1e-4 relative)."""
+    st = pytest.importorskip("sentence_transformers")
+    datasets = pytest.importorskip("datasets", reason="SentenceTransformerTrainer needs `datasets`")
+    pytest.importorskip("accelerate", reason="SentenceTransformerTrainer needs `accelerate`")
+    try:
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+
+    texts = tiny_sentences(32)
+    train = datasets.Dataset.from_dict({"anchor": texts, "positive": texts[::-1]})
+
+    def run(make_loss):
+        model = _st_model(tiny_model)
+        args = st.SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=16, learning_rate=0.1,
+            optim="sgd", report_to="none", save_strategy="no", logging_steps=1, use_cpu=True,
+            dataloader_drop_last=True, seed=3)  # SGD: a parameter moves by its gradient (Adam amplifies rounding)
+        trainer = st.SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=make_loss(model))
+        out = trainer.train()
+        assert out.global_step == 2 and np.isfinite(out.training_loss)
+        return [p.detach().clone() for p in model.parameters()], out.training_loss
+
+    if mini_batch_size:
+        ours = run(lambda m: GradsurgLoss(m, "info_nce", temperature=0.05, mini_batch_size=mini_batch_size))
+        ref = run(lambda m: losses.CachedMultipleNegativesRankingLoss(m, scale=20.0, mini_batch_size=mini_batch_size))
+    else:
+        ours = run(lambda m: GradsurgLoss(m, "info_nce", temperature=0.05))
+        ref = run(lambda m: losses.MultipleNegativesRankingLoss(m, scale=20.0))
+    assert ours[1] == pytest.approx(ref[1], rel=1e-5)
+    for a, b in zip(ours[0], ref[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_runs_cached_steps(tiny_model):
+    st = pytest.importorskip("sentence_transformers")
+    pytest.importorskip("datasets", reason="fit needs `datasets`")
+    pytest.importorskip("accelerate", reason="fit needs `accelerate`")
+    from torch.utils.data import DataLoader
+
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+
+    model = _st_model(tiny_model)
+    examples = [st.InputExample(texts=[t, t]) for t in tiny_sentences(24)]
+    loader = DataLoader(examples, shuffle=True, batch_size=12)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = GradsurgLoss(model, "mat", mini_batch_size=5)
+    model.fit(train_objectives=[(loader, loss)], epochs=1, show_progress_bar=False)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))

@@ -163,8 +163,11 @@ def _probe_loss(enc, loss, texts, seed=123) -> float:
 def test_every_loss_family_trains_and_loss_goes_down(tiny, name, modified, params):
     if name not in available_losses():
         pytest.skip(f"loss {name!r} is not registered yet (gradsurg.objectives)")
+    # MHS's original value is each anchor's similarity to its nearest other (non-smooth): with the cls
+    # pooler's MLP initialised as SimCSE's (N(0, 0.02)) it oscillates at lr 1e-3 on this tiny model
+    lr = 3e-4 if (name, modified) == ("mhs", None) else 1e-3
     cfg = tiny_config(tiny, loss=name, modified=modified, loss_params=params, max_steps=12, eval_data=None, epochs=20,
-                      batch_size=16, max_train_sentences=16)
+                      batch_size=16, max_train_sentences=16, lr=lr)
     trainer = Trainer(cfg)
     texts = trainer.corpus.sentences[:16]
     # a paradigm's value is a surrogate (GD, W, R held constant), not an objective: probe it with InfoNCE

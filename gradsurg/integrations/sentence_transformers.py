@@ -15,6 +15,22 @@ hard negatives (concatenated). With a single column, the anchor is embedded
 twice and dropout gives the positive view (unsupervised SimCSE). Labels are
 ignored. Embeddings are passed RAW (the loss normalises); keep a
 ``Normalize`` module out of the model, or know that it is applied first.
+
+Large batches (GradCache, as ``CachedMultipleNegativesRankingLoss``)::
+
+    loss = GradsurgLoss(model, "info_nce", temperature=0.05, mini_batch_size=32)
+    # per_device_train_batch_size=1024: activations of 32 sentences at a time
+
+Every column is embedded in chunks of ``mini_batch_size`` sentences without
+a graph (each chunk trimmed to its own longest sentence), the loss and its
+gradient with respect to the embeddings are computed on the whole batch, and
+the backward pass re-embeds each chunk with its saved random state (CPU and
+the CUDA devices in use, so dropout draws the same masks) and back-propagates
+its slice of that gradient (:func:`gradsurg.cached.cached_loss`). Every
+registry loss and objective supports it (their value depends on the batch
+only through the embeddings); ``reduction='none'`` cannot be cached (one
+scalar is back-propagated), nor can models whose inputs have no batch
+dimension (``StaticEmbedding``); both raise at construction.
 """
 from __future__ import annotations
 
@@ -36,6 +52,29 @@ def _build(loss: str | nn.Module, params: dict[str, Any]) -> nn.Module:
     return build_loss(loss, **params)
 
 
+def _not_cacheable(model: nn.Module, loss: str | nn.Module, params: dict[str, Any]) -> str | None:
+    """Why cached steps cannot run for this model and loss (None: they can)."""
+    if isinstance(loss, nn.Module):
+        reduction = getattr(loss, "kwargs", {}).get("reduction") if isinstance(getattr(loss, "kwargs", None), dict) \
+            else getattr(loss, "reduction", None)
+    else:
+        reduction = params.get("reduction")
+    if reduction not in (None, "mean", "sum"):
+        return (f"reduction={reduction!r} returns one loss per row, while a cached step back-propagates one "
+                "scalar from the whole batch's embeddings; use 'mean' or 'sum'")
+    if isinstance(loss, nn.Module) and getattr(loss, "supports_cached_steps", True) is False:
+        return getattr(loss, "cached_steps_unsupported_reason", "the loss module declares supports_cached_steps=False")
+    if _static_embedding(model):
+        return ("the model embeds through a StaticEmbedding, whose inputs (a flat input_ids with offsets) have no "
+                "batch dimension to cut into mini-batches; use mini_batch_size=None (a static model's step is cheap)")
+    return None
+
+
+def _static_embedding(model: nn.Module) -> bool:
+    """Whether ``model`` embeds through an EmbeddingBag-style ``StaticEmbedding`` (no batch dimension)."""
+    return any(type(m).__name__ == "StaticEmbedding" for m in model.modules())
+
+
 class GradsurgLoss(nn.Module):
     """sentence-transformers loss wrapping a gradsurg gradient function.
 
@@ -44,15 +83,55 @@ class GradsurgLoss(nn.Module):
         loss: a registry name (``info_nce``, ``arccon``, ``mpt``, ``met``,
             ``mat``, ``paradigm``, ``vicreg``, ...) or a module with
             ``forward(anchors, positives, negatives=None) -> scalar``.
+        mini_batch_size: ``None`` (default): the plain step. An int: cached
+            (GradCache) steps, embedding ``mini_batch_size`` sentences at a
+            time; same gradients, memory of one mini-batch (see the module
+            docstring).
         **params: the loss's parameters (``temperature``, ``modified``, ...).
     """
 
-    def __init__(self, model: nn.Module, loss: str | nn.Module = "info_nce", **params: Any):
+    def __init__(self, model: nn.Module, loss: str | nn.Module = "info_nce", *,
+                 mini_batch_size: int | None = None, **params: Any):
         super().__init__()
+        if mini_batch_size is not None and (
+            not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1
+        ):
+            raise ValueError(f"GradsurgLoss: mini_batch_size must be a positive int or None, got {mini_batch_size!r}")
+        if mini_batch_size is not None:
+            reason = _not_cacheable(model, loss, params)
+            if reason:
+                raise ValueError(f"GradsurgLoss: {self._name(loss)!r} cannot run cached steps "
+                                 f"(mini_batch_size={mini_batch_size}): {reason}")
         self.model = model
-        self.loss_name = loss if isinstance(loss, str) else type(loss).__name__
+        self.loss_name = self._name(loss)
         self.params = dict(params)
+        self.mini_batch_size = mini_batch_size
         self.loss_fn = _build(loss, params)
+
+    @staticmethod
+    def _name(loss) -> str:
+        return loss if isinstance(loss, str) else type(loss).__name__
+
+    @property
+    def uses_gradient_cache(self) -> bool:
+        """sentence-transformers' flag for losses that back-propagate from a hook on their output."""
+        return self.mini_batch_size is not None
+
+    @property
+    def calculate_loss(self):
+        """Not provided: MatryoshkaLoss wraps a cached loss's ``calculate_loss``, which this replay has not."""
+        raise TypeError(
+            "GradsurgLoss with mini_batch_size cannot be wrapped by MatryoshkaLoss / AdaptiveLayerLoss "
+            "(they need sentence-transformers' own cached-loss protocol); use mini_batch_size=None inside them"
+        )
+
+    def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(features)["sentence_embedding"]
+
+    def _loss(self, *embeddings: torch.Tensor) -> torch.Tensor:
+        anchors, positives = embeddings[0], embeddings[1]
+        negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
+        return self.loss_fn(anchors, positives, negatives)
 
     def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None):
         features = list(sentence_features)
@@ -60,14 +139,20 @@ class GradsurgLoss(nn.Module):
             raise ValueError("GradsurgLoss: no input columns")
         if len(features) == 1:  # unsupervised: the same sentences under two dropout masks
             features = [features[0], features[0]]
-        embeddings = [self.model(f)["sentence_embedding"] for f in features]
-        anchors, positives = embeddings[0], embeddings[1]
-        negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
-        return self.loss_fn(anchors, positives, negatives)
+        if self.mini_batch_size is not None:
+            from gradsurg.cached import cached_loss
+
+            ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)  # the trainer's wrapped model
+            return cached_loss(self._embed, features, self._loss, self.mini_batch_size,
+                               no_sync=self.model.no_sync if ddp else None)
+        return self._loss(*[self._embed(f) for f in features])
 
     def get_config_dict(self) -> dict[str, Any]:
         """What sentence-transformers writes into model cards."""
-        return {"loss": self.loss_name, **{k: v for k, v in self.params.items()}}
+        config = {"loss": self.loss_name, **{k: v for k, v in self.params.items()}}
+        if self.mini_batch_size is not None:
+            config["mini_batch_size"] = self.mini_batch_size
+        return config
 
     @property
     def citation(self) -> str:

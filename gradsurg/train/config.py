@@ -21,8 +21,15 @@ Two presets are provided:
     The paper's and SimCSE's unsupervised setting: ``bert-base-uncased``, the
     ``cls`` pooler with the training-time MLP, batch 64 (SimCSE; the paper's
     sweeps use 64-128), lr 3e-5 (1e-5 ... 3e-5), 1 epoch over 1M Wikipedia
-    sentences, max length 32, evaluation on STS-B dev every 125 steps.
-    Meant for a GPU; the user supplies the corpus (``train_data``).
+    sentences, max length 32, gradient clipping at norm 1.0 (the HF
+    Trainer's ``max_grad_norm``, which SimCSE runs with), evaluation on
+    STS-B dev every 125 steps. Meant for a GPU; the user supplies the corpus
+    (``train_data``).
+
+Both follow SimCSE's step: AdamW (no weight decay) with linear decay and no
+warmup, gradient clipping at norm 1.0 (the default of ``grad_clip``), the
+``cls`` pooler's MLP initialised as BERT's layers (N(0, 0.02), bias 0).
+What differs from SimCSE is listed in ``docs/training.md``.
 """
 from __future__ import annotations
 
@@ -89,7 +96,9 @@ class TrainConfig:
     warmup_steps: int = 0
     epochs: int = 1
     max_steps: int | None = 24
-    grad_clip: float | None = None
+    #: max-norm of the gradient clipping before each optimiser step (all trained parameters, 2-norm),
+    #: SimCSE's value: the HF Trainer's max_grad_norm=1.0; null: no clipping
+    grad_clip: float | None = 1.0
     seed: int = 42
     device: str = "auto"
     # evaluation
@@ -363,6 +372,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "max_train_sentences": None,
         "batch_size": 64,
         "lr": 3e-5,
+        "grad_clip": 1.0,  # SimCSE trains with the HF Trainer's max_grad_norm=1.0
         "epochs": 1,
         "max_steps": None,
         "eval_every": 125,

@@ -8,7 +8,8 @@ Model names
     (downloaded when online, read from the cache when ``HF_HUB_OFFLINE=1``).
 
 Poolers (SimCSE's names; the embedding of a sentence is)
-    ``cls``                the [CLS] hidden state through a fresh MLP (dense + tanh);
+    ``cls``                the [CLS] hidden state through a fresh MLP (dense + tanh,
+                           initialised as SimCSE: weights N(0, initializer_range = 0.02), bias 0);
                            with ``mlp_only_train`` (SimCSE unsup) the MLP is
                            used in training only and evaluation uses the raw [CLS];
     ``cls_before_pooler``  the raw [CLS] hidden state;
@@ -147,6 +148,10 @@ class Encoder(nn.Module):
         self.mlp_only_train = bool(mlp_only_train)
         hidden = backbone.config.hidden_size
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if pooler == "cls" else None
+        if self.mlp is not None:  # SimCSE's MLP gets BERT's init: N(0, initializer_range), bias 0
+            std = float(getattr(backbone.config, "initializer_range", 0.02))
+            nn.init.normal_(self.mlp[0].weight, mean=0.0, std=std)
+            nn.init.zeros_(self.mlp[0].bias)
         if pooler == "mask" and getattr(tokenizer, "mask_token_id", None) is None:
             raise ValueError("the 'mask' pooler needs a tokenizer with a mask token")
 
