@@ -1,0 +1,258 @@
+"""Learnable temperature / scale / bias, the SigLIP loss, negatives without gradient, NegativeQueue.
+
+Oracles: autograd of the plain formulas (float64, written here, independent of the engine), gradcheck."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradsurg
+from gradsurg import paradigms
+
+D64 = dict(dtype=torch.float64)
+
+
+def _data(n=5, k=3, d=4, seed=0, grad_neg=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, **D64).requires_grad_()
+    y = torch.randn(n, d, generator=g, **D64).requires_grad_()
+    z = torch.randn(k, d, generator=g, **D64).requires_grad_(grad_neg)
+    return x, y, z
+
+
+def _cos(x, y, z):
+    u = F.normalize(x, dim=1)
+    c = F.normalize(y if z is None else torch.cat([y, z]), dim=1)
+    return u, c
+
+
+def ref_info_nce(x, y, z, tau, symmetric=False, margin=None):
+    u, c = _cos(x, y, z)
+    n = x.shape[0]
+
+    def one(a, b):
+        s = a @ b.T
+        if margin is not None:
+            idx = torch.arange(n)
+            pos = torch.cos(torch.acos(s[idx, idx].clamp(-1 + 1e-7, 1 - 1e-7)) + margin)
+            s = s.clone()
+            s[idx, idx] = pos
+        return F.cross_entropy(s / tau, torch.arange(n))
+
+    loss = one(u, c)
+    return (loss + one(c[:n], u)) / 2 if symmetric else loss
+
+
+def ref_siglip(x, y, z, t, b, symmetric=False):
+    u, c = _cos(x, y, z)
+    n = x.shape[0]
+
+    def one(a, bb):
+        logits = (a @ bb.T) * t + b
+        sign = -torch.ones_like(logits)
+        sign[torch.arange(n), torch.arange(n)] = 1.0
+        return -F.logsigmoid(sign * logits).sum() / n
+
+    loss = one(u, c)
+    return (loss + one(c[:n], u)) / 2 if symmetric else loss
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("negatives", [False, True])
+def test_learnable_temperature_info_nce_matches_autograd(symmetric, negatives):
+    x, y, z = _data()
+    z = z if negatives else None
+    tau = torch.tensor(0.3, **D64, requires_grad=True)
+    ins = (x, y, tau) + ((z,) if negatives else ())
+    ours = lambda x, y, tau, *z: gradsurg.info_nce(x, y, *z, temperature=tau, symmetric=symmetric)  # noqa: E731
+    ref = lambda x, y, tau, *z: ref_info_nce(x, y, z[0] if z else None, tau, symmetric)  # noqa: E731
+    torch.testing.assert_close(ours(*ins), ref(*ins), rtol=1e-12, atol=1e-12)
+    g1 = torch.autograd.grad(ours(*ins), [t for t in ins if t.requires_grad])
+    g2 = torch.autograd.grad(ref(*ins), [t for t in ins if t.requires_grad])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(ours, ins)
+
+
+def test_learnable_scale_logit_scale_and_arccon():
+    x, y, z = _data(seed=1)
+    logit_scale = torch.tensor(math.log(1 / 0.07), **D64, requires_grad=True)
+    loss = gradsurg.info_nce(x, y, z, scale=logit_scale.exp())
+    ref = ref_info_nce(x, y, z, 1 / logit_scale.exp())
+    torch.testing.assert_close(loss, ref)
+    (g1,) = torch.autograd.grad(loss, logit_scale)
+    (g2,) = torch.autograd.grad(ref, logit_scale)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+    # ArcCon: the positive's logit is cos(theta + u), so dL/dtau is not -sum G s / tau
+    m = math.radians(10)
+    f = lambda x, y, z, tau: gradsurg.arccon(x, y, z, temperature=tau, margin=m, symmetric=True)  # noqa: E731
+    tau = torch.tensor(0.2, **D64, requires_grad=True)
+    torch.testing.assert_close(f(x, y, z, tau), ref_info_nce(x, y, z, tau, True, margin=m))
+    g1 = torch.autograd.grad(f(x, y, z, tau), (x, y, z, tau))
+    g2 = torch.autograd.grad(ref_info_nce(x, y, z, tau, True, margin=m), (x, y, z, tau))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert torch.autograd.gradcheck(f, (x, y, z, tau))
+
+
+def test_learnable_temperature_reduction_none_and_sum_and_chunks():
+    x, y, z = _data(n=7, seed=2)
+    tau = torch.tensor(0.1, **D64, requires_grad=True)
+    w = torch.rand(7, **D64)
+    rows = gradsurg.info_nce(x, y, z, temperature=tau, reduction="none", chunk_bytes=64)
+    g1 = torch.autograd.grad((rows * w).sum(), (x, y, z, tau))
+    u, c = _cos(x, y, z)
+    ref = F.cross_entropy(u @ c.T / tau, torch.arange(7), reduction="none")
+    g2 = torch.autograd.grad((ref * w).sum(), (x, y, z, tau), retain_graph=True)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    s = gradsurg.info_nce(x, y, z, temperature=tau, reduction="sum", backend="torch", chunk_bytes=64)
+    torch.testing.assert_close(torch.autograd.grad(s, tau)[0], torch.autograd.grad(ref.sum(), tau)[0])
+
+
+def test_learnable_float32_close_to_float64():
+    x, y, z = _data(n=16, k=8, d=8, seed=3)
+    tau = torch.tensor(0.05, requires_grad=True)
+    loss = gradsurg.info_nce(x.float(), y.float(), z.float(), temperature=tau)
+    (g,) = torch.autograd.grad(loss, tau)
+    tau64 = tau.detach().double().requires_grad_()
+    (g64,) = torch.autograd.grad(ref_info_nce(x, y, z, tau64), tau64)
+    assert g.dtype == torch.float32
+    torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_learnable_inputs_raise_clear_errors():
+    x, y, _ = _data()
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        gradsurg.info_nce(x, y, temperature=torch.tensor(-0.1, **D64))
+    with pytest.raises(TypeError, match="0-dim floating tensor"):
+        gradsurg.info_nce(x, y, temperature=torch.ones(3, **D64))
+    with pytest.raises(ValueError, match="cannot be learned"):
+        gradsurg.mpt(x, y, learn={"margin": torch.tensor(0.1)})
+    with pytest.raises(ValueError, match="not both"):
+        gradsurg.info_nce(x, y, temperature=0.1, scale=10.0)
+    with pytest.raises(ValueError, match="triton"):
+        gradsurg.info_nce(x, y, temperature=torch.tensor(0.1, **D64), backend="triton")
+
+
+# -- SigLIP ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_siglip_matches_autograd_with_learnable_scale_and_bias(symmetric):
+    x, y, z = _data(seed=4)
+    t = torch.tensor(7.0, **D64, requires_grad=True)
+    b = torch.tensor(-3.0, **D64, requires_grad=True)
+    f = lambda x, y, z, t, b: gradsurg.siglip(x, y, z, scale=t, bias=b, symmetric=symmetric)  # noqa: E731
+    torch.testing.assert_close(f(x, y, z, t, b), ref_siglip(x, y, z, t, b, symmetric), rtol=1e-12, atol=1e-12)
+    g1 = torch.autograd.grad(f(x, y, z, t, b), (x, y, z, t, b))
+    g2 = torch.autograd.grad(ref_siglip(x, y, z, t, b, symmetric), (x, y, z, t, b))
+    for a, bb in zip(g1, g2):
+        torch.testing.assert_close(a, bb, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(f, (x, y, z, t, b))
+
+
+def test_siglip_float_defaults_chunked_and_extreme_scale():
+    x, y, z = _data(n=9, seed=5)
+    loss = gradsurg.siglip(x, y, z, chunk_bytes=64)
+    ref = ref_siglip(x, y, z, 10.0, -10.0)
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(torch.autograd.grad(loss, (x, y, z)), torch.autograd.grad(ref, (x, y, z))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # a large learned scale: every negative's sigmoid underflows in float32, the pull must stay exact
+    xf, yf = x.detach().float().requires_grad_(), y.detach().float().requires_grad_()
+    loss = gradsurg.siglip(xf, yf, scale=300.0, bias=-300.0)
+    ref = ref_siglip(x, y, None, 300.0, -300.0)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-4)
+    gx = torch.autograd.grad(loss, xf)[0]
+    torch.testing.assert_close(gx.double(), torch.autograd.grad(ref, x)[0], rtol=1e-3, atol=1e-3)
+
+
+def test_siglip_decomposition_matches_its_components():
+    x, y, z = _data(n=6, seed=6)
+    t, b = 10.0, -10.0
+    dec = gradsurg.decompose(lambda s: ref_siglip_from_s(s, t, b), x, y, z)
+    p = paradigms.siglip(t, b)
+    u, c = _cos(x.detach(), y.detach(), z.detach())
+    s = u @ c.T
+    n = 6
+    sig = torch.sigmoid(t * s + b)
+    sig[torch.arange(n), torch.arange(n)] = 0
+    total = sig.sum(1)
+    torch.testing.assert_close(dec.dissipation, t * total)
+    torch.testing.assert_close(dec.weight, sig / total[:, None])
+    torch.testing.assert_close(dec.ratio, torch.sigmoid(-(t * s.diagonal() + b)) / total)
+    # and the paradigm's own components read back the same
+    dp = gradsurg.decompose(p, x, y, z)
+    torch.testing.assert_close(dp.dissipation, dec.dissipation)
+    torch.testing.assert_close(dp.weight, dec.weight)
+    torch.testing.assert_close(dp.ratio, dec.ratio)
+    assert p.loss_name == "siglip"
+
+
+def ref_siglip_from_s(s, t, b):
+    n = s.shape[0]
+    sign = -torch.ones_like(s)
+    sign[torch.arange(n), torch.arange(n)] = 1.0
+    return -F.logsigmoid(sign * (t * s + b)).sum() / n
+
+
+def test_siglip_module_registry_and_learnable_module():
+    from gradsurg.registry import build_loss
+    x, y, z = _data(seed=7)
+    m = build_loss("siglip", learnable=True)
+    assert {n for n, _ in m.named_parameters()} == {"logit_scale", "logit_bias"}
+    loss = m(x.float(), y.float())
+    loss.backward()
+    assert m.logit_scale.grad is not None and m.logit_bias.grad is not None
+    ref = ref_siglip(x, y, None, torch.tensor(10.0, **D64), torch.tensor(-10.0, **D64))
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    m2 = build_loss("info_nce", temperature=0.07, learnable=True)
+    m2(x.float(), y.float()).backward()
+    assert m2.logit_scale.grad is not None
+
+
+# -- negatives without gradient ----------------------------------------------------------------
+
+def test_detached_negatives_same_gradients_and_fewer_products(monkeypatch):
+    x, y, z = _data(n=6, k=40, seed=8, grad_neg=False)
+    tau = torch.tensor(0.1, **D64, requires_grad=True)
+    g1 = torch.autograd.grad(gradsurg.info_nce(x, y, z, temperature=tau, symmetric=True), (x, y, tau))
+    g2 = torch.autograd.grad(ref_info_nce(x, y, z, tau, True), (x, y, tau))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the candidates' gradient product covers the positives only (6 rows, not 46)
+    from gradsurg.engine import torch_backend
+    seen = []
+    real = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, a, b, **kw: (seen.append(tuple(self.shape)),
+                                                                          real(self, a, b, **kw))[1])
+    gradsurg.info_nce(x, y, z).backward()
+    assert seen == [(6, 4)]
+    seen.clear()
+    gradsurg.info_nce(x, y, z.detach().requires_grad_()).backward()
+    assert seen == [(46, 4)]
+    assert torch_backend.INTERNAL_OPTIONS
+
+
+def test_negative_queue_fifo_and_training():
+    q = gradsurg.NegativeQueue(5)
+    assert q.negatives() is None and len(q) == 0
+    q.enqueue(torch.arange(3.0)[:, None].repeat(1, 2).requires_grad_())
+    assert not q.negatives().requires_grad and q.negatives()[:, 0].tolist() == [0, 1, 2]
+    q.enqueue(torch.arange(3.0, 7.0)[:, None].repeat(1, 2))
+    assert q.negatives()[:, 0].tolist() == [2, 3, 4, 5, 6] and len(q) == 5
+    q.enqueue(torch.arange(10.0, 17.0)[:, None].repeat(1, 2))
+    assert q.negatives()[:, 0].tolist() == [12, 13, 14, 15, 16]
+    with pytest.raises(ValueError, match="queue holds"):
+        q.enqueue(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="size"):
+        gradsurg.NegativeQueue(0)
+    x, y, _ = _data(n=4, d=2)
+    q = gradsurg.NegativeQueue(8)
+    for _ in range(3):
+        loss = gradsurg.info_nce(x, y, q.negatives())
+        loss.backward()
+        q.enqueue(y)
+    assert len(q) == 8
