@@ -121,20 +121,20 @@ def paradigm_loss(
         raise ValueError(f"{where}: {', '.join(reserved)} are set by the front door, not options")
     (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
     if gather_across_devices and distributed.gather_active(group):
-        x, c, reverse, weight = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group)
+        x, c, reverse, weight, n_pos = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
+                                                 group)
         check = ""  # checked on every rank before the collectives
     else:
         negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False)
         x = anchors
         c = positives if negatives is None else torch.cat([positives, negatives], dim=0)
         reverse, weight = None, 1.0 / x.shape[0]
+        n_pos = positives.shape[0] if negatives is not None and not negatives.requires_grad else None
         check = where if check_finite else ""
     if reduction == "sum":
         weight = 1.0
-    grad_rows = None
-    if negatives is not None and not negatives.requires_grad and reverse is None:
-        # detached negatives (a queue): only the positives' rows of dc need a product
-        grad_rows = [positives.shape[0]] + ([-1] if symmetric else [])
+    # detached negatives (a queue) on every rank: only the positives' rows of dc need a product
+    grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
     impl, _ = dispatch.choose(backend, x, paradigm, learnable=bool(names))
     call = paradigm_call(paradigm, impl.NAME, options, names)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
@@ -166,7 +166,8 @@ def _learnable(paradigm: Paradigm, learn, anchors, where: str):
 
 
 def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group):
-    """``(anchors, candidates, reverse candidates or None, mean weight)`` over every rank's batch."""
+    """``(anchors, candidates, reverse candidates or None, mean weight, n_pos)`` over every rank's batch;
+    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     err = _local_error(anchors, positives, negatives, check_finite)
     if negatives is not None and err is None and negatives.shape[0] == 0:
@@ -181,6 +182,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
         _DTYPES.index(anchors.dtype) if ok and anchors.dtype in _DTYPES else -1,
         int(ok),
         int(want),
+        int(ok and negatives is not None and negatives.requires_grad),
     ]
     table = distributed.exchange_ints(info, group, anchors if isinstance(anchors, Tensor) else None)
     bad = [r for r in range(world) if not table[r][4]]
@@ -221,7 +223,8 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
     candidates = torch.cat(pos + neg)
     reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
-    return anchors, candidates, reverse, world / n_total
+    detached = k_total > 0 and not any(row[6] for row in table)
+    return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
 
 
 def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:

@@ -256,3 +256,55 @@ def test_negative_queue_fifo_and_training():
         loss.backward()
         q.enqueue(y)
     assert len(q) == 8
+
+
+# -- torch.compile(fullgraph=True) with learnable hyper-parameters -------------------------------
+
+@pytest.mark.parametrize("name", ["info_nce", "siglip"])
+def test_learnable_compiles_fullgraph(name):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(8, 6)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    bias = torch.nn.Parameter(torch.tensor(-5.0))
+    x, y, z = torch.randn(6, 8), torch.randn(6, 8), torch.randn(4, 8)
+
+    def step(x, y, z):
+        if name == "info_nce":
+            return gradsurg.info_nce(enc(x), enc(y), enc(z), scale=logit_scale.exp(), symmetric=True)
+        return gradsurg.siglip(enc(x), enc(y), enc(z), scale=logit_scale.exp(), bias=bias)
+
+    params = [*enc.parameters(), logit_scale, bias]
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(x, y, z)
+    g_c = torch.autograd.grad(loss_c, params, allow_unused=True)
+    loss_e = step(x, y, z)
+    g_e = torch.autograd.grad(loss_e, params, allow_unused=True)
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(g_c, g_e):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+# -- cached steps: the loss module's own parameters get their gradients ---------------------------
+
+@pytest.mark.parametrize("name", ["info_nce", "siglip"])
+def test_learnable_cached_step_matches_plain(name):
+    from gradsurg.cached import cached_step
+    from gradsurg.registry import build_loss
+
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(8, 6).double()
+    loss_fn = build_loss(name, learnable=True, symmetric=True).double()
+    g = torch.Generator().manual_seed(1)
+    cols = [torch.randn(10, 8, generator=g, **D64) for _ in range(3)]
+    params = [*enc.parameters(), *loss_fn.parameters()]
+    cached_step(enc, cols, loss_fn, mini_batch_size=3)
+    cached = [t.grad.clone() for t in params]
+    for t in params:
+        t.grad = None
+    loss_fn(*[enc(c) for c in cols]).backward()
+    for a, b in zip(cached, [t.grad for t in params]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
