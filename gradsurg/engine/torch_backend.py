@@ -140,7 +140,11 @@ def direction(
             dh += paradigm.hyper_grad(hyper, rows, rowdot, gsum, scale)
     if not want_grad:
         return (loss, None, None, None) if hyper else (loss, None, None)
-    out = loss, normalize_backward(du, u32, inv_x), normalize_backward(dv, v32, inv_c)
+    if r < m:  # the rows beyond r stay zero: no normalisation pass over them either
+        dv[:r] = normalize_backward(dvr, v32[:r], inv_c[:r])
+    else:
+        dv = normalize_backward(dv, v32, inv_c)
+    out = loss, normalize_backward(du, u32, inv_x), dv
     return out + (dh,) if hyper else out
 
 
