@@ -145,9 +145,18 @@ class ParadigmLoss(nn.Module):
 
 
 class _Learnable(ParadigmLoss):
-    """A preset whose hyper-parameters may be learned: ``learnable=True`` makes them
+    """A preset whose hyper-parameters may be learned. ``learnable=True`` makes them
     parameters of the module (in log space for the temperature / scale, as open_clip's
-    ``logit_scale``), passed to the loss as 0-dim tensors on every call."""
+    ``logit_scale``); a hyper-parameter given as a tensor (e.g. an ``nn.Parameter`` the
+    caller owns, registered with the module when it is one) is used as is. Either way
+    they reach the loss as 0-dim tensors on every call (exact gradients)."""
+
+    def _keep(self, name: str, value) -> None:
+        """Hold the tensor hyper-parameter ``name`` (a parameter of the module if it is one)."""
+        if isinstance(value, nn.Parameter):
+            self.register_parameter(name, value)
+        else:
+            self.register_buffer(name, value, persistent=False)
 
     def _learn(self) -> dict | None:
         return None
@@ -160,48 +169,82 @@ class _Learnable(ParadigmLoss):
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, learn=learn, **self.kwargs)
 
 
-class InfoNCELoss(_Learnable):
-    """Module form of :func:`gradsurg.info_nce` (same arguments). With ``learnable=True``
-    the module owns ``logit_scale`` (initialised to ``log(1 / temperature)``; the
-    temperature is ``exp(-logit_scale)``), trained with the encoders."""
+class _Softmax(_Learnable):
+    """InfoNCE / ArcCon modules: ``temperature`` or ``scale`` (= 1/temperature), floats or tensors."""
 
-    def __init__(self, temperature: float = 0.05, learnable: bool = False, **kwargs):
-        super().__init__(_p.info_nce(temperature), **kwargs)
+    def _setup(self, temperature, scale, learnable: bool, where: str) -> tuple[float, Tensor | None]:
+        tau, learn = _temperature(temperature, scale, where)
+        self._kind = None
+        if learn is not None:
+            if learnable:
+                raise ValueError(f"{where}: learnable=True creates its own logit_scale; do not also pass a tensor")
+            self._kind = "scale" if scale is not None else "temperature"
+            return tau, (scale if scale is not None else temperature)
+        return tau, None
+
+    def _finish(self, tau: float, tensor, learnable: bool) -> None:
+        if tensor is not None:
+            self._keep(f"{self._kind}_value", tensor)
         if learnable:
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)))
 
     def _learn(self):
-        return {"temperature": (-self.logit_scale).exp()} if hasattr(self, "logit_scale") else None
+        if hasattr(self, "logit_scale"):
+            return {"temperature": (-self.logit_scale).exp()}
+        if self._kind == "scale":
+            return {"temperature": 1.0 / self.scale_value}
+        if self._kind == "temperature":
+            return {"temperature": self.temperature_value}
+        return None
 
 
-class ArcConLoss(_Learnable):
+class InfoNCELoss(_Softmax):
+    """Module form of :func:`gradsurg.info_nce` (same arguments; ``scale`` = 1 / temperature,
+    sentence-transformers' convention). With ``learnable=True`` the module owns ``logit_scale``
+    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
+
+    def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
+                 scale: float | Tensor | None = None, **kwargs):
+        tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
+        super().__init__(_p.info_nce(tau), **kwargs)
+        self._finish(tau, tensor, learnable)
+
+
+class ArcConLoss(_Softmax):
     """Module form of :func:`gradsurg.arccon` (same arguments; ``learnable`` as for :class:`InfoNCELoss`)."""
 
-    def __init__(self, temperature: float = 0.05, margin: float = math.radians(10), learnable: bool = False,
-                 **kwargs):
-        super().__init__(_p.arccon(temperature, margin), **kwargs)
-        if learnable:
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-
-    def _learn(self):
-        return {"temperature": (-self.logit_scale).exp()} if hasattr(self, "logit_scale") else None
+    def __init__(self, temperature: float | Tensor | None = None, margin: float = math.radians(10),
+                 learnable: bool = False, scale: float | Tensor | None = None, **kwargs):
+        tau, tensor = self._setup(temperature, scale, learnable, "ArcConLoss")
+        super().__init__(_p.arccon(tau, margin), **kwargs)
+        self._finish(tau, tensor, learnable)
 
 
 class SigLIPLoss(_Learnable):
-    """Module form of :func:`gradsurg.siglip`. With ``learnable=True`` the module owns
-    ``logit_scale`` (``log(scale)``; scale = ``exp(logit_scale)``) and ``logit_bias``,
-    initialised from ``scale`` and ``bias`` (big_vision's ``t' = log 10``, ``b = -10``)."""
+    """Module form of :func:`gradsurg.siglip` (``scale`` and ``bias`` floats or tensors). With
+    ``learnable=True`` the module owns ``logit_scale`` (``log(scale)``; scale =
+    ``exp(logit_scale)``) and ``logit_bias``, initialised from ``scale`` and ``bias``
+    (big_vision's ``t' = log 10``, ``b = -10``)."""
 
-    def __init__(self, scale: float = 10.0, bias: float = -10.0, learnable: bool = False, **kwargs):
-        super().__init__(_p.siglip(scale, bias), **kwargs)
+    def __init__(self, scale: float | Tensor = 10.0, bias: float | Tensor = -10.0, learnable: bool = False,
+                 **kwargs):
+        tensors = {k: v for k, v in (("scale", scale), ("bias", bias)) if isinstance(v, Tensor)}
+        if tensors and learnable:
+            raise ValueError("SigLIPLoss: learnable=True creates its own logit_scale and logit_bias; "
+                             "do not also pass tensors")
+        super().__init__(_p.siglip(1.0 if "scale" in tensors else scale, 0.0 if "bias" in tensors else bias),
+                         **kwargs)
+        self._tensors = tuple(tensors)
+        for name, value in tensors.items():
+            self._keep(f"{name}_value", value)
         if learnable:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)))
             self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
 
     def _learn(self):
-        if not hasattr(self, "logit_scale"):
-            return None
-        return {"scale": self.logit_scale.exp(), "bias": self.logit_bias}
+        if hasattr(self, "logit_scale"):
+            return {"scale": self.logit_scale.exp(), "bias": self.logit_bias}
+        return {k: getattr(self, f"{k}_value") for k in self._tensors} or None
 
 
 class MPTLoss(ParadigmLoss):

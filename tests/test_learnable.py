@@ -327,3 +327,35 @@ def test_two_tower_example_trains():
         assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
         if name == "siglip":
             assert model.logit_bias.grad is not None
+
+
+def test_modules_take_tensor_hyper_parameters_and_sentence_transformers_adapter():
+    x, y, z = _data(seed=9)
+    xs, ys = x.detach().float().requires_grad_(), y.detach().float().requires_grad_()
+    scale = torch.nn.Parameter(torch.tensor(20.0))
+    m = gradsurg.InfoNCELoss(scale=scale)
+    assert [n for n, _ in m.named_parameters()] == ["scale_value"]
+    m(xs, ys).backward()
+    assert scale.grad is not None
+    torch.testing.assert_close(gradsurg.InfoNCELoss(scale=20.0)(xs, ys), gradsurg.InfoNCELoss(0.05)(xs, ys))
+    t, b = torch.nn.Parameter(torch.tensor(5.0)), torch.nn.Parameter(torch.tensor(-2.0))
+    gradsurg.SigLIPLoss(scale=t, bias=b)(xs, ys).backward()
+    assert t.grad is not None and b.grad is not None
+    with pytest.raises(ValueError, match="learnable=True"):
+        gradsurg.SigLIPLoss(scale=t, learnable=True)
+    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, f):
+            return {"sentence_embedding": self.lin(f["x"])}
+
+    st = GradsurgLoss(Tiny(), "siglip", learnable=True)
+    loss = st([{"x": xs.detach()}, {"x": ys.detach()}])
+    loss.backward()
+    names = {n for n, _ in st.named_parameters()}
+    assert {"loss_fn.logit_scale", "loss_fn.logit_bias"} <= names  # the trainer's optimiser sees them
+    assert st.loss_fn.logit_bias.grad is not None
