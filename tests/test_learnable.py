@@ -359,3 +359,10 @@ def test_modules_take_tensor_hyper_parameters_and_sentence_transformers_adapter(
     names = {n for n, _ in st.named_parameters()}
     assert {"loss_fn.logit_scale", "loss_fn.logit_bias"} <= names  # the trainer's optimiser sees them
     assert st.loss_fn.logit_bias.grad is not None
+
+
+def test_trainer_config_builds_siglip():
+    from gradsurg.train.losses import build_loss
+
+    m = build_loss("siglip", {"learnable": True, "scale": 10.0, "bias": -10.0})
+    assert isinstance(m, gradsurg.SigLIPLoss) and {n for n, _ in m.named_parameters()} == {"logit_scale", "logit_bias"}
