@@ -77,6 +77,8 @@ def paradigm_loss(
         anchors: ``(N, d)`` raw embeddings.
         positives: ``(N, d)``; row i is anchor i's positive.
         negatives: optional ``(K, d)`` extra (hard) negatives shared by all anchors.
+            Without ``requires_grad`` (a queue, :class:`gradsurg.NegativeQueue`)
+            they cost no gradient product.
         paradigm: a :class:`gradsurg.Paradigm` (e.g. ``gradsurg.paradigms.info_nce()``).
         symmetric: average the anchor->candidates and positive->anchors
             directions (CLIP style); the second uses the anchors as candidates.
@@ -158,7 +160,7 @@ def _learnable(paradigm: Paradigm, learn, anchors, where: str):
             )
         if not isinstance(value, Tensor) or value.numel() != 1 or value.dim() > 1 or not value.is_floating_point():
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise TypeError(f"{where}: the learnable {name} must be a 0-dim floating tensor (or a float), got {shape}")
+            raise TypeError(f"{where}: the learnable {name} must be a 0-dim floating tensor, got {shape}")
         if isinstance(anchors, Tensor) and value.device != anchors.device:
             raise ValueError(f"{where}: the learnable {name} is on {value.device}, the embeddings on {anchors.device}")
         values.append(value.reshape(()))
