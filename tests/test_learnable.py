@@ -398,3 +398,24 @@ def test_cuda_code_paths_on_cpu(monkeypatch, low, name):
     for a, b in zip(g1, g2):
         err = (a.double() - b).norm() / b.norm().clamp(min=1e-12)
         assert err <= 2e-2, (name, low, err)
+
+
+def test_detached_negatives_reduction_none_and_compile():
+    x, y, z = _data(n=6, k=9, seed=12, grad_neg=False)
+    w = torch.rand(6, **D64)
+    rows = gradsurg.info_nce(x, y, z, reduction="none", symmetric=True)
+    g1 = torch.autograd.grad((rows * w).sum(), (x, y))
+    u, c = _cos(x, y, z)
+    ref = 0.5 * (F.cross_entropy(u @ c.T / 0.05, torch.arange(6), reduction="none")
+                 + F.cross_entropy(c[:6] @ u.T / 0.05, torch.arange(6), reduction="none"))
+    g2 = torch.autograd.grad((ref * w).sum(), (x, y))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch._dynamo.reset()
+    enc = torch.nn.Linear(4, 4).double()
+    step = lambda x, y, z: gradsurg.info_nce(enc(x), enc(y), z)  # noqa: E731
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    gc = torch.autograd.grad(compiled(x.detach(), y.detach(), z), list(enc.parameters()))
+    ge = torch.autograd.grad(step(x.detach(), y.detach(), z), list(enc.parameters()))
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
