@@ -21,13 +21,16 @@ from .losses import (
     METLoss,
     MPTLoss,
     ParadigmLoss,
+    SigLIPLoss,
     arccon,
     info_nce,
     mat,
     met,
     mpt,
+    siglip,
 )
 from .paradigm import Paradigm
+from .queue import NegativeQueue
 from . import objectives
 from .analysis import Decomposition, StatsCollector, decompose
 
@@ -35,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Paradigm", "paradigms", "dissipation", "weight", "ratio", "paradigm_loss",
-    "info_nce", "arccon", "mpt", "met", "mat",
-    "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss",
+    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue",
+    "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",
 ]

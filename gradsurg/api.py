@@ -55,6 +55,7 @@ def paradigm_loss(
     check_finite: bool = True,
     gather_across_devices: bool = False,
     group=None,
+    learn: dict | None = None,
     **options,
 ) -> Tensor:
     r"""A contrastive loss whose gradient is set from GD, W and R.
@@ -76,6 +77,8 @@ def paradigm_loss(
         anchors: ``(N, d)`` raw embeddings.
         positives: ``(N, d)``; row i is anchor i's positive.
         negatives: optional ``(K, d)`` extra (hard) negatives shared by all anchors.
+            Without ``requires_grad`` (a queue, :class:`gradsurg.NegativeQueue`)
+            they cost no gradient product.
         paradigm: a :class:`gradsurg.Paradigm` (e.g. ``gradsurg.paradigms.info_nce()``).
         symmetric: average the anchor->candidates and positive->anchors
             directions (CLIP style); the second uses the anchors as candidates.
@@ -90,6 +93,12 @@ def paradigm_loss(
             with exact gradients (see the module docstring for the layout and
             the DDP scaling). No effect without a process group.
         group: the process group for ``gather_across_devices`` (default: the world).
+        learn: learnable hyper-parameters by name, each a 0-dim floating tensor
+            (e.g. ``{'temperature': 1 / logit_scale.exp()}``, or ``{'scale': t,
+            'bias': b}`` for SigLIP) whose value replaces the paradigm's own and
+            whose exact gradient is returned (:attr:`Paradigm.learnable` lists
+            what a paradigm accepts; torch backend). Values are checked inside
+            the operator (temperature and scale > 0, all finite).
         **options: backend options, e.g. ``chunk_bytes`` for the torch
             backend; an option the chosen backend does not know raises.
 
@@ -108,26 +117,59 @@ def paradigm_loss(
     check_options(reduction, backend)
     if group is not None and not gather_across_devices:
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
+    names, hyper = _learnable(paradigm, learn, anchors, where)
+    reserved = sorted(set(options) & {"hyper_grad", "grad_rows"})
+    if reserved:
+        raise ValueError(f"{where}: {', '.join(reserved)} are set by the front door, not options")
     (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
     if gather_across_devices and distributed.gather_active(group):
-        x, c, reverse, weight = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group)
+        x, c, reverse, weight, n_pos = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
+                                                 group)
         check = ""  # checked on every rank before the collectives
     else:
         negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False)
         x = anchors
         c = positives if negatives is None else torch.cat([positives, negatives], dim=0)
         reverse, weight = None, 1.0 / x.shape[0]
+        n_pos = positives.shape[0] if negatives is not None and not negatives.requires_grad else None
         check = where if check_finite else ""
     if reduction == "sum":
         weight = 1.0
-    impl, _ = dispatch.choose(backend, x, paradigm)
-    call = paradigm_call(paradigm, impl.NAME, options)
-    loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check)
+    # detached negatives (a queue) on every rank: only the positives' rows of dc need a product
+    grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
+    impl, _ = dispatch.choose(backend, x, paradigm, learnable=bool(names))
+    call = paradigm_call(paradigm, impl.NAME, options, names)
+    loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)
 
 
+def _learnable(paradigm: Paradigm, learn, anchors, where: str):
+    """``(names, values (k,) or None)`` of the learnable hyper-parameters ``learn``, validated
+    without reading their values (no graph break under ``torch.compile``)."""
+    if learn is None or not learn:
+        return (), None
+    if not isinstance(learn, dict):
+        raise TypeError(f"{where}: learn must be a dict of name -> 0-dim tensor, got {type(learn).__name__}")
+    allowed = paradigm.learnable
+    values = []
+    for name, value in learn.items():
+        if name not in allowed:
+            raise ValueError(
+                f"{where}: {name!r} cannot be learned with {paradigm!r}; learnable: "
+                f"{', '.join(allowed) or 'none (only InfoNCE and ArcCon temperatures, SigLIP scale and bias)'}"
+            )
+        if not isinstance(value, Tensor) or value.numel() != 1 or value.dim() > 1 or not value.is_floating_point():
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{where}: the learnable {name} must be a 0-dim floating tensor, got {shape}")
+        if isinstance(anchors, Tensor) and value.device != anchors.device:
+            raise ValueError(f"{where}: the learnable {name} is on {value.device}, the embeddings on {anchors.device}")
+        values.append(value.reshape(()))
+    return tuple(learn), torch.stack(values)
+
+
 def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group):
-    """``(anchors, candidates, reverse candidates or None, mean weight)`` over every rank's batch."""
+    """``(anchors, candidates, reverse candidates or None, mean weight, n_pos)`` over every rank's batch;
+    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     err = _local_error(anchors, positives, negatives, check_finite)
     if negatives is not None and err is None and negatives.shape[0] == 0:
@@ -142,6 +184,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
         _DTYPES.index(anchors.dtype) if ok and anchors.dtype in _DTYPES else -1,
         int(ok),
         int(want),
+        int(ok and negatives is not None and negatives.requires_grad),
     ]
     table = distributed.exchange_ints(info, group, anchors if isinstance(anchors, Tensor) else None)
     bad = [r for r in range(world) if not table[r][4]]
@@ -182,7 +225,8 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
     candidates = torch.cat(pos + neg)
     reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
-    return anchors, candidates, reverse, world / n_total
+    detached = k_total > 0 and not any(row[6] for row in table)
+    return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
 
 
 def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:

@@ -12,12 +12,14 @@ arccon     InfoNCE with positive logit ``cos(theta_ii + u)``            ArcCon(t
 mpt        ``relu(max_{j!=i} s_ij - s_ii + m)``                         Margin(m), Hardest, 1
 met        ``relu(d_ii - min_{j!=i} d_ij + m)``                         EuclideanMargin(m), Hardest, Euclidean
 mat        ``relu(theta_ii - min_{j!=i} theta_ij + m)``                 AngularMargin(m), Hardest, Angular
+siglip     ``softplus(-(t s_ii + b)) + sum_{j!=i} softplus(t s_ij + b)``  Sigmoid(t, b) x 3
 =========  ===========================================================  ================================
 """
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from . import paradigm as _p
@@ -25,26 +27,74 @@ from .api import paradigm_loss
 from .paradigm import Paradigm
 
 __all__ = [
-    "info_nce", "arccon", "mpt", "met", "mat",
-    "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss",
+    "info_nce", "arccon", "mpt", "met", "mat", "siglip",
+    "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
 ]
 
 
+def _temperature(temperature, scale, where: str):
+    """``(float temperature for the paradigm, learn dict or None)`` from ``temperature`` / ``scale``
+    (floats or 0-dim tensors; ``scale`` = 1 / temperature, sentence-transformers' convention)."""
+    if scale is not None:
+        if temperature is not None:
+            raise ValueError(f"{where}: give temperature or scale (= 1 / temperature), not both")
+        if isinstance(scale, Tensor):
+            return 1.0, {"temperature": 1.0 / scale}
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"{where}: scale must be a number > 0 or a 0-dim tensor, got {scale!r}")
+        return 1.0 / scale, None
+    temperature = 0.05 if temperature is None else temperature
+    if isinstance(temperature, Tensor):
+        return 1.0, {"temperature": temperature}
+    return temperature, None
+
+
 def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
-             temperature: float = 0.05, **kwargs) -> Tensor:
+             temperature: float | Tensor | None = None, scale: float | Tensor | None = None, **kwargs) -> Tensor:
     """InfoNCE (SimCSE's loss; tau = 0.05 is sentence-transformers' scale 20).
 
-    ``L_i = -log( exp(s_ii/tau) / sum_j exp(s_ij/tau) )``. Keyword arguments
-    of :func:`gradsurg.paradigm_loss` (``symmetric``, ``reduction``,
-    ``backend``, ``check_finite``) pass through.
+    ``L_i = -log( exp(s_ii/tau) / sum_j exp(s_ij/tau) )``. ``temperature``
+    (default 0.05) or ``scale`` (= 1 / temperature) may be a learnable 0-dim
+    tensor, e.g. ``scale=logit_scale.exp()`` (CLIP); its exact gradient is
+    formed from the row statistics. Keyword arguments of
+    :func:`gradsurg.paradigm_loss` (``symmetric``, ``reduction``, ``backend``,
+    ``check_finite``, ``gather_across_devices``) pass through.
     """
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(temperature), **kwargs)
+    tau, learn = _temperature(temperature, scale, "info_nce")
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, **kwargs)
 
 
 def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
-           temperature: float = 0.05, margin: float = math.radians(10), **kwargs) -> Tensor:
-    """ArcCon: InfoNCE with the positive's logit ``cos(arccos(s_ii) + margin) / tau``."""
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.arccon(temperature, margin), **kwargs)
+           temperature: float | Tensor | None = None, margin: float = math.radians(10),
+           scale: float | Tensor | None = None, **kwargs) -> Tensor:
+    """ArcCon: InfoNCE with the positive's logit ``cos(arccos(s_ii) + margin) / tau``
+    (``temperature`` / ``scale`` as for :func:`info_nce`, learnable too)."""
+    tau, learn = _temperature(temperature, scale, "arccon")
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.arccon(tau, margin), learn=learn, **kwargs)
+
+
+def siglip(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
+           scale: float | Tensor = 10.0, bias: float | Tensor = -10.0, **kwargs) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al., 2023), summed over candidates, mean over anchors:
+
+    ``L = -(1/N) sum_i sum_j log sigmoid(z_ij (t s_ij + b))``, ``z = +1`` on the
+    positive (j = i) and -1 elsewhere. ``scale`` t (> 0) and ``bias`` b are
+    floats or learnable 0-dim tensors (``scale=logit_scale.exp()``); defaults
+    t = 10, b = -10, SigLIP's initialisation. Its gradient is set from
+    ``GD_i = t sum_{j!=i} sigmoid(t s_ij + b)``, ``W_ij ~ sigmoid(t s_ij + b)``
+    and ``R_i = sigmoid(-(t s_ii + b)) / sum_{j!=i} sigmoid(t s_ij + b)``
+    (docs/paradigm.md, "SigLIP"). Keyword arguments of :func:`paradigm_loss` pass through.
+    """
+    learn = {}
+    fixed = {}
+    for name, value in (("scale", scale), ("bias", bias)):
+        if isinstance(value, Tensor):
+            learn[name] = value
+            fixed[name] = 1.0 if name == "scale" else 0.0
+        else:
+            fixed[name] = value
+    paradigm = _p.siglip(fixed["scale"], fixed["bias"])
+    return paradigm_loss(anchors, positives, negatives, paradigm=paradigm, learn=learn or None, **kwargs)
 
 
 def mpt(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
@@ -94,18 +144,107 @@ class ParadigmLoss(nn.Module):
         return f"{self.paradigm!r}, {opts}"
 
 
-class InfoNCELoss(ParadigmLoss):
-    """Module form of :func:`gradsurg.info_nce` (same arguments)."""
+class _Learnable(ParadigmLoss):
+    """A preset whose hyper-parameters may be learned. ``learnable=True`` makes them
+    parameters of the module (in log space for the temperature / scale, as open_clip's
+    ``logit_scale``); a hyper-parameter given as a tensor (e.g. an ``nn.Parameter`` the
+    caller owns, registered with the module when it is one) is used as is. Either way
+    they reach the loss as 0-dim tensors on every call (exact gradients)."""
 
-    def __init__(self, temperature: float = 0.05, **kwargs):
-        super().__init__(_p.info_nce(temperature), **kwargs)
+    def _keep(self, name: str, value) -> None:
+        """Hold the tensor hyper-parameter ``name`` (a parameter of the module if it is one)."""
+        if isinstance(value, nn.Parameter):
+            self.register_parameter(name, value)
+        else:
+            self.register_buffer(name, value, persistent=False)
+
+    def _learn(self) -> dict | None:
+        return None
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
+        learn = self._learn()
+        if learn is None:
+            return super().forward(anchors, positives, negatives)
+        learn = {k: v.to(anchors.device) for k, v in learn.items()}
+        return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, learn=learn, **self.kwargs)
 
 
-class ArcConLoss(ParadigmLoss):
-    """Module form of :func:`gradsurg.arccon` (same arguments)."""
+class _Softmax(_Learnable):
+    """InfoNCE / ArcCon modules: ``temperature`` or ``scale`` (= 1/temperature), floats or tensors."""
 
-    def __init__(self, temperature: float = 0.05, margin: float = math.radians(10), **kwargs):
-        super().__init__(_p.arccon(temperature, margin), **kwargs)
+    def _setup(self, temperature, scale, learnable: bool, where: str) -> tuple[float, Tensor | None]:
+        tau, learn = _temperature(temperature, scale, where)
+        self._kind = None
+        if learn is not None:
+            if learnable:
+                raise ValueError(f"{where}: learnable=True creates its own logit_scale; do not also pass a tensor")
+            self._kind = "scale" if scale is not None else "temperature"
+            return tau, (scale if scale is not None else temperature)
+        return tau, None
+
+    def _finish(self, tau: float, tensor, learnable: bool) -> None:
+        if tensor is not None:
+            self._keep(f"{self._kind}_value", tensor)
+        if learnable:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau)))
+
+    def _learn(self):
+        if hasattr(self, "logit_scale"):
+            return {"temperature": (-self.logit_scale).exp()}
+        if self._kind == "scale":
+            return {"temperature": 1.0 / self.scale_value}
+        if self._kind == "temperature":
+            return {"temperature": self.temperature_value}
+        return None
+
+
+class InfoNCELoss(_Softmax):
+    """Module form of :func:`gradsurg.info_nce` (same arguments; ``scale`` = 1 / temperature,
+    sentence-transformers' convention). With ``learnable=True`` the module owns ``logit_scale``
+    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
+
+    def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
+                 scale: float | Tensor | None = None, **kwargs):
+        tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
+        super().__init__(_p.info_nce(tau), **kwargs)
+        self._finish(tau, tensor, learnable)
+
+
+class ArcConLoss(_Softmax):
+    """Module form of :func:`gradsurg.arccon` (same arguments; ``learnable`` as for :class:`InfoNCELoss`)."""
+
+    def __init__(self, temperature: float | Tensor | None = None, margin: float = math.radians(10),
+                 learnable: bool = False, scale: float | Tensor | None = None, **kwargs):
+        tau, tensor = self._setup(temperature, scale, learnable, "ArcConLoss")
+        super().__init__(_p.arccon(tau, margin), **kwargs)
+        self._finish(tau, tensor, learnable)
+
+
+class SigLIPLoss(_Learnable):
+    """Module form of :func:`gradsurg.siglip` (``scale`` and ``bias`` floats or tensors). With
+    ``learnable=True`` the module owns ``logit_scale`` (``log(scale)``; scale =
+    ``exp(logit_scale)``) and ``logit_bias``, initialised from ``scale`` and ``bias``
+    (big_vision's ``t' = log 10``, ``b = -10``)."""
+
+    def __init__(self, scale: float | Tensor = 10.0, bias: float | Tensor = -10.0, learnable: bool = False,
+                 **kwargs):
+        tensors = {k: v for k, v in (("scale", scale), ("bias", bias)) if isinstance(v, Tensor)}
+        if tensors and learnable:
+            raise ValueError("SigLIPLoss: learnable=True creates its own logit_scale and logit_bias; "
+                             "do not also pass tensors")
+        super().__init__(_p.siglip(1.0 if "scale" in tensors else scale, 0.0 if "bias" in tensors else bias),
+                         **kwargs)
+        self._tensors = tuple(tensors)
+        for name, value in tensors.items():
+            self._keep(f"{name}_value", value)
+        if learnable:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)))
+            self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def _learn(self):
+        if hasattr(self, "logit_scale"):
+            return {"scale": self.logit_scale.exp(), "bias": self.logit_bias}
+        return {k: getattr(self, f"{k}_value") for k in self._tensors} or None
 
 
 class MPTLoss(ParadigmLoss):

@@ -20,7 +20,7 @@ with GD, W and R held constant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import torch
@@ -74,7 +74,51 @@ class Paradigm:
             return "met"
         if isinstance(d, D.AngularMargin) and isinstance(w, W.Hardest) and isinstance(r, R.Angular):
             return "mat"
+        if isinstance(d, D.Sigmoid) and w == W.Sigmoid(d.scale, d.bias) and r == R.Sigmoid(d.scale, d.bias):
+            return "siglip"
         return None
+
+    # -- learnable hyper-parameters --------------------------------------------
+    @property
+    def learnable(self) -> tuple[str, ...]:
+        """The hyper-parameters that may be given as learnable tensors (their
+        gradient comes from the row statistics): the temperature of InfoNCE and
+        ArcCon, the scale and bias of SigLIP; none for other paradigms."""
+        return {"info_nce": ("temperature",), "arccon": ("temperature",),
+                "siglip": ("scale", "bias")}.get(self.loss_name, ())
+
+    def with_hyper(self, values: dict) -> "Paradigm":
+        """This paradigm with the hyper-parameters ``values`` (by field name) replaced in every
+        component that has them (cached: the engine calls it once per direction)."""
+        return _with_hyper(self, tuple(sorted(values.items())))
+
+    def hyper_grad(self, names, rows: Rows, rowdot: Tensor, gsum: Tensor | None,
+                   row_scale: float | Tensor) -> Tensor:
+        r"""``sum_i row_scale_i dL_i/dh`` for each learnable ``h`` in ``names`` (a (k,) tensor).
+
+        ``rowdot_i = sum_j G_ij s_ij`` and ``gsum_i = sum_j G_ij`` for the chunk's
+        ``G = row_scale GD (W - [j=i] R)``. With logits ``l_ij = f_ij / tau``
+        (``f = s`` off the diagonal, ``f_ii = s_ii`` for InfoNCE and
+        ``cos(theta_ii + u)`` for ArcCon), ``dL_i/dtau = -(1/tau) sum_j
+        (dL_i/dl_ij) l_ij = -(1/tau) (sum_{j!=i} G_ij s_ij - GD_i f_ii)``, which for
+        InfoNCE is ``-(1/tau^2)(sum_j p_ij s_ij - s_ii)``. For SigLIP (logits
+        ``t s_ij + b``): ``dL_i/dt = (1/t) sum_j G_ij s_ij``, ``dL_i/db = (1/t) sum_j G_ij``.
+        """
+        name = self.loss_name
+        out = []
+        for h in names:
+            if h == "temperature" and name in ("info_nce", "arccon"):
+                d = self.dissipation
+                gd = d(rows) * row_scale
+                off = rowdot + self.pull(rows, d(rows)) * row_scale * rows.pos  # sum_{j != i} G_ij s_ij
+                out.append(-(off - gd * d.positive_logit(rows)).sum() / d.temperature)
+            elif h == "scale" and name == "siglip":
+                out.append(rowdot.sum() / self.dissipation.scale)
+            elif h == "bias" and name == "siglip":
+                out.append(gsum.sum() / self.dissipation.scale)
+            else:
+                raise ValueError(f"{self!r}: {h!r} is not a learnable hyper-parameter (learnable: {self.learnable})")
+        return torch.stack(out)
 
     # -- the per-row computation every backend shares -------------------------
     def components(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,6 +171,8 @@ class Paradigm:
             return torch.logaddexp(gap, torch.zeros_like(gap))  # softplus, exact for any gap
         if name in ("mpt", "met", "mat"):
             return torch.relu(d.hinge(rows))
+        if name == "siglip":
+            return d.loss(rows)
         raise ValueError(f"{self!r} is not a known loss; its surrogate value comes from gradient()")
 
     # -- the primitive encoding a custom operator can carry ---------------------
@@ -144,6 +190,16 @@ class Paradigm:
 
     def __repr__(self) -> str:
         return f"Paradigm({self.dissipation!r}, {self.weight!r}, {self.ratio!r})"
+
+
+@lru_cache(maxsize=256)
+def _with_hyper(paradigm: Paradigm, values: tuple) -> Paradigm:
+    parts = []
+    for comp in (paradigm.dissipation, paradigm.weight, paradigm.ratio):
+        known = comp.params()
+        update = {k: v for k, v in values if k in known}
+        parts.append(replace(comp, **update) if update else comp)
+    return Paradigm(*parts)
 
 
 @lru_cache(maxsize=256)
@@ -190,3 +246,9 @@ def met(margin: float = 0.45) -> Paradigm:
 def mat(margin: float = 0.15 * math.pi) -> Paradigm:
     """Margin triplet on angles: ``GD = 1[..]/sin(theta_ij*)``, ``R = sin(theta_ij*)/sin(theta_ii)``."""
     return Paradigm(D.AngularMargin(margin), W.Hardest(), R.Angular())
+
+
+def siglip(scale: float = 10.0, bias: float = -10.0) -> Paradigm:
+    """SigLIP's pairwise sigmoid loss: ``GD = t sum_{j!=i} sigmoid(t s_ij + b)``,
+    ``W ~ sigmoid(t s_ij + b)``, ``R = sigmoid(-(t s_ii + b)) / sum_{j!=i} sigmoid(t s_ij + b)``."""
+    return Paradigm(D.Sigmoid(scale, bias), W.Sigmoid(scale, bias), R.Sigmoid(scale, bias))

@@ -99,6 +99,18 @@ def mat(anchors, positives, negatives=None, *, margin=0.15 * math.pi, symmetric=
     return _symmetric(mat_rows, anchors, positives, negatives, symmetric, reduction, margin=margin)
 
 
+def siglip_rows(s: Tensor, scale=10.0, bias=-10.0) -> Tensor:
+    """``-sum_j log sigmoid(z_ij (t s_ij + b))``, ``z = +1`` on the positive and -1 elsewhere."""
+    n = s.shape[0]
+    sign = -torch.ones_like(s)
+    sign[torch.arange(n), torch.arange(n)] = 1.0
+    return -F.logsigmoid(sign * (s * scale + bias)).sum(dim=1)
+
+
+def siglip(anchors, positives, negatives=None, *, scale=10.0, bias=-10.0, symmetric=False, reduction="mean"):
+    return _symmetric(siglip_rows, anchors, positives, negatives, symmetric, reduction, scale=scale, bias=bias)
+
+
 # -- GD, W and R from their textbook formulas (docs/paradigm.md, "Components") -------------------------
 # Written on the whole detached matrix, one formula per component class, without the
 # engine's Rows or the components' own methods: the oracle of the surrogate tests.
@@ -151,6 +163,8 @@ def _dissipation(comp, s, neg, pos, hard):
         return (_angle(hard) - _angle(pos) < p["margin"]).to(s.dtype) * _inv_sin(hard)
     if name == "Constant":
         return torch.full_like(pos, p["value"])
+    if name == "Sigmoid":
+        return p["scale"] * torch.sigmoid(p["scale"] * s + p["bias"]).masked_fill(~neg, 0.0).sum(dim=1)
     raise ValueError(f"reference: no textbook formula for dissipation {comp!r}")
 
 
@@ -177,11 +191,17 @@ def _weight(comp, s, neg, hard_index):
         return power_weights(s, p["p"], neg)
     if name == "Uniform":
         return neg.to(s.dtype) / (m - 1)
+    if name == "Sigmoid":
+        f = torch.sigmoid(p["scale"] * s + p["bias"]).masked_fill(~neg, 0.0)
+        return f / f.sum(dim=1, keepdim=True)
     raise ValueError(f"reference: no textbook formula for weight {comp!r}")
 
 
-def _ratio(comp, pos, hard):
+def _ratio(comp, pos, hard, s=None, neg=None):
     name, p = type(comp).__name__, comp.params()
+    if name == "Sigmoid":
+        total = torch.sigmoid(p["scale"] * s + p["bias"]).masked_fill(~neg, 0.0).sum(dim=1)
+        return torch.sigmoid(-(p["scale"] * pos + p["bias"])) / total
     if name == "Constant":
         return torch.full_like(pos, p["value"])
     if name == "Arc":
@@ -199,7 +219,7 @@ def components(paradigm: Paradigm, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     s = s.detach()
     neg, pos, hard, hard_index = _negative_stats(s)
     return (_dissipation(paradigm.dissipation, s, neg, pos, hard), _weight(paradigm.weight, s, neg, hard_index),
-            _ratio(paradigm.ratio, pos, hard))
+            _ratio(paradigm.ratio, pos, hard, s, neg))
 
 
 def surrogate_rows(s: Tensor, paradigm: Paradigm) -> Tensor:
@@ -214,4 +234,4 @@ def surrogate(anchors, positives, negatives=None, *, paradigm: Paradigm, symmetr
 
 
 #: the textbook formula of each preset, by ``Paradigm.loss_name``
-LOSSES = {"info_nce": info_nce, "arccon": arccon, "mpt": mpt, "met": met, "mat": mat}
+LOSSES = {"info_nce": info_nce, "arccon": arccon, "mpt": mpt, "met": met, "mat": mat, "siglip": siglip}

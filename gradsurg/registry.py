@@ -28,6 +28,7 @@ _PRESETS: dict[str, Callable[..., nn.Module]] = {
     "mpt": losses.MPTLoss,
     "met": losses.METLoss,
     "mat": losses.MATLoss,
+    "siglip": losses.SigLIPLoss,
 }
 
 _DISSIPATIONS = {

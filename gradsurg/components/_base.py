@@ -38,6 +38,12 @@ def check_nonnegative(name: str, value: float, owner: str, upper: float | None =
     return float(value)
 
 
+def check_real(name: str, value: float, owner: str) -> float:
+    """``value`` must be a finite real number."""
+    _check_real(name, value, owner)
+    return float(value)
+
+
 def _check_real(name: str, value: float, owner: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")

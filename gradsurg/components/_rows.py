@@ -209,6 +209,17 @@ class Rows:
         scale = total.reciprocal()
         return e.mul_((scale if factor is None else scale * factor)[:, None])
 
+    def sigmoid(self, scale: float, bias: float) -> tuple[Tensor, Tensor]:
+        """``(S, total)``: ``S_ij = sigmoid(t s_ij + b)`` on the negatives (0 at the
+        positive) and ``total_i = sum_{j!=i} S_ij``; cached (W and GD share it)."""
+        cache = self.__dict__.setdefault("_sigmoids", {})
+        key = (scale, bias)
+        if key not in cache:
+            sig = torch.sigmoid(self.s * scale + bias)
+            sig[self.rows, self.cols] = 0.0
+            cache[key] = (sig, sig.sum(dim=1))
+        return cache[key]
+
     def powers(self, p: float) -> Tensor:
         """``max(s_ij, 1e-4) ** p`` on negatives, 0 at the positive (unnormalised: in float32 it
         underflows to 0 from ``p = 10`` on similarities near 0; use :meth:`power_weights` or

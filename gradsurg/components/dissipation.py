@@ -14,6 +14,7 @@ Margin(m)           ``1[s_ii - s_ij* < m]``, ``j* = argmax_{j!=i} s_ij``
 EuclideanMargin(m)  ``1[d_ij* - d_ii < m] / d_ij*``, ``d = sqrt(max(2 - 2 s, 1e-4))``
 AngularMargin(m)    ``1[theta_ij* - theta_ii < m] / sin(theta_ij*)``, ``theta = arccos s``
 Constant(c)         ``c``
+Sigmoid(t, b)       ``t sum_{j!=i} sigmoid(t s_ij + b)`` (SigLIP)
 ==================  =====================================================================
 
 The softmax forms are computed as a sigmoid of the log-sum-exp gap, never as
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._base import Dissipation, check_nonnegative, check_positive
+from ._base import Dissipation, check_nonnegative, check_positive, check_real
 from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
 
-__all__ = ["InfoNCE", "ArcCon", "Margin", "EuclideanMargin", "AngularMargin", "Constant", "Dissipation"]
+__all__ = ["InfoNCE", "ArcCon", "Margin", "EuclideanMargin", "AngularMargin", "Constant", "Sigmoid", "Dissipation"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -45,6 +46,10 @@ class InfoNCE(Dissipation):
     def gap(self, rows: Rows) -> Tensor:
         """``LSE_{j!=i}(s_ij/tau) - s_ii/tau``; the loss is ``softplus(gap)``."""
         return rows.lse(self.temperature) - rows.pos / self.temperature
+
+    def positive_logit(self, rows: Rows) -> Tensor:
+        """``f_ii``, the positive's logit times tau: ``s_ii``."""
+        return rows.pos
 
     def __call__(self, rows: Rows) -> Tensor:
         return torch.sigmoid(self.gap(rows)) / self.temperature
@@ -62,8 +67,11 @@ class ArcCon(Dissipation):
         check_nonnegative("margin", self.margin, "dissipation.ArcCon", upper=math.pi)
 
     def gap(self, rows: Rows) -> Tensor:
-        positive = torch.cos(angle(rows.pos) + self.margin)
-        return rows.lse(self.temperature) - positive / self.temperature
+        return rows.lse(self.temperature) - self.positive_logit(rows) / self.temperature
+
+    def positive_logit(self, rows: Rows) -> Tensor:
+        """``f_ii = cos(theta_ii + margin)``, the positive's logit times tau."""
+        return torch.cos(angle(rows.pos) + self.margin)
 
     def __call__(self, rows: Rows) -> Tensor:
         return torch.sigmoid(self.gap(rows)) / self.temperature
@@ -131,3 +139,26 @@ class Constant(Dissipation):
 
     def __call__(self, rows: Rows) -> Tensor:
         return torch.full((rows.n,), self.value, dtype=rows.dtype, device=rows.device)
+
+
+@dataclass(frozen=True, repr=False)
+class Sigmoid(Dissipation):
+    """SigLIP's: ``GD_i = t sum_{j!=i} sigmoid(t s_ij + b)``, the total push of the negatives."""
+
+    scale: float = 10.0
+    bias: float = -10.0
+
+    def __post_init__(self):
+        check_positive("scale", self.scale, "dissipation.Sigmoid")
+        check_real("bias", self.bias, "dissipation.Sigmoid")
+
+    def loss(self, rows: Rows) -> Tensor:
+        """``softplus(-(t s_ii + b)) + sum_{j!=i} softplus(t s_ij + b)``: SigLIP's row loss."""
+        z = rows.s * self.scale + self.bias
+        z[rows.rows, rows.cols] = -math.inf  # softplus(-inf) = 0: the positive is added below
+        neg = torch.logaddexp(z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(dim=1)
+        zp = -(rows.pos * self.scale + self.bias)
+        return neg + torch.logaddexp(zp, torch.zeros_like(zp))
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return rows.sigmoid(self.scale, self.bias)[1] * self.scale

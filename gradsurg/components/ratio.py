@@ -7,6 +7,7 @@ Constant(c)     ``c`` (1 for InfoNCE and MPT)
 Arc(u)          ``sin(theta_ii + u) / sin(theta_ii)`` (ArcCon), ``theta = arccos s``
 Euclidean()     ``d_ij* / d_ii`` (MET), ``d = sqrt(max(2 - 2 s, 1e-4))``
 Angular()       ``sin(theta_ij*) / sin(theta_ii)`` (MAT)
+Sigmoid(t, b)   ``sigmoid(-(t s_ii + b)) / sum_{j!=i} sigmoid(t s_ij + b)`` (SigLIP)
 ==============  ===================================================================
 
 ``j*`` is the hardest negative. Where a clamp of the plain formula is active
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._base import Ratio, check_nonnegative
+from ._base import Ratio, check_nonnegative, check_positive, check_real
 from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
 from .dissipation import AngularMargin, EuclideanMargin
+from .dissipation import Sigmoid as _SigmoidGD
 
-__all__ = ["Constant", "Arc", "Euclidean", "Angular", "Ratio"]
+__all__ = ["Constant", "Arc", "Euclidean", "Angular", "Sigmoid", "Ratio"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -85,4 +87,32 @@ class Angular(Ratio):
     def pull(self, rows: Rows, gd: Tensor, dissipation) -> Tensor:
         if isinstance(dissipation, AngularMargin):
             return (dissipation.hinge(rows) > 0).to(gd.dtype) * angle_slope(rows.pos)
+        return gd * self(rows)
+
+
+@dataclass(frozen=True, repr=False)
+class Sigmoid(Ratio):
+    """SigLIP's: ``R_i = sigmoid(-(t s_ii + b)) / sum_{j!=i} sigmoid(t s_ij + b)``.
+
+    With its own dissipation ``GD_i R_i = t sigmoid(-(t s_ii + b))`` is formed
+    directly, so the pull survives where every negative's sigmoid underflows."""
+
+    scale: float = 10.0
+    bias: float = -10.0
+
+    def __post_init__(self):
+        check_positive("scale", self.scale, "ratio.Sigmoid")
+        check_real("bias", self.bias, "ratio.Sigmoid")
+
+    def _pull(self, rows: Rows) -> Tensor:
+        return torch.sigmoid(-(rows.pos * self.scale + self.bias))
+
+    def __call__(self, rows: Rows) -> Tensor:
+        total = rows.sigmoid(self.scale, self.bias)[1]
+        return torch.where(total > 0, self._pull(rows) / torch.where(total > 0, total, torch.ones_like(total)),
+                           torch.zeros_like(total))
+
+    def pull(self, rows: Rows, gd: Tensor, dissipation) -> Tensor:
+        if isinstance(dissipation, _SigmoidGD) and dissipation.scale == self.scale:
+            return self._pull(rows) * self.scale
         return gd * self(rows)

@@ -9,6 +9,7 @@ Softmax(tau)    ``exp(s_ij/tau) / sum_{k!=i} exp(s_ik/tau)``
 Hardest()       ``1[j == argmax_{k!=i} s_ik]`` (ties: the lowest index)
 Power(p)        ``max(s_ij, 1e-4)^p / sum_{k!=i} max(s_ik, 1e-4)^p``
 Uniform()       ``1 / (M - 1)``
+Sigmoid(t, b)   ``sigmoid(t s_ij + b) / sum_{k!=i} sigmoid(t s_ik + b)`` (SigLIP)
 ==============  ==============================================================
 """
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._base import Weight, check_positive
+from ._base import Weight, check_positive, check_real
 from ._rows import Rows
 
-__all__ = ["Softmax", "Hardest", "Power", "Uniform", "Weight"]
+__all__ = ["Softmax", "Hardest", "Power", "Uniform", "Sigmoid", "Weight"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,3 +79,23 @@ class Uniform(Weight):
         w = torch.full((rows.n, rows.m), 1.0 / (rows.m - 1), dtype=rows.dtype, device=rows.device)
         w[rows.rows, rows.cols] = 0.0
         return w
+
+
+@dataclass(frozen=True, repr=False)
+class Sigmoid(Weight):
+    """SigLIP's: each negative pushed in proportion to ``sigmoid(t s_ij + b)`` (0 on rows without push)."""
+
+    scale: float = 10.0
+    bias: float = -10.0
+
+    def __post_init__(self):
+        check_positive("scale", self.scale, "weight.Sigmoid")
+        check_real("bias", self.bias, "weight.Sigmoid")
+
+    def __call__(self, rows: Rows) -> Tensor:
+        sig, total = rows.sigmoid(self.scale, self.bias)
+        return sig / torch.where(total > 0, total, torch.ones_like(total))[:, None]
+
+    def scaled(self, rows: Rows, factor: Tensor) -> Tensor:
+        sig, total = rows.sigmoid(self.scale, self.bias)
+        return sig * (factor / torch.where(total > 0, total, torch.ones_like(total)))[:, None]

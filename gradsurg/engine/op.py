@@ -23,6 +23,7 @@ per-sample vmap rule).
 from __future__ import annotations
 
 import ast
+import math
 from typing import Callable, Optional
 
 import torch
@@ -38,27 +39,53 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.custom_op("gradsurg::direction", mutates_args=())
-def direction_op(x: Tensor, c: Tensor, row_weights: Optional[Tensor], weight: float, want_grad: bool,
-                 paradigm: str, params: list[float], backend: str, options: str, check: str
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+def direction_op(x: Tensor, c: Tensor, hyper: Optional[Tensor], row_weights: Optional[Tensor], weight: float,
+                 want_grad: bool, paradigm: str, params: list[float], hyper_names: str, grad_rows: int,
+                 backend: str, options: str, check: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One direction of ``Paradigm.decode(paradigm, params)`` by ``backend``.
 
-    Returns ``(loss rows (N,), dx (N, d), dc (M, d))`` in the compute dtype;
-    the gradients are those of ``sum_i w_i L_i`` with ``w = row_weights`` (an
-    (N,) tensor) or ``weight``, and empty when neither is asked for
-    (``want_grad`` False). ``check``: when not empty, the caller's name for the
-    finiteness check of the inputs.
+    Returns ``(loss rows (N,), dx (N, d), dc (M, d), dhyper (k,))`` in the
+    compute dtype; the gradients are those of ``sum_i w_i L_i`` with ``w =
+    row_weights`` (an (N,) tensor) or ``weight``, and empty when neither is
+    asked for (``want_grad`` False). ``hyper``: the values (k,) of the
+    learnable hyper-parameters named in ``hyper_names`` (comma-separated),
+    which replace the paradigm's own (``dhyper`` is their gradient); checked
+    here (positive / finite), where reading them costs no graph break.
+    ``grad_rows``: only the first ``grad_rows`` candidates need a gradient
+    (-1: all); the rest of ``dc`` is zero and costs no product. ``check``:
+    when not empty, the caller's name for the finiteness check of the inputs.
     """
     with torch.autocast(x.device.type, enabled=False):
         if check:
             n = x.shape[0]
             check_finite_values([("anchors", x), ("positives", c[:n]), ("negatives", c[n:])], check)
         p = Paradigm.decode(paradigm, params)
+        names = tuple(filter(None, hyper_names.split(",")))
+        if hyper is not None:
+            p = p.with_hyper(dict(zip(names, check_hyper(names, hyper.tolist(), check or "paradigm_loss"))))
         rw = row_weights if row_weights is not None else (weight if want_grad else None)
-        rows, dx, dc = dispatch.module(backend).direction(x, c, p, rw, **_decode_options(options))
+        opts = _decode_options(options)
+        mod = dispatch.module(backend)
+        if names:  # the dispatcher only picks a backend that takes the hyper-parameters' gradient
+            opts["hyper_grad"] = names
+        if grad_rows >= 0 and "grad_rows" in getattr(mod, "INTERNAL_OPTIONS", ()):
+            opts["grad_rows"] = grad_rows
+        out = mod.direction(x, c, p, rw, **opts)
+    rows, dx, dc = out[:3]
+    dh = out[3] if len(out) > 3 and out[3] is not None else rows.new_empty(0)
     if dx is None:
         dx, dc = rows.new_empty(0), rows.new_empty(0)
-    return rows, dx, dc
+    return rows, dx, dc, dh
+
+
+def check_hyper(names, values, where: str) -> list[float]:
+    """Learnable hyper-parameters must be finite; temperatures and scales > 0 (ValueError naming them)."""
+    for name, value in zip(names, values):
+        if not math.isfinite(value) or (name in ("temperature", "scale") and not value > 0):
+            need = "finite" if name == "bias" else "finite and > 0"
+            raise ValueError(f"{where}: the learnable {name} must be {need}, got {value!r}")
+    return values
 
 
 def _decode_options(text: str) -> dict:
@@ -71,32 +98,37 @@ def _decode_options(text: str) -> dict:
 
 
 @direction_op.register_fake
-def _(x, c, row_weights, weight, want_grad, paradigm, params, backend, options, check):
+def _(x, c, hyper, row_weights, weight, want_grad, paradigm, params, hyper_names, grad_rows, backend, options,
+      check):
     cd = _compute_dtype(x.dtype)
     rows = x.new_empty(x.shape[:1], dtype=cd)
     if row_weights is None and not want_grad:
-        return rows, x.new_empty(0, dtype=cd), x.new_empty(0, dtype=cd)
-    return rows, x.new_empty(x.shape, dtype=cd), c.new_empty(c.shape, dtype=cd)
+        return rows, x.new_empty(0, dtype=cd), x.new_empty(0, dtype=cd), x.new_empty(0, dtype=cd)
+    dh = x.new_empty(0 if hyper is None else hyper.shape, dtype=cd)
+    return rows, x.new_empty(x.shape, dtype=cd), c.new_empty(c.shape, dtype=cd), dh
 
 
 @direction_op.register_vmap
-def _(info, in_dims, x, c, row_weights, *rest):
+def _(info, in_dims, x, c, hyper, row_weights, *rest):
     """``torch.func.vmap``: one call per sample (the losses of separate batches are independent)."""
-    tensors = (x, c, row_weights)
+    tensors = (x, c, hyper, row_weights)
     outs = []
     for b in range(info.batch_size):
-        args = [t if t is None or dim is None else t.select(dim, b) for t, dim in zip(tensors, in_dims[:3])]
+        args = [t if t is None or dim is None else t.select(dim, b) for t, dim in zip(tensors, in_dims[:4])]
         outs.append(direction_op(*args, *rest))
-    return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0)
+    return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0, 0)
 
 
-def paradigm_call(paradigm: Paradigm, backend: str, options: dict) -> Callable:
-    """``call(x, c, row_weights, weight, want_grad, check) -> (rows, dx, dc)`` through the op."""
+def paradigm_call(paradigm: Paradigm, backend: str, options: dict, hyper_names: tuple[str, ...] = ()) -> Callable:
+    """``call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows) -> (rows, dx, dc, dhyper)``
+    through the op; ``hyper`` holds the values of the learnable ``hyper_names`` (or is None)."""
     names, params = paradigm.encode()
     opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
+    learn = ",".join(hyper_names)
 
-    def call(x, c, row_weights, weight, want_grad, check):
-        return direction_op(x, c, row_weights, weight, want_grad, names, params, backend, opts, check)
+    def call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows=-1):
+        return direction_op(x, c, hyper, row_weights, weight, want_grad, names, params, learn, grad_rows,
+                            backend, opts, check)
 
     return call
 
@@ -120,13 +152,13 @@ direction_op.register_autograd(_op_backward)
 
 
 class _NoSecondOrder(torch.autograd.Function):
-    """Identity on the gradients ``gx, gc``, tied to ``x, c``: differentiating it raises."""
+    """Identity on the gradients ``gx, gc, gh``, tied to ``x, c``: differentiating it raises."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(gx, gc, x, c):
-        return gx.clone(), gc.clone()
+    def forward(gx, gc, gh, x, c):
+        return gx.clone(), gc.clone(), gh.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -137,11 +169,13 @@ class _NoSecondOrder(torch.autograd.Function):
         raise RuntimeError(_SECOND_ORDER)
 
 
-def _finish(ctx, gx: Tensor, gc: Tensor, x: Tensor, c: Tensor):
+def _finish(ctx, gx: Tensor, gc: Tensor, gh: Tensor, x: Tensor, c: Tensor, hyper: Tensor | None):
     gx, gc = gx.to(x.dtype), gc.to(c.dtype)
+    gh = gh.to(hyper.dtype) if hyper is not None else gh
     if torch.is_grad_enabled():  # create_graph=True or torch.func: the result must not be differentiable
-        gx, gc = _NoSecondOrder.apply(gx, gc, x, c)
-    return (gx if ctx.needs_input_grad[0] else None), (gc if ctx.needs_input_grad[1] else None)
+        gx, gc, gh = _NoSecondOrder.apply(gx, gc, gh, x, c)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None), (gc if need[1] else None), (gh if hyper is not None and need[2] else None)
 
 
 class Fused(torch.autograd.Function):
@@ -150,22 +184,23 @@ class Fused(torch.autograd.Function):
     generate_vmap_rule = True  # forward and backward are vmapped through the operator's rule
 
     @staticmethod
-    def forward(x, c, weight, call, check):
-        rows, dx, dc = call(x, c, None, weight, True, check)
-        return rows.sum() * weight, dx, dc
+    def forward(x, c, hyper, weight, call, check, grad_rows):
+        rows, dx, dc, dh = call(x, c, hyper, None, weight, True, check, grad_rows)
+        return rows.sum() * weight, dx, dc, dh
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, c = inputs[:2]
-        _, dx, dc = output
-        ctx.mark_non_differentiable(dx, dc)
-        ctx.save_for_backward(x, c, dx, dc)
+        x, c, hyper = inputs[:3]
+        _, dx, dc, dh = output
+        ctx.mark_non_differentiable(dx, dc, dh)
+        ctx.has_hyper = hyper is not None
+        ctx.save_for_backward(x, c, dx, dc, dh, hyper)
 
     @staticmethod
-    def backward(ctx, grad, _gdx, _gdc):
-        x, c, dx, dc = ctx.saved_tensors
-        gx, gc = _finish(ctx, dx * grad, dc * grad, x, c)
-        return gx, gc, None, None, None
+    def backward(ctx, grad, _gdx, _gdc, _gdh):
+        x, c, dx, dc, dh, hyper = ctx.saved_tensors
+        gx, gc, gh = _finish(ctx, dx * grad, dc * grad, dh * grad, x, c, hyper if ctx.has_hyper else None)
+        return gx, gc, gh, None, None, None, None
 
 
 
@@ -175,42 +210,50 @@ class PerRow(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, c, call, check):
-        rows, _, _ = call(x, c, None, 0.0, False, check)
+    def forward(x, c, hyper, call, check, grad_rows):
+        rows, _, _, _ = call(x, c, hyper, None, 0.0, False, check, grad_rows)
         return rows
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.call = inputs[2]
-        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.call, ctx.grad_rows = inputs[3], inputs[5]
+        ctx.has_hyper = inputs[2] is not None
+        ctx.save_for_backward(inputs[0], inputs[1], inputs[2])
 
     @staticmethod
     def backward(ctx, grad):
-        x, c = ctx.saved_tensors
+        x, c, hyper = ctx.saved_tensors
+        hyper = hyper if ctx.has_hyper else None
         with torch.no_grad():
-            _, dx, dc = ctx.call(x.detach(), c.detach(), grad.detach().to(_compute_dtype(x.dtype)), 0.0, True, "")
-        gx, gc = _finish(ctx, dx, dc, x, c)
-        return gx, gc, None, None
+            _, dx, dc, dh = ctx.call(x.detach(), c.detach(), None if hyper is None else hyper.detach(),
+                                     grad.detach().to(_compute_dtype(x.dtype)), 0.0, True, "", ctx.grad_rows)
+        gx, gc, gh = _finish(ctx, dx, dc, dh, x, c, hyper)
+        return gx, gc, gh, None, None, None
 
 
 
-def run(parts, reduction: str, weight: float, call: Callable, check: str) -> Tensor:
+def run(parts, reduction: str, weight: float, call: Callable, check: str, hyper: Tensor | None = None,
+        grad_rows=None) -> Tensor:
     """The reduced loss (or the rows) of the directions ``parts`` = ``[(anchors, candidates, factor)]``.
 
     ``weight`` is the row weight of the reduction (1/N for 'mean', 1 for
     'sum', the DDP scale when gathered); each direction's factor multiplies it.
     The finiteness check (``check``, the caller's name, or '') runs once, on
-    the first direction (which holds every input).
+    the first direction (which holds every input). ``hyper``: the learnable
+    hyper-parameters (k,) or None. ``grad_rows``: per direction, how many
+    leading candidates need a gradient (-1: all; default all).
     """
     total = None
     for k, (a, b, factor) in enumerate(parts):
         chk = check if k == 0 else ""
+        gr = -1 if grad_rows is None else grad_rows[k]
+        needs = a.requires_grad or b.requires_grad or (hyper is not None and hyper.requires_grad)
         if reduction == "none":
-            value = PerRow.apply(a, b, call, chk)
+            value = PerRow.apply(a, b, hyper, call, chk, gr)
             value = value if factor == 1.0 else value * factor
-        elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-            value = Fused.apply(a, b, weight * factor, call, chk)[0]
+        elif torch.is_grad_enabled() and needs:
+            value = Fused.apply(a, b, hyper, weight * factor, call, chk, gr)[0]
         else:
-            value = call(a, b, None, 0.0, False, chk)[0].sum() * (weight * factor)
+            value = call(a, b, hyper, None, 0.0, False, chk, gr)[0].sum() * (weight * factor)
         total = value if total is None else total + value
     return total

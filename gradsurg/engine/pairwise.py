@@ -213,11 +213,11 @@ def apply(x: Tensor, c: Tensor, spec, reduction: str = "mean", symmetric: bool =
     the statistics are computed in float32 without autocast (the policy of docs/api.md)."""
     (x, c), value_dtype = autocast_inputs([x, c])
 
-    def call(a, b, row_weights, weight, want_grad, check):
+    def call(a, b, hyper, row_weights, weight, want_grad, check, grad_rows=-1):
         rw = row_weights if row_weights is not None else (weight if want_grad else None)
         with torch.autocast(a.device.type, enabled=False):
             rows, da, db = direction(a, b, spec, rw)
-        return rows, da, db
+        return rows, da, db, rows.new_empty(0)
 
     weight = 1.0 / x.shape[0] if reduction == "mean" else 1.0
     return run(directions(x, c, symmetric), reduction, weight, call, "").to(value_dtype or x.dtype)

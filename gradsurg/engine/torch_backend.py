@@ -30,6 +30,9 @@ NAME = "torch"
 _TINY = 1e-30
 #: the options :func:`direction` accepts
 OPTIONS = ("chunk_bytes",)
+#: options only the front door passes (through the operator): the learnable hyper-parameters whose
+#: gradient is wanted, and how many leading candidates need a gradient
+INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,8 +80,15 @@ def direction(
     Row i's positive is candidate i. Returns the per-anchor loss ``(N,)`` and,
     when ``row_weights`` is given (a float, or an ``(N,)`` tensor), the
     gradients of ``sum_i row_weights_i L_i`` with respect to the raw ``x`` and
-    ``c``; all in the compute dtype.
+    ``c``; all in the compute dtype. With the internal option ``hyper_grad``
+    (names of learnable hyper-parameters, :meth:`Paradigm.hyper_grad`) a fourth
+    result is their gradient (k,), from the row statistics and ``<u_i, dU_i> =
+    sum_j G_ij s_ij`` (no extra product). With ``grad_rows`` = r only the first
+    r candidates get a gradient (``dV`` is zero beyond): candidates that need
+    none (a queue of detached negatives) cost one product, not two.
     """
+    hyper = tuple(options.pop("hyper_grad", ()))
+    grad_rows = options.pop("grad_rows", None)
     check_options(options)
     chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
@@ -94,6 +104,9 @@ def direction(
     loss = torch.empty(n, dtype=cd, device=x.device)
     du = torch.empty_like(u32) if want_grad else None
     dv = torch.zeros_like(v32) if want_grad else None
+    r = m if grad_rows is None else max(0, min(m, int(grad_rows)))
+    dvr = None if dv is None else dv[:r]  # the candidates that need a gradient (a view)
+    dh = torch.zeros(len(hyper), dtype=cd, device=x.device) if want_grad and hyper else None
     step = chunk_rows(n, m, cd, chunk_bytes)
     temperature = paradigm.shared_temperature
     for start in range(0, n, step):
@@ -104,18 +117,32 @@ def direction(
         loss[start:stop], g = paradigm.gradient(rows, scale)
         if g is None:
             continue
+        gsum = g.sum(dim=1) if "bias" in hyper else None
         if gd == cd:  # in place: no temporaries
             torch.mm(g, v, out=du[start:stop])
-            dv.addmm_(g.T, uc)
+            if r:
+                dvr.addmm_(g[:, :r].T, uc)
         elif gd == torch.bfloat16:  # bfloat16 operands (float32's range), float32 accumulation and results
             g = g.to(gd)
             du[start:stop] = product(g, v)
-            dv += product(g.T, uc)
+            if r:
+                dvr += product(g[:, :r].T, uc)
         else:  # float16 operands: G scaled per row (for dU) and per column (for dV) into range
             row = g.abs().amax(dim=1, keepdim=True).clamp_(min=_TINY)
             du[start:stop] = product((g / row).to(gd), v).mul_(row)
-            col = g.abs().amax(dim=0, keepdim=True).clamp_(min=_TINY)
-            dv += product((g / col).to(gd).T, uc).mul_(col.T)
+            if r:
+                gr = g[:, :r]
+                col = gr.abs().amax(dim=0, keepdim=True).clamp_(min=_TINY)
+                dvr += product((gr / col).to(gd).T, uc).mul_(col.T)
+        if dh is not None:  # sum_j G_ij s_ij = <u_i, dU_i>: the hyper-parameters' gradient from the rows
+            rowdot = torch.linalg.vecdot(u32[start:stop], du[start:stop], dim=1)
+            dh += paradigm.hyper_grad(hyper, rows, rowdot, gsum, scale)
     if not want_grad:
-        return loss, None, None
-    return loss, normalize_backward(du, u32, inv_x), normalize_backward(dv, v32, inv_c)
+        return (loss, None, None, None) if hyper else (loss, None, None)
+    if r < m:  # the rows beyond r stay zero: no normalisation pass over them either
+        dv[:r] = normalize_backward(dvr, v32[:r], inv_c[:r])
+    else:
+        dv = normalize_backward(dv, v32, inv_c)
+    out = loss, normalize_backward(du, u32, inv_x), dv
+    return out + (dh,) if hyper else out
+
