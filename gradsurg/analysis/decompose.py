@@ -1,4 +1,4 @@
-r"""Read GD, W and R off the gradient of any loss (PARADIGM.md section 6).
+r"""Read GD, W and R off the gradient of any loss (docs/diagnostics.md).
 
 For a loss written as a function of the N x M cosine-similarity matrix,
 ``L = loss_fn(s)`` with the mean over anchors, autograd gives

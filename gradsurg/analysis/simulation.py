@@ -1,4 +1,4 @@
-r"""The paper's simulations of GD, W and R (PARADIGM.md section 6), vectorised.
+r"""The paper's simulations of GD, W and R (docs/diagnostics.md), vectorised.
 
 A simulated batch row has one positive at angle ``theta_pos`` and
 ``batch_size - 1`` negatives at angles ``theta_neg``; its similarities are the

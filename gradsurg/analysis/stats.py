@@ -1,4 +1,4 @@
-r"""Per-step training statistics of the paradigm (PARADIGM.md section 6).
+r"""Per-step training statistics of the paradigm (docs/diagnostics.md).
 
     >>> import torch
     >>> from gradsurg.analysis import StatsCollector
