@@ -65,6 +65,10 @@ class TrainResult:
     evals: list = field(default_factory=list)
     saved_to: str | None = None
     final_stats: dict = field(default_factory=dict)
+    #: why training ended before max_steps ("patience" when the dev score stopped improving)
+    stopped_early: str | None = None
+    #: the seven-task table of the best checkpoint (config ``suite_data``; gradsurg.train.suite)
+    suite: dict | None = None
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -193,20 +197,25 @@ class Trainer:
         if cfg.output_dir:
             cfg.save(os.path.join(cfg.output_dir, "config.json"))
 
+        since_best = 0  # evaluations in a row without a new best (for ``patience``)
+
         def run_eval(step: int) -> None:
-            nonlocal best_state
+            nonlocal best_state, since_best
             metrics = self.evaluate()
             result.evals.append({"step": step, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
             logger.log_eval(step, metrics)
             if step == 0:
                 result.initial_dev = metrics["spearman"]
             elif result.best_dev is None or metrics["spearman"] > result.best_dev:
+                since_best = 0
                 result.best_dev, result.best_step = metrics["spearman"], step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
                 if cfg.save_best and cfg.output_dir:
                     result.saved_to = os.path.join(cfg.output_dir, "best")
                     self.encoder.save(result.saved_to, {"loss": cfg.loss, "step": step,
                                                         "dev_spearman": metrics["spearman"]})
+            else:
+                since_best += 1
             if self.on_eval is not None:
                 self.on_eval(step, metrics)
             if bar is not None:
@@ -250,10 +259,13 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_description_str(f"{cfg.run_name()} loss {value:.4f}")
+                result.steps = step
                 if self.eval_pairs is not None and (step % cfg.eval_every == 0 or step == total):
                     run_eval(step)
                     self.encoder.train()
-            result.steps = total
+                    if cfg.patience is not None and since_best >= cfg.patience and step < total:
+                        result.stopped_early = "patience"
+                        break
         finally:
             if bar is not None:
                 bar.close()
