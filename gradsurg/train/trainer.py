@@ -109,6 +109,10 @@ class Trainer:
             raise ConfigError("the training corpus needs at least 2 sentences")
         if eval_pairs is None and cfg.eval_data is not None:
             eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
+        if cfg.suite_data:  # checked before the model is loaded
+            from .suite import find_tasks
+
+            find_tasks(cfg.suite_data)
         self.eval_full = eval_pairs
         self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
         self.on_eval = on_eval
@@ -171,6 +175,19 @@ class Trainer:
     def evaluate(self, pairs: STSPairs | None = None) -> dict:
         pairs = pairs if pairs is not None else self.eval_pairs
         return evaluate_sts(self.encoder, pairs, batch_size=self.config.eval_batch_size)
+
+    def evaluate_suite(self, folder: str) -> dict:
+        """The seven STS tasks under ``folder`` (:mod:`gradsurg.train.suite`); when the folder has
+        no STS-B file, the config's STS-B ``eval_data`` (stsb-csv) fills that column (labelled by
+        its split)."""
+        from .suite import evaluate_suite, find_tasks
+
+        cfg = self.config
+        found, _ = find_tasks(folder)
+        stsb = None
+        if "STS-B" not in found and cfg.eval_data and cfg.eval_format == "stsb-csv":
+            stsb = cfg.eval_data
+        return evaluate_suite(self.encoder, folder, stsb=stsb, batch_size=cfg.eval_batch_size)
 
     # ----------------------------------------------------------------- train
     def train(self) -> TrainResult:
@@ -289,6 +306,8 @@ class Trainer:
         elif self.eval_pairs is not None and result.best_dev is not None:
             last = max((e for e in result.evals if e["step"] > 0), key=lambda e: e["spearman"])
             result.spearman, result.pearson, result.n_pairs = last["spearman"], last["pearson"], len(self.eval_pairs)
+        if cfg.suite_data:
+            result.suite = self.evaluate_suite(cfg.suite_data)
         if cfg.output_dir:
             with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
