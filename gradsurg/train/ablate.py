@@ -457,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
     n_pairs = summary[0]["n_pairs"] if summary else None
     header = (f"STS Spearman x100 of the best checkpoint on {base.eval_data} ({n_pairs} pairs), "
               f"mean +- std over seeds; model {base.model}, pooler {base.pooler}, batch {base.batch_size}, "
-              f"lr {base.lr}, {base.max_steps} steps")
+              f"lr {base.lr}, {base.max_steps} steps"
+              + (f" at most, stopping after {base.patience} evaluations without a new best" if base.patience else ""))
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
         fh.write(header + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
