@@ -13,7 +13,8 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("gradsurg.bench", "benchmark the paradigm engine against eager PyTorch and torch.compile"),
-    "evaluate": ("gradsurg.train.evaluate", "STS evaluation (Spearman/Pearson of cosine) of an encoder on one file"),
+    "evaluate": ("gradsurg.train.evaluate", "STS evaluation (Spearman/Pearson of cosine) of an encoder on one file, or the seven "
+                 "STS tasks of a folder (--suite)"),
     "ablate": ("gradsurg.train.ablate", "train sentence encoders over a grid of losses/components/seeds"),
     "plot": ("gradsurg.analysis.cli", "draw the paper's GD / W / R diagnostic figures"),
     "doctor": ("gradsurg.doctor", "versions, the GPU, and which backend 'auto' picks for a dtype and d, and why"),

@@ -5,6 +5,11 @@
     >>> loss = build_loss("paradigm", dissipation="margin", margin=0.3,
     ...                   weight="softmax", temperature=0.05, ratio=1.5)
 
+The non-contrastive objectives and ``sg`` also take ``modified`` (the switches)
+and ``form`` (``"default"`` or ``"reference"``, the paper's code's exact
+gradient; docs/objectives.md), e.g. ``build_loss("vicreg", modified="w_w",
+form="reference")``.
+
 Every built module has ``forward(anchors, positives, negatives=None)`` taking
 raw embeddings and returning a scalar. Non-contrastive objectives register
 themselves from :mod:`gradsurg.objectives` (``OBJECTIVES``: name -> factory).

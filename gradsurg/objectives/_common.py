@@ -12,6 +12,17 @@ from ..engine.validation import check_embeddings
 #: the three paradigm modifications of PARADIGM.md section 5
 SWITCHES = ("w_gd", "w_w", "w_r")
 
+#: ``form=``: "default" (the documented, clean objectives) or "reference" (the exact gradient of the
+#: paper's code, BDBC-KG-NLP/UnderstandingCSE isotropy/models.py; docs/objectives.md lists the differences)
+FORMS = ("default", "reference")
+
+
+def check_form(form, where: str) -> str:
+    """``form`` checked against :data:`FORMS` (ValueError naming ``form`` otherwise)."""
+    if not isinstance(form, str) or form not in FORMS:
+        raise ValueError(f"{where}: form must be one of {', '.join(map(repr, FORMS))}, got {form!r}")
+    return form
+
 
 def parse_switches(modified: str | Iterable[str] | None, where: str) -> frozenset[str]:
     """``"w_gd,w_w"`` / ``["w_gd", "w_w"]`` / ``""`` / None -> a frozenset of switch names.

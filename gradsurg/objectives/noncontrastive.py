@@ -49,7 +49,7 @@ from ..engine.pairwise import PushPull, margin_gate, off_diagonal, pair_weights
 from ..engine.torch_backend import compute_dtype
 from ..engine.validation import float32_under_autocast
 from . import original as O
-from ._common import check_views, format_switches, parse_switches, real
+from ._common import check_form, check_views, format_switches, parse_switches, real
 
 __all__ = ["NonContrastiveObjective", "AlignUniform", "MHE", "MHS", "BarlowTwins", "VICReg"]
 
@@ -69,10 +69,14 @@ class NonContrastiveObjective(nn.Module):
     #: the paper's default ratio for w_r
     default_ratio = 1.75
 
+    #: the lam of the reference's run script for the original (no switch), per objective
+    reference_lam: float = 1.0
+
     def __init__(self, *, modified, margin: float, temperature: float | None, power: float | None,
-                 ratio: float | None):
+                 ratio: float | None, form: str = "default"):
         super().__init__()
         where = type(self).__name__
+        self.form = check_form(form, where)
         self.switches = parse_switches(modified, where)
         self.margin = real("margin", margin, where, low=0.0, high=2.0)
         self.temperature = real("temperature", temperature, where, low=0.0, strict_low=True, allow_none=True)
@@ -88,6 +92,19 @@ class NonContrastiveObjective(nn.Module):
     def _reading(self, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:  # pragma: no cover
         """``(push (N, N), pull (N,), residual (N, d) or None)`` of the original for anchors ``u``."""
         raise NotImplementedError
+
+    def _reference(self, u: Tensor, v: Tensor, switches: frozenset[str]
+                   ) -> tuple[Tensor, Tensor, Tensor | None]:  # pragma: no cover - abstract
+        """``(push, pull, residual)`` of the reference code's gradient for anchors ``u`` (ungated)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference form")
+
+    def _default_lam(self, lam, default_original: float) -> float:
+        """``lam`` when given; else 1 with any switch, else the original's default for this form."""
+        if lam is not None:
+            return lam
+        if self.switches:
+            return 1.0
+        return self.reference_lam if self.form == "reference" else default_original
 
     @property
     def push_budget(self) -> float:
@@ -106,7 +123,7 @@ class NonContrastiveObjective(nn.Module):
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         """The objective on raw embeddings of the two views (N x d each)."""
         check_views(anchors, positives, negatives, type(self).__name__)
-        if not self.switches:
+        if not self.switches and self.form == "default":
             return float32_under_autocast(self._original, anchors, positives)
         self._supports_paradigm()
         return pairwise.apply(anchors, positives, self)
@@ -119,6 +136,12 @@ class NonContrastiveObjective(nn.Module):
         u, v = u.detach(), v.detach()
         n = u.shape[0]
         a = u @ u.T
+        negatives = v if self.cross_view_negatives else u
+        if self.form == "reference":
+            push, pull, residual = self._reference(u, v, switches)
+            gate = margin_gate(a, self.margin) if "w_gd" in switches else torch.ones(n, dtype=u.dtype,
+                                                                                      device=u.device)
+            return PushPull(gate, push, pull, negatives, v, residual)
         push, pull, residual = self._reading(u, v)
         if "w_w" in switches:
             source = {"own": a, "other": v @ v.T, "cross": u @ v.T}[self.weight_source]
@@ -126,7 +149,6 @@ class NonContrastiveObjective(nn.Module):
         if "w_r" in switches:
             pull = self.ratio * push.sum(dim=1)
         gate = margin_gate(a, self.margin) if "w_gd" in switches else torch.ones(n, dtype=u.dtype, device=u.device)
-        negatives = v if self.cross_view_negatives else u
         return PushPull(gate, push, pull, negatives, v, residual if not switches else None)
 
     def unit_forward(self, u: Tensor, v: Tensor, row_scale):
@@ -134,10 +156,16 @@ class NonContrastiveObjective(nn.Module):
         n = u.shape[0]
         first, second = self.view(u, v), self.view(v, u)
         loss = n * (first.surrogate(u) + second.surrogate(v))
+        # the reference's gradient keeps its coordinate-wise part (Barlow Twins without w_r)
+        residual = self.form == "reference"
+        if residual:
+            for part, x in ((first, u), (second, v)):
+                if part.residual is not None:
+                    loss = loss + n * part.gate * (x * part.residual).sum(dim=1)
         if row_scale is None:
             return loss, None, None
         factor = row_scale * n
-        return loss, first.unit_gradient(factor), second.unit_gradient(factor)
+        return loss, first.unit_gradient(factor, residual), second.unit_gradient(factor, residual)
 
     def components(self, anchors: Tensor, positives: Tensor, switches=None) -> tuple[PushPull, PushPull]:
         """The push / pull of both views (anchors' view first) from raw embeddings."""
@@ -161,7 +189,7 @@ class NonContrastiveObjective(nn.Module):
 
         check_views(anchors, positives, negatives, type(self).__name__)
         first, _ = self.components(anchors, positives)
-        if not self.switches:
+        if not self.switches and self.form == "default":
             first.residual = self._residual(anchors, positives, first.residual)
         return Decomposition.from_push_pull(first)
 
@@ -169,7 +197,7 @@ class NonContrastiveObjective(nn.Module):
         return closed_form
 
     def extra_repr(self) -> str:
-        keys = ["modified", "margin", "temperature", "power", "ratio"] + list(self._extra_keys)
+        keys = ["form", "modified", "margin", "temperature", "power", "ratio"] + list(self._extra_keys)
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
 
     _extra_keys: tuple[str, ...] = ()
@@ -190,8 +218,12 @@ class AlignUniform(NonContrastiveObjective):
 
     def __init__(self, alpha: float = 2.0, t: float = 2.0, lam: float = 1.0, *, modified="",
                  margin: float = 0.30, temperature: float | None = 0.05, power: float | None = None,
-                 ratio: float = 1.75):
-        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio)
+                 ratio: float = 1.75, form: str = "default"):
+        if form == "reference":
+            raise ValueError("AlignUniform: form='reference' does not exist (the paper's code has no "
+                             "alignment-and-uniformity objective); use form='default'")
+        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio,
+                         form=form)
         self.alpha = real("alpha", alpha, "AlignUniform", low=0.0, strict_low=True)
         self.t = real("t", t, "AlignUniform", low=0.0, strict_low=True)
         self.lam = real("lam", lam, "AlignUniform", low=0.0)
@@ -226,14 +258,35 @@ class MHE(NonContrastiveObjective):
     name = "mhe"
     _extra_keys = ("lam",)
 
+    reference_lam = 10.0
+
     def __init__(self, lam: float | None = None, *, modified="", margin: float = 0.30,
-                 temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.75):
-        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio)
-        lam = (1.0 if self.switches else 10.0) if lam is None else lam
-        self.lam = real("lam", lam, "MHE", low=0.0)
+                 temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.75,
+                 form: str = "default"):
+        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio,
+                         form=form)
+        self.lam = real("lam", self._default_lam(lam, 10.0), "MHE", low=0.0)
+        if self.form == "reference" and "w_w" in self.switches and self.temperature is None:
+            raise ValueError("MHE: the reference form's w_w is exponential: give temperature (power is not used)")
 
     def _original(self, x, y):
         return O.mhe(x, y, lam=self.lam)
+
+    def _reference(self, u, v, switches):
+        # L = lam (LSE_{i>j} a_ij/t + LSE_{i>j} b_ij/t) + sum_i (2 - 2 u_i.v_i) s (w0_i + w1_i) / 2,
+        # t = temperature under w_w (else 1); w = 1/N, or under w_w the row's share of the LSE / t;
+        # s = ratio under w_r (else 1). The pull of u_i therefore holds both views' row weights.
+        n = u.shape[0]
+        t = self.temperature if "w_w" in switches else 1.0
+        pa = pair_weights(u @ u.T, temperature=t)
+        push = pa * (2.0 * self.lam / t)
+        if "w_w" in switches:
+            pb = pair_weights(v @ v.T, temperature=t)
+            weights = (pa.sum(dim=1) + pb.sum(dim=1)) * (2.0 / t)
+        else:
+            weights = torch.full((n,), 2.0 / n, dtype=u.dtype, device=u.device)
+        scale = self.ratio if "w_r" in switches else 1.0
+        return push, weights * scale, None
 
     def _reading(self, u, v):
         n = u.shape[0]
@@ -259,29 +312,69 @@ class MHS(NonContrastiveObjective):
 
     def __init__(self, lam: float = 1.0, *, modified="", margin: float = 0.30,
                  temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.75,
-                 eps: float = 1e-4):
-        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio)
+                 eps: float = 1e-4, form: str = "default"):
+        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio,
+                         form=form)
         self.lam = real("lam", lam, "MHS", low=0.0)
         self.eps = real("eps", eps, "MHS", low=0.0, strict_low=True)
 
     def _original(self, x, y):
         return O.mhs(x, y, lam=self.lam, eps=self.eps)
 
-    def _reading(self, u, v):
-        n = u.shape[0]
+    def _nearest(self, u, v):
+        """Distance to, and index of, each anchor's nearest other-view row (``j != i``)."""
         sq = (u * u).sum(1)[:, None] + (v * v).sum(1)[None, :] - 2.0 * (u @ v.T)
         d = (sq.clamp(min=0) + self.eps).sqrt()
         d.diagonal().fill_(math.inf)
-        nearest, index = d.min(dim=1)
+        return d.min(dim=1)
+
+    def _reading(self, u, v):
+        n = u.shape[0]
+        nearest, index = self._nearest(u, v)
         push = torch.zeros(n, n, dtype=u.dtype, device=u.device)
         push[torch.arange(n, device=u.device), index] = self.lam / (n * nearest)
         return push, torch.full((n,), 2.0 / n, dtype=u.dtype, device=u.device), None
+
+    def _reference(self, u, v, switches):
+        # the reference has no w_w path for MHS (the switch does nothing); under w_r its pull is
+        # ratio (1/d0_i + 1/d1_i) / N with both views' nearest distances, without lam
+        n = u.shape[0]
+        push, pull, _ = self._reading(u, v)
+        if "w_r" in switches:
+            d0, _ = self._nearest(u, v)
+            d1, _ = self._nearest(v, u)
+            pull = self.ratio * (1.0 / d0 + 1.0 / d1) / n
+        return push, pull, None
 
 
 class _Coordinatewise(NonContrastiveObjective):
     """Barlow Twins and VICReg: a paradigm reading only on L2-normalised embeddings."""
 
     default_ratio = 1.5
+    reference_lam = 30.0
+
+    def _reference_weights(self, x: Tensor, switches: frozenset[str]) -> Tensor:
+        """The reference's linear weights from one view's similarities ``x x^T`` (diagonal 0):
+        ``f(s_ij) / sum_{k!=l} f(s_kl)`` under w_w, else ``2 s_ij / N^2``."""
+        n = x.shape[0]
+        s = x @ x.T
+        if "w_w" in switches:
+            return pair_weights(s, self.temperature, self.power)
+        return off_diagonal(s).mul_(2.0 / n**2)
+
+    def _reference_pull(self, u: Tensor, v: Tensor, switches: frozenset[str]) -> Tensor:
+        """``lam ratio (rowsum W(u) + rowsum W(v))`` under w_r (the alignment term carries gradient
+        to both views), else ``2 / N``."""
+        n = u.shape[0]
+        if "w_r" in switches:
+            return (self._reference_weights(u, switches).sum(dim=1)
+                    + self._reference_weights(v, switches).sum(dim=1)).mul_(self.lam * self.ratio)
+        return torch.full((n,), 2.0 / n, dtype=u.dtype, device=u.device)
+
+    def _check_reference(self) -> None:
+        if self.form == "reference" and not self.normalize:
+            raise ValueError(f"{type(self).__name__}: form='reference' works on L2-normalised embeddings "
+                             f"(normalize=True), as the paper's code")
 
     def _supports_paradigm(self) -> None:
         if not self.normalize:
@@ -306,15 +399,30 @@ class BarlowTwins(_Coordinatewise):
     _extra_keys = ("lam", "normalize")
 
     def __init__(self, lam: float | None = None, normalize: bool = True, *, modified="", margin: float = 0.30,
-                 temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.5):
-        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio)
-        lam = (1.0 if self.switches else 5e-3) if lam is None else lam
-        self.lam = real("lam", lam, "BarlowTwins", low=0.0)
+                 temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.5,
+                 form: str = "default"):
+        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio,
+                         form=form)
+        self.lam = real("lam", self._default_lam(lam, 5e-3), "BarlowTwins", low=0.0)
         if not isinstance(normalize, bool):
             raise TypeError(f"BarlowTwins: normalize must be a bool, got {type(normalize).__name__}")
         self.normalize = normalize
+        self._check_reference()
         if self.switches:
             self._supports_paradigm()
+
+    def _reference(self, u, v, switches):
+        # per direction: lam sum_j W(v)_ij u_i.sg(u_j) (weights from the OTHER view) and, without w_r,
+        # the coordinate-wise pull sum_d (1 - (1 - lam) C_dd) (2/N) u_id sg(v_id); with w_r the pull is
+        # lam ratio (rowsum W(v) + rowsum W(u)) on u_i.v_i (both views get its gradient)
+        n = u.shape[0]
+        push = self._reference_weights(v, switches).mul_(self.lam)
+        pull = self._reference_pull(u, v, switches)
+        residual = None
+        if "w_r" not in switches:
+            c_diag = (u * v).sum(dim=0) / n
+            residual = (2.0 * (1.0 - self.lam) / n) * c_diag[None, :] * v
+        return push, pull, residual
 
     def _original(self, x, y):
         return O.barlow_twins(x, y, lam=self.lam, normalize=self.normalize)
@@ -343,20 +451,28 @@ class VICReg(_Coordinatewise):
     _extra_keys = ("sim_coeff", "std_coeff", "cov_coeff", "lam", "normalize")
 
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
-                 lam: float = 1.0, normalize: bool = True, *, modified="", margin: float = 0.30,
+                 lam: float | None = None, normalize: bool = True, *, modified="", margin: float = 0.30,
                  temperature: float | None = 0.05, power: float | None = None, ratio: float = 1.5,
-                 eps: float = 1e-4):
-        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio)
+                 eps: float = 1e-4, form: str = "default"):
+        super().__init__(modified=modified, margin=margin, temperature=temperature, power=power, ratio=ratio,
+                         form=form)
         self.sim_coeff = real("sim_coeff", sim_coeff, "VICReg", low=0.0)
         self.std_coeff = real("std_coeff", std_coeff, "VICReg", low=0.0)
         self.cov_coeff = real("cov_coeff", cov_coeff, "VICReg", low=0.0)
-        self.lam = real("lam", lam, "VICReg", low=0.0)
+        self.lam = real("lam", self._default_lam(lam, 1.0), "VICReg", low=0.0)
         self.eps = real("eps", eps, "VICReg", low=0.0, strict_low=True)
         if not isinstance(normalize, bool):
             raise TypeError(f"VICReg: normalize must be a bool, got {type(normalize).__name__}")
         self.normalize = normalize
+        self._check_reference()
         if self.switches:
             self._supports_paradigm()
+
+    def _reference(self, u, v, switches):
+        # per direction: lam sum_j W(u)_ij u_i.sg(u_j) (own-view weights, no centring, no variance
+        # term) and the pull (2/N) u_i.sg(v_i), or under w_r lam ratio (rowsum W(u) + rowsum W(v)) u_i.v_i
+        push = self._reference_weights(u, switches).mul_(self.lam)
+        return push, self._reference_pull(u, v, switches), None
 
     def _original(self, x, y):
         return O.vicreg(x, y, sim_coeff=self.sim_coeff, std_coeff=self.std_coeff, cov_coeff=self.cov_coeff,

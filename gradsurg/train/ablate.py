@@ -46,7 +46,7 @@ DEFAULT_MODIFIED = ("none", "w_gd,w_w,w_r")
 
 #: fields added to TrainConfig after results files existed: left out of a run's identity while at
 #: these values, so older results.jsonl files stay resumable (add every new field here)
-_ADDED_LATER = {"mini_batch_size": None}
+_ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None}
 
 
 def run_key(config: TrainConfig) -> str:
@@ -63,6 +63,17 @@ def accepts_modified(loss: str) -> bool:
 
     try:
         build_loss(loss, {}, "w_gd")
+        return True
+    except ConfigError:
+        return False
+
+
+def accepts_form(loss: str) -> bool:
+    """Whether the registry's ``loss`` takes a ``form`` parameter (non-contrastive objectives, sg)."""
+    from .losses import build_loss
+
+    try:
+        build_loss(loss, {}, None, "default")
         return True
     except ConfigError:
         return False
@@ -100,14 +111,17 @@ def expand_grid(
     configs: list[TrainConfig] = []
     for loss in losses:
         takes_mod = any(parse_modified(m) for m in mods) and accepts_modified(loss)
+        # ``form`` applies to the losses that have one (the non-contrastive objectives and sg)
+        form = base.form if base.form and accepts_form(loss) else None
         loss_mods = mods if takes_mod else ["none"]
         for norm in dict.fromkeys(",".join(parse_modified(m)) or None for m in loss_mods):  # each once
             for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
                 loss_params = dict(base.loss_params)
                 loss_params.update(dict(zip(keys, values)))
-                build_loss(loss, loss_params, norm)  # fail fast, naming the bad parameter
+                build_loss(loss, loss_params, norm, form)  # fail fast, naming the bad parameter
                 for seed in seeds:
-                    configs.append(base.replace(loss=loss, modified=norm, loss_params=loss_params, seed=seed))
+                    configs.append(base.replace(loss=loss, modified=norm, form=form, loss_params=loss_params,
+                                                seed=int(seed)))
     return unique_runs(configs)
 
 
@@ -148,6 +162,8 @@ def variant_label(row: dict) -> str:
         label += f" (m: {cfg['modified'].replace(',', '+')})"
     elif row.get("takes_modified"):
         label += " (ori)"
+    if cfg.get("form") and cfg["form"] != "default":
+        label += f" [{cfg['form']}]"
     params = cfg.get("loss_params") or {}
     if params:
         label += " " + " ".join(f"{k}={params[k]}" for k in sorted(params))
@@ -580,7 +596,8 @@ def run(args: argparse.Namespace) -> int:
     n_pairs = summary[0]["n_pairs"] if summary else None
     header = (f"STS Spearman x100 of the best checkpoint on {base.eval_data} ({n_pairs} pairs), "
               f"mean +- std over seeds; model {base.model}, pooler {base.pooler}, batch {base.batch_size}, "
-              f"lr {base.lr}, {base.max_steps} steps")
+              f"lr {base.lr}, {base.max_steps} steps"
+              + (f" at most, stopping after {base.patience} evaluations without a new best" if base.patience else ""))
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
         fh.write(header + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:

@@ -6,7 +6,7 @@ the optimiser and the evaluation schedule. It round-trips through
 ``to_dict`` / ``from_dict`` and through YAML or JSON files, and every field can
 be overridden on the command line (``--set lr=1e-5`` or a dedicated flag).
 
-Two presets are provided:
+Three presets are provided:
 
 ``quick``
     The packaged all-MiniLM-L6-v2 with SimCSE's ``cls`` pooler (MLP in
@@ -17,6 +17,12 @@ Two presets are provided:
     evaluation every 8 steps on 300 STS-B dev pairs spread over the file,
     the best checkpoint scored on all 1500 dev pairs; one to a few minutes per
     run on 2 CPU cores.
+``report``
+    The quick preset trained until the dev score stops improving: up to 160
+    steps (3 epochs of the 4000 sentences, lr decaying linearly over 160), evaluation every 8 steps on the 300 dev pairs, stop after 3
+    evaluations in a row without a new best (``patience``); the best
+    checkpoint is scored on all 1500 dev pairs. A few minutes per run on 2
+    CPU cores; what docs/training.md's per-switch report uses.
 ``paper``
     The paper's and SimCSE's unsupervised setting: ``bert-base-uncased``, the
     ``cls`` pooler with the training-time MLP, batch 64 (SimCSE; the paper's
@@ -47,6 +53,9 @@ POOLERS = ("cls", "cls_before_pooler", "avg", "mask")
 
 #: Formats of a training corpus (see :func:`gradsurg.train.data.read_corpus`).
 CORPUS_FORMATS = ("auto", "txt", "stsb-csv", "csv", "tsv", "jsonl")
+
+#: Forms of the non-contrastive objectives and sg (see gradsurg.objectives).
+FORMS = ("default", "reference")
 
 #: Formats of an STS evaluation file (see :func:`gradsurg.train.data.read_sts_pairs`).
 STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
@@ -80,6 +89,9 @@ class TrainConfig:
     loss: str = "info_nce"
     loss_params: dict = field(default_factory=dict)
     modified: str | None = None
+    #: the objectives' form: "default" (the documented clean one) or "reference" (the paper's
+    #: code, see docs/objectives.md); null: the loss's default. Passed as ``form=`` to the loss.
+    form: str | None = None
     # data
     train_data: str | None = "../shared/data/stsb/stsb-en-train.csv"
     train_format: str = "auto"
@@ -111,6 +123,11 @@ class TrainConfig:
     final_eval_data: str | None = None
     final_eval_format: str | None = None
     eval_batch_size: int = 128
+    #: stop after this many evaluations in a row without a new best dev score (null: never)
+    patience: int | None = None
+    #: a folder with STS12-16 / STS-B / SICK-R (gradsurg.train.suite): the best checkpoint is
+    #: scored on it at the end (result.suite)
+    suite_data: str | None = None
     # output / logging
     output_dir: str | None = None
     save_best: bool = False
@@ -145,7 +162,7 @@ class TrainConfig:
                 raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError("config field 'batch_size' must be at least 2 (a contrastive batch needs negatives)")
-        for name in ("max_steps", "max_train_sentences", "eval_max_pairs", "mini_batch_size"):
+        for name in ("max_steps", "max_train_sentences", "eval_max_pairs", "mini_batch_size", "patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"config field {name!r} must be a positive integer or null, got {value!r}")
@@ -179,6 +196,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in STS_FORMATS:
                 raise ConfigError(f"config field {name!r} is {value!r}; expected one of {', '.join(STS_FORMATS)}")
+        if self.form is not None and self.form not in FORMS:
+            raise ConfigError(f"config field 'form' is {self.form!r}; expected one of {', '.join(FORMS)} or null")
+        if self.suite_data is not None and (not isinstance(self.suite_data, str) or not self.suite_data):
+            raise ConfigError(f"config field 'suite_data' must be a folder path or null, got {self.suite_data!r}")
         if self.modified is not None:
             parts = parse_modified(self.modified)
             self.modified = ",".join(parts) if parts else None
@@ -244,6 +265,8 @@ class TrainConfig:
         kwargs = dict(self.loss_params)
         if self.modified:
             kwargs["modified"] = self.modified
+        if self.form:
+            kwargs["form"] = self.form
         return kwargs
 
     def run_name(self) -> str:
@@ -251,6 +274,8 @@ class TrainConfig:
         parts = [self.loss]
         if self.modified:
             parts.append("m_" + self.modified.replace(",", "+"))
+        if self.form and self.form != "default":
+            parts.append(self.form)
         for key in sorted(self.loss_params):
             parts.append(f"{key}={self.loss_params[key]}")
         parts.append(f"seed{self.seed}")
@@ -362,6 +387,12 @@ def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     "quick": {},
+    "report": {
+        "epochs": 3,
+        "max_steps": 160,
+        "eval_every": 8,
+        "patience": 3,
+    },
     "paper": {
         "model": "bert-base-uncased",
         "pooler": "cls",

@@ -11,6 +11,10 @@ Command line (the last line printed is one JSON object)::
     gradsurg evaluate --model minilm --data ../shared/data/stsb/stsb-en-dev.csv
     gradsurg evaluate --model runs/best --data SICK.txt --format sick --split TEST
     gradsurg evaluate --model my-st-model --data STS/STS12-en-test --format senteval
+    gradsurg evaluate --suite ../shared/data/senteval --stsb ../shared/data/stsb/stsb-en-dev.csv
+
+``--suite DIR`` scores the seven STS tasks (STS12-16, STS-B, SICK-R) found
+under DIR; see :mod:`gradsurg.train.suite`.
 
 ``--model`` defaults to the packaged all-MiniLM-L6-v2 (mean pooling, its own
 configuration). Any encoder exposing ``encode(texts) -> array`` can be scored
@@ -133,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int_at_least(1), default=128, help="sentences per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .suite import add_arguments as add_suite_arguments
+
+    add_suite_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,6 +150,18 @@ def run(args: argparse.Namespace) -> int:
     """
     from .models import ModelLoadError, load_encoder
 
+    if getattr(args, "suite", None) is not None:  # the seven STS tasks (gradsurg.train.suite)
+        from .suite import run_suite
+
+        if args.data is not None:
+            print("gradsurg evaluate: give --data (one file) or --suite (a folder), not both", file=sys.stderr)
+            return 2
+        try:
+            encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+        except (ConfigError, ModelLoadError, ValueError) as exc:
+            print(f"gradsurg evaluate: {exc}", file=sys.stderr)
+            return 2
+        return run_suite(args, encoder)
     data = args.data
     if data is None:
         stsb = default_stsb_dir()

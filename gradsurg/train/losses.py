@@ -18,21 +18,41 @@ from .config import ConfigError, TrainConfig
 __all__ = ["available_losses", "build_loss", "loss_from_config"]
 
 
-def build_loss(name: str, params: dict | None = None, modified: str | None = None) -> nn.Module:
-    """``gradsurg.registry.build_loss(name, **params)`` with errors naming the config fields."""
+def build_loss(name: str, params: dict | None = None, modified: str | None = None,
+               form: str | None = None) -> nn.Module:
+    """``gradsurg.registry.build_loss(name, **params)`` with errors naming the config fields.
+
+    ``modified`` and ``form`` (the config fields of those names) are passed on when set.
+    """
     kwargs = dict(params or {})
     if modified:
         kwargs["modified"] = modified
+    if form:
+        kwargs["form"] = form
     names = available_losses()
     if name not in names:
         raise ConfigError(f"config field 'loss': unknown loss {name!r}; available: {', '.join(names)}")
+    if not modified and "modified" not in kwargs and _takes("modified", name):
+        # a null ``modified`` is the original objective (the "(ori)" row of an ablation), also for
+        # losses whose own default switches something on (sg)
+        kwargs["modified"] = ""
     try:
         return registry_build(name, **kwargs)
     except (ValueError, TypeError) as exc:
-        where = "'modified'" if modified and "modified" in str(exc) else "'loss_params'"
+        where = ("'modified'" if modified and "modified" in str(exc)
+                 else "'form'" if form and "form" in str(exc) else "'loss_params'")
         raise ConfigError(f"config field {where} for loss {name!r}: {exc}") from exc
 
 
+def _takes(parameter: str, name: str) -> bool:
+    """Whether the registry's factory ``name`` has a keyword ``parameter``."""
+    from ..registry import _accepted_parameters, _factories
+
+    allowed = _accepted_parameters(_factories()[name])
+    return allowed is not None and parameter in allowed
+
+
 def loss_from_config(config: TrainConfig) -> nn.Module:
-    """The loss module described by ``config.loss``, ``config.loss_params`` and ``config.modified``."""
-    return build_loss(config.loss, config.loss_params, config.modified)
+    """The loss module described by ``config.loss``, ``config.loss_params``, ``config.modified``
+    and ``config.form``."""
+    return build_loss(config.loss, config.loss_params, config.modified, config.form)

@@ -71,6 +71,10 @@ class TrainResult:
     #: the last dev score fell at least COLLAPSE_DROP below the first (see ``collapse_note``)
     collapsed: bool = False
     collapse_note: str | None = None
+    #: why training ended before max_steps ("patience" when the dev score stopped improving)
+    stopped_early: str | None = None
+    #: the seven-task table of the best checkpoint (config ``suite_data``; gradsurg.train.suite)
+    suite: dict | None = None
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -111,6 +115,10 @@ class Trainer:
             raise ConfigError("the training corpus needs at least 2 sentences")
         if eval_pairs is None and cfg.eval_data is not None:
             eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
+        if cfg.suite_data:  # checked before the model is loaded
+            from .suite import find_tasks
+
+            find_tasks(cfg.suite_data)
         self.eval_full = eval_pairs
         self.eval_pairs = eval_pairs.subset(cfg.eval_max_pairs) if eval_pairs is not None else None
         if self.eval_pairs is not None:  # a subset with equal gold scores fails here, not after training
@@ -177,6 +185,19 @@ class Trainer:
         pairs = pairs if pairs is not None else self.eval_pairs
         return evaluate_sts(self.encoder, pairs, batch_size=self.config.eval_batch_size)
 
+    def evaluate_suite(self, folder: str) -> dict:
+        """The seven STS tasks under ``folder`` (:mod:`gradsurg.train.suite`); when the folder has
+        no STS-B file, the config's STS-B ``eval_data`` (stsb-csv) fills that column (labelled by
+        its split)."""
+        from .suite import evaluate_suite, find_tasks
+
+        cfg = self.config
+        found, _ = find_tasks(folder)
+        stsb = None
+        if "STS-B" not in found and cfg.eval_data and cfg.eval_format == "stsb-csv":
+            stsb = cfg.eval_data
+        return evaluate_suite(self.encoder, folder, stsb=stsb, batch_size=cfg.eval_batch_size)
+
     # ----------------------------------------------------------------- train
     def train(self) -> TrainResult:
         """Run the configured number of steps; return a :class:`TrainResult`."""
@@ -202,20 +223,25 @@ class Trainer:
         if cfg.output_dir:
             cfg.save(os.path.join(cfg.output_dir, "config.json"))
 
+        since_best = 0  # evaluations in a row without a new best (for ``patience``)
+
         def run_eval(step: int) -> None:
-            nonlocal best_state
+            nonlocal best_state, since_best
             metrics = self.evaluate()
             result.evals.append({"step": step, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
             logger.log_eval(step, metrics)
             if step == 0:
                 result.initial_dev = metrics["spearman"]
             elif result.best_dev is None or metrics["spearman"] > result.best_dev:
+                since_best = 0
                 result.best_dev, result.best_step = metrics["spearman"], step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
                 if cfg.save_best and cfg.output_dir:
                     result.saved_to = os.path.join(cfg.output_dir, "best")
                     self.encoder.save(result.saved_to, {"loss": cfg.loss, "step": step,
                                                         "dev_spearman": metrics["spearman"]})
+            else:
+                since_best += 1
             if self.on_eval is not None:
                 self.on_eval(step, metrics)
             if bar is not None:
@@ -264,10 +290,13 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_description_str(f"{cfg.run_name()} loss {value:.4f}")
+                result.steps = step
                 if self.eval_pairs is not None and (step % cfg.eval_every == 0 or step == total):
                     run_eval(step)
                     self.encoder.train()
-            result.steps = total
+                    if cfg.patience is not None and since_best >= cfg.patience and step < total:
+                        result.stopped_early = "patience"
+                        break
         finally:
             if bar is not None:
                 bar.close()
@@ -292,6 +321,8 @@ class Trainer:
         elif self.eval_pairs is not None and result.best_dev is not None:
             last = max((e for e in result.evals if e["step"] > 0), key=lambda e: e["spearman"])
             result.spearman, result.pearson, result.n_pairs = last["spearman"], last["pearson"], len(self.eval_pairs)
+        if cfg.suite_data:
+            result.suite = self.evaluate_suite(cfg.suite_data)
         if cfg.output_dir:
             with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
