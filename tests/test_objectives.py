@@ -78,7 +78,7 @@ def test_original_gradient_is_its_push_pull_reading_plus_residual(name):
 
 
 def test_barlow_twins_gradient_matches_the_paradigm_closed_form():
-    """PARADIGM.md section 5: dL/du_i = (2/N)[lam sum_j (v_i.v_j/N) u_j - sum_d (1 - (1-lam) C_dd) v_id e_d]."""
+    """docs/objectives.md: dL/du_i = (2/N)[lam sum_j (v_i.v_j/N) u_j - sum_d (1 - (1-lam) C_dd) v_id e_d]."""
     x, y = views(seed=2)
     n, lam = x.shape[0], 0.3
     _, gx, _ = grads(lambda a, b: barlow_twins(a, b, lam=lam), x, y)
@@ -207,7 +207,7 @@ def hand_gradient(name, x, y, switches, *, lam=1.0, margin=0.30, tau=0.05, ratio
     a, b, c = u @ u.T, v @ v.T, u @ v.T
     eye = torch.eye(n, dtype=torch.bool)
     negatives = v if name == "mhs" else u
-    # the original's push and pull (PARADIGM.md sections 5)
+    # the original's push and pull (docs/objectives.md)
     if name == "mhe":
         e = offdiag(torch.exp(a))
         push, pull = 2 * lam * e / e.sum(), torch.full((n,), 2.0 / n, dtype=x.dtype)

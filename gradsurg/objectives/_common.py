@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..engine.validation import check_embeddings
 
-#: the three paradigm modifications of PARADIGM.md section 5
+#: the three paradigm modifications of docs/objectives.md
 SWITCHES = ("w_gd", "w_w", "w_r")
 
 #: ``form=``: "default" (the documented, clean objectives) or "reference" (the exact gradient of the

@@ -16,7 +16,7 @@ of the other view for MHS), ``Omega`` the push weights, ``rho`` the pull and
 residual is the part of Barlow Twins' and VICReg's gradients that is not a
 function of the similarity matrices (coordinate-wise terms).
 
-The three switches of ``modified`` (PARADIGM.md section 5) each replace one
+The three switches of ``modified`` (docs/objectives.md) each replace one
 entry of that triple; the gradient of a modified objective is then SET from
 it through the core's autograd Function (its value is the surrogate with that
 gradient):
@@ -301,7 +301,7 @@ class MHS(NonContrastiveObjective):
     distances ``sqrt(|.|^2 + eps)``. Its negatives are the other view's rows; the
     push is one-hot at the nearest one, ``Omega_ij* = lam / (N d_ij*)`` (so
     ``GD = lam / (N d_ij*)``, ``W`` one-hot), the pull ``2 / N``. With ``w_r`` the
-    pull becomes ``ratio * lam / (N d_ij*)``: ``R = ratio`` (PARADIGM.md section 5).
+    pull becomes ``ratio * lam / (N d_ij*)``: ``R = ratio`` (docs/objectives.md).
     ``w_w`` spreads the push over the other view by ``exp(u_i . v_j / temperature)``.
     """
 

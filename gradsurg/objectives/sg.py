@@ -1,6 +1,6 @@
 r"""The paradigm objective with stop-gradient negatives (the reference's "sg").
 
-PARADIGM.md section 4: a paradigm (GD, W, R) applied symmetrically, anchors
+docs/objectives.md (SG): a paradigm (GD, W, R) applied symmetrically, anchors
 against candidates and then positives against anchors, with the negatives'
 side held constant in each direction and the positive similarity carrying
 gradient to both sides. For anchor ``u_i`` (candidates ``v``):
