@@ -75,3 +75,17 @@ def test_doctor(capsys):
     out = capsys.readouterr().out
     assert "torch " + torch.__version__ in out
     assert "backend='auto' on" in out and "d=64" in out
+
+
+def test_explain_for_cuda_does_not_depend_on_this_machine(monkeypatch):
+    """``doctor``'s CUDA rows describe what a GPU would run, whether or not Triton here is interpreted."""
+    pytest.importorskip("triton")
+    if dispatch.triton_problem():
+        pytest.skip(dispatch.triton_problem())
+    from gradsurg.engine import triton_backend
+
+    launch = triton_backend._kernels()
+    monkeypatch.setattr(launch, "interpreted", lambda: False)  # as on a GPU machine
+    text = dispatch.explain(torch.bfloat16, 768, paradigms.info_nce(), "cuda")
+    assert text.startswith("triton") and "chunked" in text
+    assert "fused" in dispatch.explain(torch.bfloat16, 128, paradigms.info_nce(), "cuda")

@@ -111,7 +111,7 @@ def explain(dtype: torch.dtype, d: int, paradigm: Paradigm, device: str = "cuda"
     if problem:
         return f"torch: {problem}"
     mod = sys.modules[_TRITON_MODULE]
-    why = mod.supports(torch.empty((0, d), dtype=dtype, device="meta"), paradigm, d)
+    why = mod.covers(dtype, paradigm)  # what the kernels implement, whatever device this machine has
     if why:
         return f"torch: Triton does not cover this: {why}"
     return f"triton: {mod.describe(dtype, d, paradigm)}"

@@ -39,7 +39,7 @@ from ..paradigm import Paradigm
 from . import torch_backend
 from .normalize import EPS, normalize_backward
 
-__all__ = ["supports", "direction", "describe", "NAME", "OPTIONS"]
+__all__ = ["supports", "covers", "direction", "describe", "NAME", "OPTIONS"]
 
 NAME = "triton"
 #: options accepted by :func:`direction`
@@ -61,18 +61,27 @@ def _kernels():
 
 # -- the protocol ----------------------------------------------------------------------------------------
 
-def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
-    """None when the Triton kernels can run this direction, else the reason (a sentence)."""
+def covers(dtype: torch.dtype, paradigm: Paradigm) -> str | None:
+    """None when the kernels implement ``dtype`` and the paradigm's components (whatever the
+    device), else the reason; :func:`supports` adds the device."""
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install triton)"
-    if x.dtype not in _DTYPES:
-        return f"the Triton kernels take float16, bfloat16 or float32 inputs, not {x.dtype}"
+    if dtype not in _DTYPES:
+        return f"the Triton kernels take float16, bfloat16 or float32 inputs, not {dtype}"
     for name, part, known in (("dissipation", paradigm.dissipation, _DISSIPATIONS),
                               ("weight", paradigm.weight, tuple(_WEIGHTS)),
                               ("ratio", paradigm.ratio, _RATIOS)):
         if type(part) not in known:
             return (f"the Triton kernels implement the core {name}s "
                     f"({', '.join(k.__name__ for k in known)}), not {type(part).__name__}")
+    return None
+
+
+def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
+    """None when the Triton kernels can run this direction, else the reason (a sentence)."""
+    reason = covers(x.dtype, paradigm)
+    if reason is not None:
+        return reason
     interpret = _kernels().interpreted()
     if x.is_cuda and interpret:
         return "Triton was imported with TRITON_INTERPRET=1 (interpreter mode); CUDA tensors need compiled kernels"
