@@ -302,3 +302,29 @@ def test_mini_batch_size_gives_the_plain_step_without_dropout(tiny):
     assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= 1e-3
     with pytest.raises(ConfigError, match="mini_batch_size"):
         TrainConfig(mini_batch_size=0).validate()
+
+
+def test_learned_loss_parameters_take_no_weight_decay(tiny, monkeypatch):
+    """A learned logit_scale / bias is optimised, without weight decay (open_clip's rule); the
+    encoder keeps the configured decay."""
+    import gradsurg.train.trainer as T
+
+    seen = {}
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen["groups"], seen["kw"] = groups, kw
+        return real(groups, **kw)
+
+    monkeypatch.setattr(T.torch.optim, "AdamW", spy)
+    cfg = tiny_config(tiny, loss="siglip", loss_params={"learnable": True}, weight_decay=0.1, max_steps=1,
+                      eval_every=1)
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.loss.named_parameters()}
+    trainer.train()
+    groups = seen["groups"]
+    assert seen["kw"]["weight_decay"] == 0.1
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0
+    loss_params = dict(trainer.loss.named_parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in loss_params.values()}
+    assert any(not torch.equal(before[n], p.detach()) for n, p in loss_params.items())  # they are trained

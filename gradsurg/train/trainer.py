@@ -204,8 +204,10 @@ class Trainer:
         cfg = self.config
         total = self.total_steps()
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        params += [p for p in self.loss.parameters() if p.requires_grad and all(p is not q for q in params)]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the loss's own parameters (a learned logit_scale / bias) take no weight decay, as in open_clip
+        extra = [p for p in self.loss.parameters() if p.requires_grad and all(p is not q for q in params)]
+        groups = [{"params": params}] + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = cfg.warmup_steps
 
         def schedule(step: int) -> float:
