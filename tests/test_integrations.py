@@ -274,8 +274,9 @@ def test_sentence_transformer_trainer_cached_matches_cmnrl(tiny_model, tmp_path,
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_fit_runs_cached_steps(tiny_model):
+def test_fit_runs_cached_steps(tiny_model, tmp_path, monkeypatch):
     st = pytest.importorskip("sentence_transformers")
+    monkeypatch.chdir(tmp_path)  # fit() writes its trainer's output folder (checkpoints/) under the cwd
     pytest.importorskip("datasets", reason="fit needs `datasets`")
     pytest.importorskip("accelerate", reason="fit needs `accelerate`")
     from torch.utils.data import DataLoader
