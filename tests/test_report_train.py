@@ -12,18 +12,13 @@ except ImportError:  # pragma: no cover
 from gradsurg.train import ConfigError, TrainConfig, preset
 from gradsurg.train import ablate
 from gradsurg.train.data import read_sts_pairs
-from gradsurg.train.testing import make_tiny_model, tiny_sentences, write_tiny_sts
+from gradsurg.train.testing import tiny_workspace
 from gradsurg.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    model = make_tiny_model(str(root / "bert"))
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(tiny_sentences(48)) + "\n")
-    sts = write_tiny_sts(str(root / "sts.csv"))
-    return {"root": root, "model": model, "corpus": str(corpus), "sts": sts}
+    return tiny_workspace(tmp_path_factory.mktemp("tiny"))
 
 
 def tiny_config(tiny, **kw) -> TrainConfig:

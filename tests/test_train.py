@@ -19,18 +19,13 @@ from gradsurg.train.config import parse_overrides
 from gradsurg.train.data import read_corpus, read_sts_pairs
 from gradsurg.train.losses import available_losses, build_loss
 from gradsurg.train.models import load_encoder
-from gradsurg.train.testing import make_tiny_model, tiny_sentences, write_tiny_sts
+from gradsurg.train.testing import make_tiny_model, tiny_sentences, tiny_workspace, write_tiny_sts
 from gradsurg.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    model = make_tiny_model(str(root / "bert"))
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(tiny_sentences(48)) + "\n")
-    sts = write_tiny_sts(str(root / "sts.csv"))
-    return {"root": root, "model": model, "corpus": str(corpus), "sts": sts}
+    return tiny_workspace(tmp_path_factory.mktemp("tiny"))
 
 
 def tiny_config(tiny, **kw) -> TrainConfig:

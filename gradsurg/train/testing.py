@@ -61,3 +61,15 @@ def make_tiny_model(path: str, hidden: int = 32, layers: int = 2, seed: int = 0)
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def tiny_workspace(root) -> dict:
+    """A tiny random BERT, a 48-sentence corpus and a 40-pair STS file under ``root`` (a folder):
+    ``{"root", "model", "corpus", "sts"}``, what the trainer's tests train and evaluate on."""
+    root = os.fspath(root)
+    model = make_tiny_model(os.path.join(root, "bert"))
+    corpus = os.path.join(root, "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write("\n".join(tiny_sentences(48)) + "\n")
+    sts = write_tiny_sts(os.path.join(root, "sts.csv"))
+    return {"root": root, "model": model, "corpus": corpus, "sts": sts}
