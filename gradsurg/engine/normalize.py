@@ -13,10 +13,15 @@ from torch import Tensor
 EPS = 1e-12
 
 
+def inverse_norm(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``1/|x_i|`` row by row (0 for rows with ``|x_i| < eps``), in ``dtype`` (default: ``x``'s)."""
+    norm = torch.linalg.vector_norm(x, dim=1, dtype=dtype)
+    return torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
+
+
 def normalize(x: Tensor) -> tuple[Tensor, Tensor]:
     """Return ``(u, inv_norm)`` with ``inv_norm = 1/|x|`` (0 for rows with ``|x| < eps``)."""
-    norm = torch.linalg.vector_norm(x, dim=1)
-    inv = torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
+    inv = inverse_norm(x)
     return x * inv[:, None], inv
 
 

@@ -37,7 +37,7 @@ from ..components import weight as W
 from ..components.stats import RowStats
 from ..paradigm import Paradigm
 from . import torch_backend
-from .normalize import EPS, normalize_backward
+from .normalize import inverse_norm, normalize_backward
 
 __all__ = ["supports", "covers", "direction", "describe", "NAME", "OPTIONS"]
 
@@ -140,7 +140,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     tiles = {key: int(options[key]) for key in ("block_n", "block_m") if options.get(key) is not None}
     x, c = _rows_contiguous(x), _rows_contiguous(c)
     spec = _Spec(paradigm)
-    ix, ic = _inverse_norms(x), _inverse_norms(c)
+    ix, ic = inverse_norm(x, torch.float32), inverse_norm(c, torch.float32)
     ic_max = _positive_max(ic)
     if isinstance(row_weights, Tensor):
         row_weights = row_weights.to(device=x.device, dtype=torch.float32)
@@ -201,12 +201,6 @@ class _Spec:
 
 def _rows_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(1) == 1 and t.stride(0) >= t.shape[1] else t.contiguous()
-
-
-def _inverse_norms(t: Tensor) -> Tensor:
-    """fp32 ``1/|t_i|`` (0 for rows with norm < EPS, the rule of gradsurg.engine.normalize)."""
-    norm = torch.linalg.vector_norm(t, dim=1, dtype=torch.float32)
-    return torch.where(norm >= EPS, 1.0 / norm.clamp(min=EPS), torch.zeros_like(norm))
 
 
 def _positive_max(v: Tensor) -> Tensor:
