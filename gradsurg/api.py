@@ -137,7 +137,7 @@ def paradigm_loss(
         weight = 1.0
     # detached negatives (a queue) on every rank: only the positives' rows of dc need a product
     grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
-    impl, _ = dispatch.choose(backend, x, paradigm, learnable=bool(names))
+    impl, _ = dispatch.choose(backend, x, paradigm)
     call = paradigm_call(paradigm, impl.NAME, options, names)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)

@@ -152,15 +152,25 @@ class Paradigm:
         pull = self.pull(rows, gd)
         if self.loss_name is None:
             w = self.weight(rows)
-            loss = gd * (w * rows.s).sum(dim=1) - pull * rows.pos
+            loss = self.row_value(rows, gd, pull, (w * rows.s).sum(dim=1))
             if row_scale is None:
                 return loss, None
             g = w.mul_((gd * row_scale)[:, None])
         else:
-            loss = self.row_loss(rows)
+            loss = self.row_value(rows, gd, pull)
             g = self.weight.scaled(rows, gd * row_scale)
         g[rows.rows, rows.cols] = -pull * row_scale  # W_ii = 0, so G_ii = -GD R
         return loss, g
+
+    def row_value(self, rows: Rows, gd: Tensor, pull: Tensor, weighted_s: Tensor | None = None) -> Tensor:
+        """The value reported for each anchor: the known loss (:meth:`row_loss`) when there is
+        one, else the surrogate ``GD_i (sum_j W_ij s_ij - R_i s_ii)`` from ``gd``, ``pull = GD R``
+        and ``weighted_s_i = sum_j W_ij s_ij`` (which every backend forms its own way)."""
+        if self.loss_name is not None:
+            return self.row_loss(rows)
+        if weighted_s is None:
+            raise ValueError(f"{self!r} is not a known loss: its surrogate value needs sum_j W_ij s_ij")
+        return gd * weighted_s - pull * rows.pos
 
     def row_loss(self, rows: Rows) -> Tensor:
         """Per-anchor values of the known loss (see :meth:`gradient` for surrogates)."""

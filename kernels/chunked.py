@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .fused import store_stats
-from .tiles import row_stats, weights
+from .tiles import init_stats, row_stats, weights
 
 
 @triton.jit
@@ -32,7 +32,7 @@ def chunk_weights(
     STATS, HIDX,                # out: fp32 (N_STATS, R), int32 (R,)
     R, M, row0,                 # rows in the chunk, candidates, global index of the chunk's first row
     stride_s, stride_w,
-    inv_tau_w, power_p, inv_tau_g,
+    inv_tau_w, bias_w, power_p, inv_tau_g,
     W_KIND: tl.constexpr, NEED_LSE_G: tl.constexpr, WRITE_W: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -43,24 +43,17 @@ def chunk_weights(
     srow = S + local.to(tl.int64)[:, None] * stride_s
     ix = tl.load(IX + local, mask=rmask, other=0.0)
 
-    pos = tl.zeros([BLOCK_R], dtype=tl.float32)
-    hmax = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    hidx = tl.zeros([BLOCK_R], dtype=tl.int32)
-    m_w = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    l_w = tl.zeros([BLOCK_R], dtype=tl.float32)
-    ws = tl.zeros([BLOCK_R], dtype=tl.float32)
-    m_g = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    l_g = tl.zeros([BLOCK_R], dtype=tl.float32)
+    pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp = init_stats(BLOCK_R)
     for start in range(0, M, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         cmask = cols < M
         ic = tl.load(IC + cols, mask=cmask, other=0.0)
         s = tl.load(srow + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
         s = s * ix[:, None] * ic[None, :]
-        pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, alpha, p = row_stats(
-            s, rows, cols, M, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g,
-            inv_tau_w, power_p, inv_tau_g, W_KIND, NEED_LSE_G)
-    store_stats(STATS, HIDX, local, rmask, R, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g)
+        pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp, alpha, p = row_stats(
+            s, rows, cols, M, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp,
+            inv_tau_w, bias_w, power_p, inv_tau_g, W_KIND, NEED_LSE_G)
+    store_stats(STATS, HIDX, local, rmask, R, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp)
 
     if WRITE_W:
         ic_scale = 1.0 / tl.load(IC_MAX)
@@ -73,6 +66,6 @@ def chunk_weights(
             s = tl.load(srow + cols[None, :], mask=mask, other=0.0)
             s = s * ix[:, None] * ic[None, :]
             w = weights(s, rows[:, None], cols[None, :], M, m_w[:, None], hidx[:, None],
-                        inv_tau_w, power_p, W_KIND)
+                        inv_tau_w, bias_w, power_p, W_KIND)
             w = w * (ic * ic_scale)[None, :]
             tl.store(wrow + cols[None, :], w.to(W_OUT.dtype.element_ty), mask=mask)

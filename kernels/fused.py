@@ -30,10 +30,10 @@ one program: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from .tiles import W_HARDEST, cosine, mma, row_stats, weights
+from .tiles import W_HARDEST, cosine, init_stats, mma, row_stats, weights
 
 #: rows of the fp32 statistics written by the rows kernel (and by the chunk kernel)
-N_STATS = 7
+N_STATS = 8
 S_POS = tl.constexpr(0)   # s_ii
 S_HMAX = tl.constexpr(1)  # max_{j != i} s_ij
 S_MW = tl.constexpr(2)    # online maximum of the weight's log-domain values z
@@ -41,10 +41,11 @@ S_LW = tl.constexpr(3)    # sum_j exp(z_ij - m_w)
 S_WS = tl.constexpr(4)    # sum_j exp(z_ij - m_w) s_ij
 S_MG = tl.constexpr(5)    # the same maximum / sum at the dissipation's temperature
 S_LG = tl.constexpr(6)
+S_SP = tl.constexpr(7)    # sigmoid weight: sum_j softplus(t s_ij + b) (SigLIP's loss over the negatives)
 
 
 @triton.jit
-def store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g):
+def store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp):
     """Write the row statistics (rows of STATS, see ``S_*``) and the hardest index."""
     tl.store(STATS + S_POS * N + rows, pos, mask=rmask)
     tl.store(STATS + S_HMAX * N + rows, hmax, mask=rmask)
@@ -53,6 +54,7 @@ def store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g,
     tl.store(STATS + S_WS * N + rows, ws, mask=rmask)
     tl.store(STATS + S_MG * N + rows, m_g, mask=rmask)
     tl.store(STATS + S_LG * N + rows, l_g, mask=rmask)
+    tl.store(STATS + S_SP * N + rows, sp, mask=rmask)
     tl.store(HIDX + rows, hidx, mask=rmask)
 
 
@@ -62,7 +64,7 @@ def fused_rows(
     ACC, STATS, HIDX,           # out: fp32 (N, D) weighted candidates, fp32 (N_STATS, N), int32 (N,)
     N, M, D,
     stride_x, stride_c, stride_acc,
-    inv_tau_w, power_p, inv_tau_g,
+    inv_tau_w, bias_w, power_p, inv_tau_g,
     W_KIND: tl.constexpr, NEED_LSE_G: tl.constexpr, HAS_ACC: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -78,14 +80,7 @@ def fused_rows(
     if HAS_ACC:
         ic_scale = 1.0 / tl.load(IC_MAX)
 
-    pos = tl.zeros([BLOCK_N], dtype=tl.float32)
-    hmax = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    hidx = tl.zeros([BLOCK_N], dtype=tl.int32)
-    m_w = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    l_w = tl.zeros([BLOCK_N], dtype=tl.float32)
-    ws = tl.zeros([BLOCK_N], dtype=tl.float32)
-    m_g = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    l_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+    pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp = init_stats(BLOCK_N)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     for start in range(0, M, BLOCK_M):
@@ -96,14 +91,14 @@ def fused_rows(
         ic = tl.load(IC + cols, mask=cmask, other=0.0)
         s = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         s = cosine(mma(xb, tl.trans(cb), s, IEEE, UPCAST), ix, ic)
-        pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, alpha, p = row_stats(
-            s, rows, cols, M, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g,
-            inv_tau_w, power_p, inv_tau_g, W_KIND, NEED_LSE_G)
+        pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp, alpha, p = row_stats(
+            s, rows, cols, M, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp,
+            inv_tau_w, bias_w, power_p, inv_tau_g, W_KIND, NEED_LSE_G)
         if HAS_ACC and W_KIND != W_HARDEST:
             pw = (p * (ic * ic_scale)[None, :]).to(C.dtype.element_ty)
             acc = mma(pw, cb, acc * alpha[:, None], IEEE, UPCAST)
 
-    store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g)
+    store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp)
     if HAS_ACC and W_KIND != W_HARDEST:
         tl.store(ACC + rows.to(tl.int64)[:, None] * stride_acc + offs_d[None, :], acc,
                  mask=rmask[:, None] & dmask[None, :])
@@ -153,7 +148,7 @@ def fused_cols(
     PULL,                       # fp32 (N,) GD_i R_i (times the row weight)
     N, M, D,
     stride_dc, stride_x, stride_c,
-    inv_tau_w, power_p,
+    inv_tau_w, bias_w, power_p,
     W_KIND: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -183,7 +178,7 @@ def fused_cols(
         hidx = tl.load(HIDX + rows, mask=rmask, other=-1)
         q = tl.load(Q + rows, mask=rmask, other=0.0)
         wt = weights(st, rows[None, :], cols[:, None], M, shift[None, :], hidx[None, :],
-                     inv_tau_w, power_p, W_KIND)
+                     inv_tau_w, bias_w, power_p, W_KIND)
         gt = (wt * q[None, :]).to(X.dtype.element_ty)
         acc = mma(gt, xb, acc, IEEE, UPCAST)
 

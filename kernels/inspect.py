@@ -49,6 +49,7 @@ VARIANTS = (
     ("mpt", "hardest", False, True),
     ("power", "power", False, True),
     ("uniform", "uniform", True, True),
+    ("siglip", "sigmoid", False, True),
 )
 
 

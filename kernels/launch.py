@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 #: weight kinds, as the kernels' ``W_KIND``
-W_KINDS = {"softmax": 0, "hardest": 1, "power": 2, "uniform": 3}
-#: rows of the fp32 statistics tensor (pos, hardest value, m_w, l_w, ws, m_g, l_g)
+W_KINDS = {"softmax": 0, "hardest": 1, "power": 2, "uniform": 3, "sigmoid": 4}
+#: rows of the fp32 statistics tensor (pos, hardest value, m_w, l_w, ws, m_g, l_g, softplus sum)
 N_STATS = _fused.N_STATS
 #: the fused path is taken for 16-bit inputs with d up to this, per tile family (its
 #: accumulators span d; beyond it a fused kernel spills, measured with ptxas, docs/kernels.md)
@@ -159,12 +159,13 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def plan_fused_rows(x, c, ix, ic, ic_max, acc, stats, hidx, *, w_kind, need_lse_g, has_acc,
-                    inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool) -> Launch:
+                    inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool, bias_w=0.0) -> Launch:
     n, d = x.shape
     m = c.shape[0]
     args = dict(X=x, C=c, IX=ix, IC=ic, IC_MAX=ic_max, ACC=acc, STATS=stats, HIDX=hidx,
                 N=n, M=m, D=d, stride_x=x.stride(0), stride_c=c.stride(0), stride_acc=acc.stride(0),
-                inv_tau_w=float(inv_tau_w), power_p=float(power_p), inv_tau_g=float(inv_tau_g))
+                inv_tau_w=float(inv_tau_w), bias_w=float(bias_w), power_p=float(power_p),
+                inv_tau_g=float(inv_tau_g))
     const = dict(W_KIND=int(w_kind), NEED_LSE_G=bool(need_lse_g), HAS_ACC=bool(has_acc),
                  IEEE=x.dtype == torch.float32, UPCAST=interpret,
                  BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_D=tiles.block_d)
@@ -182,23 +183,27 @@ def plan_fused_finish(dx, acc, x, c, ix, ic, ca, cg, cp, hidx, *, has_acc, has_g
 
 
 def plan_fused_cols(dc, x, c, ix, ic, q, kappa, shift, hidx, pull, *, w_kind, inv_tau_w, power_p,
-                    tiles: Tiles, interpret: bool) -> Launch:
+                    tiles: Tiles, interpret: bool, bias_w=0.0, grid_cols: int | None = None) -> Launch:
+    """``grid_cols``: only the programs covering the first ``grid_cols`` candidates run (the rest of
+    ``dc`` is left as it is: the candidates that need no gradient, e.g. a detached queue)."""
     n, d = x.shape
     m = c.shape[0]
     args = dict(DC=dc, X=x, C=c, IX=ix, IC=ic, Q=q, KAPPA=kappa, SHIFT=shift, HIDX=hidx, PULL=pull,
                 N=n, M=m, D=d, stride_dc=dc.stride(0), stride_x=x.stride(0), stride_c=c.stride(0),
-                inv_tau_w=float(inv_tau_w), power_p=float(power_p))
+                inv_tau_w=float(inv_tau_w), bias_w=float(bias_w), power_p=float(power_p))
     const = dict(W_KIND=int(w_kind), IEEE=x.dtype == torch.float32, UPCAST=interpret,
                  BLOCK_N=tiles.block_n, BLOCK_M=tiles.block_m, BLOCK_D=tiles.block_d)
-    return Launch("fused_cols", _fused.fused_cols, (_cdiv(m, tiles.block_m),), args, const, tiles, interpret)
+    cols = m if grid_cols is None else max(0, min(m, int(grid_cols)))
+    return Launch("fused_cols", _fused.fused_cols, (_cdiv(cols, tiles.block_m),), args, const, tiles, interpret)
 
 
 def plan_chunk_weights(s, w, ix, ic, ic_max, stats, hidx, row0, *, w_kind, need_lse_g, write_w,
-                       inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool) -> Launch:
+                       inv_tau_w, power_p, inv_tau_g, tiles: Tiles, interpret: bool, bias_w=0.0) -> Launch:
     r, m = s.shape
     args = dict(S=s, W_OUT=w, IX=ix, IC=ic, IC_MAX=ic_max, STATS=stats, HIDX=hidx, R=r, M=m, row0=int(row0),
                 stride_s=s.stride(0), stride_w=w.stride(0),
-                inv_tau_w=float(inv_tau_w), power_p=float(power_p), inv_tau_g=float(inv_tau_g))
+                inv_tau_w=float(inv_tau_w), bias_w=float(bias_w), power_p=float(power_p),
+                inv_tau_g=float(inv_tau_g))
     const = dict(W_KIND=int(w_kind), NEED_LSE_G=bool(need_lse_g), WRITE_W=bool(write_w),
                  BLOCK_R=tiles.block_n, BLOCK_M=tiles.block_m)
     return Launch("chunk_weights", _chunked.chunk_weights, (_cdiv(r, tiles.block_n),), args, const, tiles,
@@ -216,7 +221,7 @@ def _tiles_for(x: Tensor, d: int, override: dict | None) -> tuple[Tiles, bool]:
 
 
 def fused_rows(x, c, ix, ic, ic_max, *, w_kind, need_lse_g, want_acc, inv_tau_w, power_p, inv_tau_g,
-               tiles: dict | None = None):
+               tiles: dict | None = None, bias_w: float = 0.0):
     """Row statistics ``(N_STATS, N)`` fp32, hardest index ``(N,)`` int32 and, when
     ``want_acc`` (and the weight is not 'hardest'), ``acc (N, d)`` fp32."""
     n, d = x.shape
@@ -227,7 +232,7 @@ def fused_rows(x, c, ix, ic, ic_max, *, w_kind, need_lse_g, want_acc, inv_tau_w,
     acc = torch.empty((n, d), dtype=torch.float32, device=x.device) if has_acc else stats
     plan_fused_rows(x, c, ix, ic, ic_max, acc, stats, hidx, w_kind=w_kind, need_lse_g=need_lse_g,
                     has_acc=has_acc, inv_tau_w=inv_tau_w, power_p=power_p, inv_tau_g=inv_tau_g,
-                    tiles=t, interpret=interpret)()
+                    tiles=t, interpret=interpret, bias_w=bias_w)()
     return stats, hidx, (acc if has_acc else None)
 
 
@@ -244,18 +249,23 @@ def fused_finish(x, c, ix, ic, acc, ca, cg, cp, hidx):
 
 
 def fused_cols(x, c, ix, ic, q, kappa, shift, hidx, pull, *, w_kind, inv_tau_w, power_p,
-               tiles: dict | None = None):
-    """``dc`` (M, d) fp32 (see :func:`gradsurg.kernels.fused.fused_cols`)."""
+               tiles: dict | None = None, bias_w: float = 0.0, grad_rows: int | None = None):
+    """``dc`` (M, d) fp32 (see :func:`gradsurg.kernels.fused.fused_cols`); with ``grad_rows`` = r
+    only the first r rows are computed, the rest are zero."""
     m, d = c.shape
     t, interpret = _tiles_for(x, d, tiles)
-    dc = torch.empty((m, d), dtype=torch.float32, device=x.device)
-    plan_fused_cols(dc, x, c, ix, ic, q, kappa, shift, hidx, pull, w_kind=w_kind, inv_tau_w=inv_tau_w,
-                    power_p=power_p, tiles=t, interpret=interpret)()
+    partial = grad_rows is not None and grad_rows < m
+    dc = (torch.zeros if partial else torch.empty)((m, d), dtype=torch.float32, device=x.device)
+    if grad_rows is None or grad_rows > 0:
+        plan_fused_cols(dc, x, c, ix, ic, q, kappa, shift, hidx, pull, w_kind=w_kind, inv_tau_w=inv_tau_w,
+                        power_p=power_p, tiles=t, interpret=interpret, bias_w=bias_w, grid_cols=grad_rows)()
+    if partial:  # the last program may have covered a few rows beyond r
+        dc[max(0, grad_rows):] = 0
     return dc
 
 
 def chunk_weights(s, operand_dtype, ix, ic, ic_max, row0, *, w_kind, need_lse_g, write_w,
-                  inv_tau_w, power_p, inv_tau_g, tiles: dict | None = None):
+                  inv_tau_w, power_p, inv_tau_g, tiles: dict | None = None, bias_w: float = 0.0):
     """Statistics of the rows ``row0 .. row0 + R`` from their raw products ``s`` (R, M) fp32,
     and (``write_w``) the weights ``W'`` (R, M) in ``operand_dtype``, written over ``s``.
 
@@ -274,7 +284,7 @@ def chunk_weights(s, operand_dtype, ix, ic, ic_max, row0, *, w_kind, need_lse_g,
     w = _in_place(s, operand_dtype) if write_w else s
     plan_chunk_weights(s, w, ix, ic, ic_max, stats, hidx, row0, w_kind=w_kind, need_lse_g=need_lse_g,
                        write_w=write_w, inv_tau_w=inv_tau_w, power_p=power_p, inv_tau_g=inv_tau_g,
-                       tiles=t, interpret=interpret)()
+                       tiles=t, interpret=interpret, bias_w=bias_w)()
     return stats, hidx, (w if write_w else None)
 
 

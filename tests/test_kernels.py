@@ -269,6 +269,146 @@ def test_deterministic_and_chunk_independent(path):
         check(many, first, TOL[torch.float32], "chunks")
 
 
+# -- SigLIP (the sigmoid weight kind), learnable hyper-parameters, candidates without gradient ---------------
+
+SIGMOID_CASES = [paradigms.siglip(), paradigms.siglip(3.0, 1.0),
+                 Paradigm(D.InfoNCE(0.05), W.Sigmoid(10.0, -10.0), R.Constant(1.5)),
+                 Paradigm(D.Margin(0.3), W.Sigmoid(5.0, -2.0), R.Angular()),
+                 Paradigm(D.Sigmoid(5.0, -3.0), W.Sigmoid(5.0, -3.0), R.Constant(1.0))]
+
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_sigmoid_weight_kind(path):
+    """SigLIP and the Sigmoid weight with other dissipations / ratios, value and gradient, float32,
+    ragged tiles (several chunks on the chunked path)."""
+    x, c = batch(seed=17)
+    opts = SMALL if path == "fused" else dict(chunk_bytes=15 * M * 12, block_n=8)
+    for p in SIGMOID_CASES:
+        check(*both(x, c, p, path=path, **opts), TOL[torch.float32], repr(p))
+        check(*both(x, c, p, None, path=path), TOL[torch.float32], f"value only {p!r}")
+
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_sigmoid_at_extreme_scales(path):
+    """t = 300, b = -300: every negative's sigmoid underflows float32 (exp(-300)); the log-domain
+    weights stay finite and the pull sigmoid(-(t s_ii + b)) is exact. t = 0.5: every sigmoid ~ 1/2.
+    Against the torch backend in float64."""
+    x, c = batch(seed=18)
+    for p in (paradigms.siglip(300.0, -300.0), paradigms.siglip(0.5, 0.0)):
+        check(*both(x, c, p, ref_dtype=torch.float64, path=path), TOL[torch.float32], repr(p))
+
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_sigmoid_half_precision(dtype, path):
+    x, c = batch(n=70, m=150, d=64, dtype=dtype, seed=19)
+    for p in (paradigms.siglip(), paradigms.siglip(30.0, -5.0)):
+        check(*both(x, c, p, 1.0 / 70, path=path, chunk_bytes=40 * 150 * 12), TOL[dtype], f"{p!r} {dtype}")
+
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_hyper_gradients_and_partial_candidates_match_the_torch_backend(path):
+    """The internal options of the front door: ``hyper_grad`` (learnable temperature / scale / bias)
+    and ``grad_rows`` (only the first r candidates need a gradient), against the torch backend."""
+    x, c = batch(seed=20)
+    rw = torch.linspace(0.5, 2.0, N, device=DEVICE) / N
+    for p, names in ((paradigms.info_nce(0.07), ("temperature",)), (paradigms.arccon(0.05), ("temperature",)),
+                     (paradigms.siglip(7.0, -3.0), ("scale", "bias"))):
+        for r in (None, N + 5, N, 0):
+            opts = {} if r is None else dict(grad_rows=r)
+            x2, c2 = gpu_inputs(x, c, path)
+            _USED[0] = x2.dtype
+            out = tb.direction(x2, c2, p, rw, path=path, hyper_grad=names, **opts)
+            ref = torch_backend.direction(x2.float(), c2.float(), p, rw, hyper_grad=names, **opts)
+            check(out[:3], ref[:3], TOL[torch.float32], f"{p!r} grad_rows={r}")
+            assert rel_err(out[3], ref[3]) <= max(TOL[x2.dtype], 1e-5), f"{p!r}: hyper {out[3]} vs {ref[3]}"
+            if r is not None:
+                assert out[2][r:].abs().sum() == 0, "candidates beyond grad_rows get no gradient"
+        loss, *rest = tb.direction(x, c, p, None, path=path, hyper_grad=names)  # value only: no gradients
+        assert rest == [None, None, None]
+
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_front_door_learnable_hyper_parameters_against_autograd(path):
+    """``backend='triton'`` with learnable tensors through the front door (symmetric, hard negatives,
+    a detached queue) against autograd of the plain formulas in float64 (tests/test_learnable.py's
+    oracles, independent of the engine)."""
+    import gradsurg
+    from test_learnable import ref_info_nce, ref_siglip
+
+    g = torch.Generator().manual_seed(21)
+    x64, y64, z64 = (torch.randn(k, DIM, generator=g, dtype=torch.float64) for k in (N, N, 16))
+    y64 = y64 * 0.7 + x64
+    for symmetric, queue in ((False, False), (True, False), (False, True)):
+        leaves = [t.clone().requires_grad_(not (queue and k == 2)) for k, t in enumerate((x64, y64, z64))]
+        x, y, z = (t.detach().float().to(DEVICE).requires_grad_(t.requires_grad) for t in leaves)
+        tau = torch.tensor(0.07, device=DEVICE, requires_grad=True)
+        tau64 = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
+        loss = gradsurg.info_nce(x, y, z, temperature=tau, symmetric=symmetric, backend="triton", path=path)
+        ref = ref_info_nce(*leaves, tau64, symmetric)
+        _compare(loss, ref, (x, y, z, tau), (*leaves, tau64), f"info_nce symmetric={symmetric} queue={queue}")
+        t, b = (torch.tensor(v, device=DEVICE, requires_grad=True) for v in (7.0, -3.0))
+        t64, b64 = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (7.0, -3.0))
+        loss = gradsurg.siglip(x, y, z, scale=t, bias=b, symmetric=symmetric, backend="triton", path=path)
+        ref = ref_siglip(*leaves, t64, b64, symmetric)
+        _compare(loss, ref, (x, y, z, t, b), (*leaves, t64, b64), f"siglip symmetric={symmetric} queue={queue}")
+
+
+def _compare(loss, ref, inputs, ref_inputs, what):
+    """Value and every gradient within float32's tolerance of the float64 oracle (1e-4 relative)."""
+    assert abs(loss.item() - ref.item()) <= 1e-4 * max(1.0, abs(ref.item())), f"{what}: {loss} vs {ref}"
+    want = [t for t in inputs if t.requires_grad]
+    got = torch.autograd.grad(loss, want)
+    expected = torch.autograd.grad(ref, [t for t in ref_inputs if t.requires_grad])
+    for k, (a, b) in enumerate(zip(got, expected)):
+        err = rel_err(a.double().cpu(), b)
+        assert err <= 1e-4, f"{what}: gradient {k} relative error {err:.2e}"
+
+
+@kernel_test
+def test_sigmoid_sums_are_exact_for_tiny_terms():
+    """t = 10, b = -25: every negative's softplus(t s + b) is 1e-15 ... 3e-7, where log(1 + e) rounds
+    to 0 or 20% off in float32; the kernels' log1p keeps every row's sum (and the sigmoid total
+    exp(m) l) within 1e-5 of float64, on both paths' statistics."""
+    from gradsurg.engine.normalize import inverse_norm
+
+    x, c = batch(seed=22)
+    t, b = 10.0, -25.0
+    u = torch.nn.functional.normalize(x.double(), dim=1)
+    v = torch.nn.functional.normalize(c.double(), dim=1)
+    z = (u @ v.T) * t + b
+    z.fill_diagonal_(-math.inf)
+    want_sp = torch.nn.functional.softplus(z).sum(dim=1)
+    want_total = torch.sigmoid(z).sum(dim=1)
+    ix, ic = inverse_norm(x, torch.float32), inverse_norm(c, torch.float32)
+    one = torch.ones(1, device=DEVICE)
+    kw = dict(w_kind=launch.W_KINDS["sigmoid"], need_lse_g=False, inv_tau_w=t, bias_w=b, power_p=1.0,
+              inv_tau_g=1.0)
+    stats_fused = launch.fused_rows(x, c, ix, ic, one, want_acc=False, tiles=SMALL, **kw)[0]
+    s = launch.mm_f32(x, c.T)
+    stats_chunk = launch.chunk_weights(s, x.dtype, ix, ic, one, 0, write_w=False, **kw)[0]
+    for name, stats in (("fused", stats_fused), ("chunked", stats_chunk)):
+        sp, total = stats[7].double().cpu(), (stats[2].exp() * stats[3]).double().cpu()
+        assert ((sp - want_sp).abs() / want_sp).max() <= 1e-5, f"{name}: softplus sums"
+        assert ((total - want_total).abs() / want_total).max() <= 1e-5, f"{name}: sigmoid totals"
+
+
+def test_sigmoid_dissipation_needs_the_matching_sigmoid_weight():
+    x = torch.randn(4, 8)
+    why = tb.covers(torch.float32, Paradigm(D.Sigmoid(10.0, -10.0), W.Softmax(0.05), R.Constant(1.0)))
+    assert "Sigmoid(10.0, -10.0)" in why and "Softmax" in why
+    assert "only with the weight" in tb.covers(torch.float32, Paradigm(D.InfoNCE(0.05), W.Sigmoid(5.0, 0.0),
+                                                                      R.Sigmoid(10.0, -10.0)))
+    assert tb.covers(torch.float32, paradigms.siglip(3.0, 1.0)) is None
+    with pytest.raises(ValueError, match="only with the weight"):
+        dispatch.choose("triton", x, Paradigm(D.Sigmoid(10.0, -10.0), W.Uniform(), R.Constant(1.0)))
+
+
 # -- dispatch ------------------------------------------------------------------------------------------
 
 def test_dispatch():

@@ -220,6 +220,16 @@ class Rows:
             cache[key] = (sig, sig.sum(dim=1))
         return cache[key]
 
+    def sigmoid_total(self, scale: float, bias: float) -> Tensor:
+        """``sum_{j!=i} sigmoid(t s_ij + b)``, shape (n,) (as :class:`RowStats`)."""
+        return self.sigmoid(scale, bias)[1]
+
+    def softplus_total(self, scale: float, bias: float) -> Tensor:
+        """``sum_{j!=i} softplus(t s_ij + b)``, shape (n,): SigLIP's loss over the negatives."""
+        z = self.s * scale + bias
+        z[self.rows, self.cols] = -math.inf  # softplus(-inf) = 0
+        return torch.logaddexp(z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(dim=1)
+
     def powers(self, p: float) -> Tensor:
         """``max(s_ij, 1e-4) ** p`` on negatives, 0 at the positive (unnormalised: in float32 it
         underflows to 0 from ``p = 10`` on similarities near 0; use :meth:`power_weights` or

@@ -154,11 +154,8 @@ class Sigmoid(Dissipation):
 
     def loss(self, rows: Rows) -> Tensor:
         """``softplus(-(t s_ii + b)) + sum_{j!=i} softplus(t s_ij + b)``: SigLIP's row loss."""
-        z = rows.s * self.scale + self.bias
-        z[rows.rows, rows.cols] = -math.inf  # softplus(-inf) = 0: the positive is added below
-        neg = torch.logaddexp(z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(dim=1)
         zp = -(rows.pos * self.scale + self.bias)
-        return neg + torch.logaddexp(zp, torch.zeros_like(zp))
+        return rows.softplus_total(self.scale, self.bias) + torch.logaddexp(zp, torch.zeros_like(zp))
 
     def __call__(self, rows: Rows) -> Tensor:
-        return rows.sigmoid(self.scale, self.bias)[1] * self.scale
+        return rows.sigmoid_total(self.scale, self.bias) * self.scale

@@ -108,7 +108,7 @@ class Sigmoid(Ratio):
         return torch.sigmoid(-(rows.pos * self.scale + self.bias))
 
     def __call__(self, rows: Rows) -> Tensor:
-        total = rows.sigmoid(self.scale, self.bias)[1]
+        total = rows.sigmoid_total(self.scale, self.bias)
         return torch.where(total > 0, self._pull(rows) / torch.where(total > 0, total, torch.ones_like(total)),
                            torch.zeros_like(total))
 

@@ -2,7 +2,8 @@
 
 Every dissipation and ratio of the core vocabulary is a function of a few
 O(n) statistics of its row of ``s`` over the negatives: the positive ``s_ii``,
-the hardest negative (value, index) and log-sum-exps at a temperature.
+the hardest negative (value, index), log-sum-exps at a temperature and, for
+SigLIP, the sums of ``sigmoid(t s_ij + b)`` and ``softplus(t s_ij + b)``.
 :class:`RowStats` carries exactly these (computed elsewhere, e.g. by the
 Triton kernels), so ``dissipation(stats)``, ``ratio.pull(stats, gd, dis)`` and
 ``Paradigm.row_loss(stats)`` work on it as on a :class:`~gradsurg.components.Rows`
@@ -28,6 +29,8 @@ class RowStats:
         hardest_index: (n,) its index (lowest among ties), or None when not computed.
         lses: ``{temperature: (n,) LSE_{j != i}(s_ij / temperature)}`` for the
             temperatures that were computed.
+        sigmoids: ``{(scale, bias): ((n,) sum_{j != i} sigmoid(t s_ij + b),
+            (n,) sum_{j != i} softplus(t s_ij + b))}`` where computed.
         start: index of the first row (its positive is candidate ``start``).
     """
 
@@ -36,6 +39,7 @@ class RowStats:
     hardest_index: Tensor | None = None
     lses: dict = field(default_factory=dict)
     start: int = 0
+    sigmoids: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -62,3 +66,20 @@ class RowStats:
                 f"RowStats: no log-sum-exp at temperature {temperature!r} was computed "
                 f"(available: {sorted(self.lses)})"
             ) from None
+
+    def _sigmoid(self, scale: float, bias: float) -> tuple[Tensor, Tensor]:
+        try:
+            return self.sigmoids[(scale, bias)]
+        except KeyError:
+            raise KeyError(
+                f"RowStats: no sigmoid sums at (scale, bias) = {(scale, bias)!r} were computed "
+                f"(available: {sorted(self.sigmoids)})"
+            ) from None
+
+    def sigmoid_total(self, scale: float, bias: float) -> Tensor:
+        """``sum_{j != i} sigmoid(t s_ij + b)``, shape (n,)."""
+        return self._sigmoid(scale, bias)[0]
+
+    def softplus_total(self, scale: float, bias: float) -> Tensor:
+        """``sum_{j != i} softplus(t s_ij + b)``, shape (n,)."""
+        return self._sigmoid(scale, bias)[1]

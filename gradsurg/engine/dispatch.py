@@ -54,22 +54,11 @@ def module(name: str):
     return sys.modules[_TRITON_MODULE]
 
 
-#: why learnable hyper-parameters run on the torch backend
-LEARNABLE = ("a learnable temperature / scale / bias (a tensor) is computed by the torch backend; "
-             "the Triton kernels take float hyper-parameters")
-
-
-def choose(backend: str, x: Tensor, paradigm: Paradigm, learnable: bool = False):
+def choose(backend: str, x: Tensor, paradigm: Paradigm):
     """``(module, reason)``: the backend that runs ``x`` with ``paradigm``, and why it was picked.
-    ``learnable``: some hyper-parameters are tensors (only the torch backend takes their gradient)."""
+    Both backends take learnable hyper-parameters (their gradient comes from the row statistics)."""
     if backend == "torch":
         return torch_backend, "backend='torch' was asked for"
-    if learnable:
-        if backend == "triton":
-            raise ValueError(f"paradigm_loss: backend='triton' cannot run these inputs: {LEARNABLE}; "
-                             f"use backend='auto' or 'torch'")
-        if backend == "auto":
-            return torch_backend, LEARNABLE
     if backend == "triton":
         mod = module("triton")
         why = mod.supports(x, paradigm, x.shape[-1])

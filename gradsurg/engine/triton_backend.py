@@ -23,6 +23,17 @@ Options: ``path`` ('auto' | 'fused' | 'chunked'), ``chunk_bytes`` (the chunked
 path's budget for one chunk's work buffers, default 1 GiB on CUDA, the torch
 backend's default on CPU), ``block_n`` / ``block_m`` (tile override, fused path;
 rows per program / columns per tile of the chunk kernel).
+
+Internal options (set by the front door, as for the torch backend):
+``hyper_grad`` (learnable temperature / scale / bias: their gradient comes
+from the same statistics, ``sum_j G_ij s_ij = a_i sum_j W_ij s_ij - GD_i R_i
+s_ii``, no extra pass) and ``grad_rows`` (only the first r candidates need a
+gradient: a detached queue costs no column pass / no ``W'^T y`` product).
+
+SigLIP runs as the sigmoid weight kind: ``z_ij = log sigmoid(t s_ij + b)``
+through the same online maximum, so ``W = sigmoid / sum sigmoid`` and
+``sum_j sigmoid(t s_ij + b) = exp(m_i) l_i`` come from the statistics of every
+other kind; the kernels add the sum of ``softplus(t s_ij + b)`` for its loss.
 """
 from __future__ import annotations
 
@@ -44,12 +55,15 @@ __all__ = ["supports", "covers", "direction", "describe", "NAME", "OPTIONS"]
 NAME = "triton"
 #: options accepted by :func:`direction`
 OPTIONS = ("path", "chunk_bytes", "block_n", "block_m")
+#: options only the front door passes (see the torch backend)
+INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
 #: default chunk budget on CUDA (bytes of one chunk's work buffers, as torch_backend.chunk_rows counts)
 CUDA_CHUNK_BYTES = 2**30
 
-_DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant)
-_RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular)
-_WEIGHTS = {W.Softmax: "softmax", W.Hardest: "hardest", W.Power: "power", W.Uniform: "uniform"}
+_DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant, D.Sigmoid)
+_RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular, R.Sigmoid)
+_WEIGHTS = {W.Softmax: "softmax", W.Hardest: "hardest", W.Power: "power", W.Uniform: "uniform",
+            W.Sigmoid: "sigmoid"}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -74,6 +88,10 @@ def covers(dtype: torch.dtype, paradigm: Paradigm) -> str | None:
         if type(part) not in known:
             return (f"the Triton kernels implement the core {name}s "
                     f"({', '.join(k.__name__ for k in known)}), not {type(part).__name__}")
+    for name, part in (("dissipation", paradigm.dissipation), ("ratio", paradigm.ratio)):
+        if isinstance(part, (D.Sigmoid, R.Sigmoid)) and paradigm.weight != W.Sigmoid(part.scale, part.bias):
+            return (f"the Triton kernels compute the sigmoid sums of the {name} {part!r} only with the "
+                    f"weight Sigmoid({part.scale}, {part.bias}), not {paradigm.weight!r}")
     return None
 
 
@@ -120,6 +138,8 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     Returns the loss rows ``(N,)`` float32 and, when ``row_weights`` is given,
     the float32 gradients of ``sum_i row_weights_i L_i`` w.r.t. the raw ``x`` and ``c``.
     """
+    hyper = tuple(options.pop("hyper_grad", ()))
+    grad_rows = options.pop("grad_rows", None)
     torch_backend.check_options(options, OPTIONS, NAME)
     reason = supports(x, paradigm)
     if reason is not None:
@@ -139,47 +159,63 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
         raise ValueError(f"triton backend: path must be 'auto', 'fused' or 'chunked', got {path!r}")
     tiles = {key: int(options[key]) for key in ("block_n", "block_m") if options.get(key) is not None}
     x, c = _rows_contiguous(x), _rows_contiguous(c)
-    spec = _Spec(paradigm)
     ix, ic = inverse_norm(x, torch.float32), inverse_norm(c, torch.float32)
     ic_max = _positive_max(ic)
     if isinstance(row_weights, Tensor):
         row_weights = row_weights.to(device=x.device, dtype=torch.float32)
+    r = m if grad_rows is None else max(0, min(m, int(grad_rows)))
+    dh = torch.zeros(len(hyper), dtype=torch.float32, device=x.device) if hyper and row_weights is not None else None
+    spec = _Spec(paradigm, hyper, dh)
     if path == "fused":
-        return _fused(k, x, c, ix, ic, ic_max, spec, row_weights, tiles)
-    chunk_bytes = options.get("chunk_bytes")
-    if chunk_bytes is None:
-        chunk_bytes = CUDA_CHUNK_BYTES if x.is_cuda else torch_backend.DEFAULT_CHUNK_BYTES
-    return _chunked(k, x, c, ix, ic, ic_max, spec, row_weights, tiles, int(chunk_bytes))
+        out = _fused(k, x, c, ix, ic, ic_max, spec, row_weights, tiles, r)
+    else:
+        chunk_bytes = options.get("chunk_bytes")
+        if chunk_bytes is None:
+            chunk_bytes = CUDA_CHUNK_BYTES if x.is_cuda else torch_backend.DEFAULT_CHUNK_BYTES
+        out = _chunked(k, x, c, ix, ic, ic_max, spec, row_weights, tiles, int(chunk_bytes), r)
+    return out + (dh,) if hyper else out
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
 class _Spec:
-    """What the kernels need to know of a paradigm: weight kind and parameters, which LSEs."""
+    """What the kernels need to know of a paradigm (weight kind and parameters, which LSEs), and
+    the statistics -> per-row factors step; accumulates the learnable hyper-parameters' gradient
+    into ``dh`` (the names ``hyper``) when given."""
 
-    def __init__(self, paradigm: Paradigm):
-        self.paradigm = paradigm
+    def __init__(self, paradigm: Paradigm, hyper: tuple = (), dh: Tensor | None = None):
+        self.paradigm, self.hyper, self.dh = paradigm, hyper, dh
         wgt, dis = paradigm.weight, paradigm.dissipation
         self.kind = _WEIGHTS[type(wgt)]
         self.w_kind = _kernels().W_KINDS[self.kind]
-        self.tau_w = wgt.temperature if self.kind == "softmax" else 1.0
-        self.power = float(wgt.p) if self.kind == "power" else 1.0
+        self.inv_tau_w, self.bias_w, self.power = 1.0, 0.0, 1.0
+        if self.kind == "softmax":
+            self.inv_tau_w = 1.0 / wgt.temperature
+        elif self.kind == "power":
+            self.power = float(wgt.p)
+        elif self.kind == "sigmoid":
+            self.inv_tau_w, self.bias_w = float(wgt.scale), float(wgt.bias)
         self.need_lse_g = isinstance(dis, (D.InfoNCE, D.ArcCon)) and not (
-            self.kind == "softmax" and dis.temperature == self.tau_w)
+            self.kind == "softmax" and dis.temperature == wgt.temperature)
         self.tau_g = dis.temperature if self.need_lse_g else 1.0
 
     def launch_args(self) -> dict:
-        return dict(w_kind=self.w_kind, inv_tau_w=1.0 / self.tau_w, power_p=self.power)
+        return dict(w_kind=self.w_kind, inv_tau_w=self.inv_tau_w, bias_w=self.bias_w, power_p=self.power)
 
     def rows(self, stats: Tensor, hidx: Tensor, start: int) -> tuple[RowStats, Tensor, Tensor]:
-        """``(RowStats, l, mean_s)`` from the kernels' statistics (rows of ``stats``)."""
-        pos, hmax, m_w, l_w, ws, m_g, l_g = stats.unbind(0)
-        lses = {}
+        """``(RowStats, l, mean_s)`` from the kernels' statistics (rows of ``stats``):
+        ``l_i`` normalises the kernels' weights ``W^``, ``mean_s_i = sum_j W_ij s_ij``."""
+        pos, hmax, m_w, l_w, ws, m_g, l_g, sp = stats.unbind(0)
+        lses, sigmoids = {}, {}
+        wgt = self.paradigm.weight
         if self.kind == "softmax":
-            lses[self.tau_w] = m_w + torch.log(l_w)
+            lses[wgt.temperature] = m_w + torch.log(l_w)
+        elif self.kind == "sigmoid":  # z = log sigmoid: sum_j sigmoid = exp(m) l
+            sigmoids[(wgt.scale, wgt.bias)] = (torch.exp(m_w) * l_w, sp)
         if self.need_lse_g:
             lses[self.tau_g] = m_g + torch.log(l_g)
-        rows = RowStats(pos=pos, hardest_value=hmax, hardest_index=hidx.long(), lses=lses, start=start)
+        rows = RowStats(pos=pos, hardest_value=hmax, hardest_index=hidx.long(), lses=lses, start=start,
+                        sigmoids=sigmoids)
         if self.kind == "hardest":
             return rows, torch.ones_like(pos), hmax
         return rows, l_w, ws / l_w
@@ -189,14 +225,14 @@ class _Spec:
         p = self.paradigm
         gd = p.dissipation(rows)
         pull = p.pull(rows, gd)
-        if p.loss_name is None:
-            loss = gd * mean_s - pull * rows.pos  # the surrogate: GD (sum_j W_ij s_ij - R s_ii)
-        else:
-            loss = p.row_loss(rows)
+        loss = p.row_value(rows, gd, pull, mean_s)
         if row_weights is None:
             return loss, None, None
         w = row_weights[lo:hi] if isinstance(row_weights, Tensor) else float(row_weights)
-        return loss, gd * w, pull * w
+        a, pull = gd * w, pull * w
+        if self.dh is not None:  # sum_j G_ij s_ij and sum_j G_ij of G = w GD (W - [j=i] R): sum_j W_ij = 1
+            self.dh += p.hyper_grad(self.hyper, rows, a * mean_s - pull * rows.pos, a - pull, w)
+        return loss, a, pull
 
 
 def _rows_contiguous(t: Tensor) -> Tensor:
@@ -209,7 +245,7 @@ def _positive_max(v: Tensor) -> Tensor:
     return torch.where(top > 0, top, torch.ones_like(top))
 
 
-def _fused(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles):
+def _fused(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles, grad_rows):
     n = x.shape[0]
     want = row_weights is not None
     stats, hidx, acc = k.fused_rows(x, c, ix, ic, ic_max, need_lse_g=spec.need_lse_g, want_acc=want,
@@ -225,17 +261,18 @@ def _fused(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles):
     f = a * ix / l
     kappa = _positive_max(f)
     dc = k.fused_cols(x, c, ix, ic, f / kappa, kappa, stats[2].contiguous(), hidx, pull.contiguous(),
-                      tiles=tiles, **spec.launch_args())
+                      tiles=tiles, grad_rows=grad_rows, **spec.launch_args())
     return loss, dx, dc
 
 
-def _chunked(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles, chunk_bytes):
+def _chunked(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles, chunk_bytes, grad_rows):
     n, d = x.shape
     m = c.shape[0]
+    r = grad_rows  # only the first r candidates need a gradient (a detached queue beyond)
     want = row_weights is not None
     loss = torch.empty(n, dtype=torch.float32, device=x.device)
     dx = torch.empty((n, d), dtype=torch.float32, device=x.device) if want else None
-    acc = torch.zeros((m, d), dtype=torch.float32, device=x.device) if want else None  # ic_j dV_j / max(ic)
+    acc = torch.zeros((r, d), dtype=torch.float32, device=x.device) if want else None  # ic_j dV_j / max(ic)
     step = torch_backend.chunk_rows(n, m, torch.float32, chunk_bytes)
     if x.is_cuda and step < n:
         # GEMM-friendly chunks: a multiple of 128 rows and at least 1024 (every chunk also reads and
@@ -262,17 +299,28 @@ def _chunked(k, x, c, ix, ic, ic_max, spec: _Spec, row_weights, tiles, chunk_byt
         du = k.mm_f32(w, c).mul_((f * ic_max)[:, None])
         du.addcmul_((pull * ic[lo:hi])[:, None], c[lo:hi].float(), value=-1.0)
         dx[lo:hi] = normalize_backward(du, u, ixc)
+        if r == 0:
+            continue
         # columns: acc_j += sum_i W'_ij f_i u_i  (= ic_j dV_j / max ic over the negatives)
         y = u * f[:, None]
+        wr = w[:, :r].T
         if scaled:  # float16: y divided by its largest entry, the factor restored in fp32
             top = _positive_max(f)
-            acc.addcmul_(k.mm_f32(w.T, (y / top).to(x.dtype)), top)
+            acc.addcmul_(k.mm_f32(wr, (y / top).to(x.dtype)), top)
         else:
-            k.addmm_f32_(acc, w.T, y.to(x.dtype))
-        acc[lo:hi].addcmul_((pull * ic[lo:hi] / ic_max)[:, None], u, value=-1.0)  # the positives
+            k.addmm_f32_(acc, wr, y.to(x.dtype))
+        top_pos = min(hi, r)  # the positives (rows lo..hi of c) that need a gradient
+        if top_pos > lo:
+            acc[lo:top_pos].addcmul_((pull * ic[lo:hi] / ic_max)[: top_pos - lo, None], u[: top_pos - lo],
+                                     value=-1.0)
     if not want:
         return loss, None, None
     # dc_j = ic_j (dV_j - (dV_j . v_j) v_j) = t_j - (t_j . v_j) v_j with t_j = ic_j dV_j = max(ic) acc_j
-    v = c.float() * ic[:, None]
-    dc = normalize_backward(acc.mul_(ic_max), v, torch.ones_like(ic))
+    if r == m:
+        v = c.float() * ic[:, None]
+        return loss, dx, normalize_backward(acc.mul_(ic_max), v, torch.ones_like(ic))
+    dc = torch.zeros((m, d), dtype=torch.float32, device=x.device)
+    if r:
+        v = c[:r].float() * ic[:r, None]
+        dc[:r] = normalize_backward(acc.mul_(ic_max), v, torch.ones_like(ic[:r]))
     return loss, dx, dc
