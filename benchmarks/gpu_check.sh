@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the Triton backend, sized to finish in about 8 minutes on an H100/H200:
-#   0. ahead-of-time compilation report with this machine's Triton (sm_80 + sm_90a, bf16, d = 128 / 768), ~30 s;
+# The one prepared GPU check of the Triton backend, sized to finish in about 9 minutes on an H100/H200:
+#   0. ahead-of-time compilation report with this machine's Triton (sm_80 + sm_90a, bf16, d = 128 / 768, InfoNCE and SigLIP), ~60 s;
 #   1. correctness: tests/test_kernels.py compiled on the GPU (both paths, every combination), ~2 min;
 #   2. scale: N = M = 262144, bf16, d = 768 (chunked path) and d = 128 (fused path), one GPU;
 #   3. benchmark: bench_kernels.py --matrix check, then the fused/chunked crossover, within a time budget.
@@ -20,10 +20,10 @@ print("torch", torch.__version__, "triton", triton.__version__, "card", torch.cu
       "capability", torch.cuda.get_device_capability())
 PY
 echo "== 0. ahead-of-time compilation (registers, spills, tensor cores)"
-timeout 60 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce \
+timeout 90 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce siglip \
     --out "$RES/inspect_gpu_machine" 2>&1 | tail -12 | tee "$RES/gpu_inspect.txt"
 echo "== 1. correctness on the GPU"
-timeout 180 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"
+timeout 210 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"
 echo "== 2. N = M = 262144, bf16: d = 768 (chunked) and d = 128 (fused)"
 timeout 45 python benchmarks/gpu_large.py 262144 768 2>&1 | tail -3 | tee "$RES/gpu_large.txt"
 timeout 35 python benchmarks/gpu_large.py 262144 128 2>&1 | tail -3 | tee -a "$RES/gpu_large.txt"
