@@ -1,7 +1,7 @@
 """Benchmark of the fused paradigm kernels against the usual ways of computing the loss.
 
 For every configuration it measures forward + backward of InfoNCE (the
-reference loss; ``--paradigm`` picks another preset) with
+reference loss; ``--paradigm`` picks another preset, e.g. ``siglip``) with
 
 * ``triton``   gradsurg.paradigm_loss(..., backend="triton")  (GPU only; the dispatcher's path)
 * ``triton-fused`` / ``triton-chunked``  the same with ``path=`` forced (the crossover in d;
@@ -89,20 +89,29 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # -- the methods --------------------------------------------------------------------------------------------
 
-def eager_loss(x, c, tau, n, symmetric):
-    """The textbook loss: materialised cosine matrix + cross-entropy."""
+def eager_loss(x, c, tau, n, symmetric, kind="info_nce"):
+    """The textbook loss: materialised cosine matrix + cross-entropy (``kind='siglip'``: SigLIP's
+    pairwise sigmoid loss at its initialisation t = 10, b = -10, as big_vision writes it)."""
     u, v = F.normalize(x, dim=1), F.normalize(c, dim=1)
     labels = torch.arange(n, device=x.device)
-    loss = F.cross_entropy((u @ v.T) / tau, labels)
+
+    def one(a, b):
+        if kind == "siglip":
+            logits = (a @ b.T) * 10.0 - 10.0
+            sign = 2 * torch.eye(n, b.shape[0], device=x.device, dtype=logits.dtype) - 1
+            return -F.logsigmoid(sign * logits).sum() / n
+        return F.cross_entropy((a @ b.T) / tau, labels)
+
+    loss = one(u, v)
     if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy((v[:n] @ u.T) / tau, labels))
+        loss = 0.5 * (loss + one(v[:n], u))
     return loss
 
 
 _COMPILED = {}
 
 
-def make_step(method, x, c, cfg, paradigm, allow_tf32):
+def make_step(method, x, c, cfg, paradigm, allow_tf32, kind="info_nce"):
     n, tau, sym = cfg["n"], cfg["tau"], cfg["symmetric"]
     if method == "matmul":
         ct = c.detach().T
@@ -123,13 +132,13 @@ def make_step(method, x, c, cfg, paradigm, allow_tf32):
         return step
     if method == "eager":
         def step():
-            eager_loss(x, c, tau, n, sym).backward()
+            eager_loss(x, c, tau, n, sym, kind).backward()
         return step
     if method == "compile":
         fn = _COMPILED.setdefault("fn", torch.compile(eager_loss))
 
         def step():
-            fn(x, c, tau, n, sym).backward()
+            fn(x, c, tau, n, sym, kind).backward()
         return step
     raise ValueError(method)
 
@@ -237,7 +246,7 @@ def main(argv=None):
     ap.add_argument("--matrix", default=None, help="quick | check | full (default: full on GPU, quick on CPU)")
     ap.add_argument("--methods", default=None, help="comma list of " + ",".join(METHODS))
     ap.add_argument("--paradigm", default="info_nce", help="preset of gradsurg.paradigms (the eager and "
-                    "compile rows are always InfoNCE)")
+                    "compile rows: SigLIP for siglip, else InfoNCE)")
     ap.add_argument("--allow-tf32", action="store_true", help="fp32: let cuBLAS use TF32 (torch's matmul setting)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new configs after this many s")
@@ -282,7 +291,8 @@ def main(argv=None):
         for method in ["matmul"] + [mt for mt in methods if mt != "matmul"]:
             rec = dict(cfg, method=method, paradigm=args.paradigm, card=card)
             try:
-                step = make_step(method, x, c, cfg, tau_paradigm, args.allow_tf32)
+                step = make_step(method, x, c, cfg, tau_paradigm, args.allow_tf32,
+                                 "siglip" if args.paradigm == "siglip" else "info_nce")
                 ms = timed(step, [x, c], cuda, reps)
                 rec["ms"] = ms
                 flops = 2.0 * cfg["n"] * cfg["m"] * cfg["d"] * (1 if method == "matmul" else 3)

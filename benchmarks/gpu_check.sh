@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the Triton backend, sized to finish in about 9 minutes on an H100/H200:
+# The one prepared GPU check of the Triton backend, sized to finish in about 10 minutes on an H100/H200:
 #   0. ahead-of-time compilation report with this machine's Triton (sm_80 + sm_90a, bf16, d = 128 / 768, InfoNCE and SigLIP), ~60 s;
 #   1. correctness: tests/test_kernels.py compiled on the GPU (both paths, every combination), ~2 min;
 #   2. scale: N = M = 262144, bf16, d = 768 (chunked path) and d = 128 (fused path), one GPU;
-#   3. benchmark: bench_kernels.py --matrix check, then the fused/chunked crossover, within a time budget.
+#   3. benchmark: bench_kernels.py --matrix check, then the fused/chunked crossover, within a time budget;
+#   4. SigLIP: the same subset with --paradigm siglip, 25 s budget.
 # Results (logs, JSON, PNG) go to $OUT if set, else benchmarks/results.
 # Usage: bash benchmarks/gpu_check.sh   (from the repository root, on a machine with a GPU)
 set -u
@@ -31,4 +32,7 @@ echo "== 3. benchmark subset and the fused/chunked crossover"
 timeout 120 python benchmarks/bench_kernels.py --matrix check --budget-s 90 --out "$RES" 2>&1 | tail -60 | tee "$RES/gpu_bench.txt"
 timeout 45 python benchmarks/bench_kernels.py --matrix crossover --methods matmul,triton-fused,triton-chunked \
     --budget-s 30 --out "$RES" 2>&1 | tail -20 | tee -a "$RES/gpu_bench.txt"
+echo "== 4. SigLIP (the sigmoid weight kind) against its eager and compiled forms"
+timeout 60 python benchmarks/bench_kernels.py --matrix check --paradigm siglip --methods matmul,triton,eager,compile \
+    --budget-s 25 --out "$RES" 2>&1 | tail -20 | tee -a "$RES/gpu_bench.txt"
 echo "== done: $RES"
