@@ -130,7 +130,7 @@ def plot(groups, losses, path):
         ax.set_xticklabels(["ori" if s == "none" else s.replace("w_", "").replace(",", "+") for s in SWITCH_SETS],
                            rotation=60, fontsize=8)
         ax.set_title(loss)
-        ax.set_ylim(60, 85)
+        ax.set_ylim(72, 85.5)
     axes[0][0].set_ylabel("STS-B dev Spearman x100")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
