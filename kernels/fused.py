@@ -59,6 +59,17 @@ def store_stats(STATS, HIDX, rows, rmask, N, pos, hmax, hidx, m_w, l_w, ws, m_g,
 
 
 @triton.jit
+def load_rows(PTR, INV, start, count, stride, offs_d, dmask, BLOCK: tl.constexpr):
+    """Rows ``start .. start + BLOCK`` of a raw (count, D) matrix and their fp32 inverse norms:
+    ``(index, mask, tile, inverse norms)``, 0 outside (the four tile loads of both kernels)."""
+    idx = start + tl.arange(0, BLOCK)
+    mask = idx < count
+    tile = tl.load(PTR + idx.to(tl.int64)[:, None] * stride + offs_d[None, :],
+                   mask=mask[:, None] & dmask[None, :], other=0.0)
+    return idx, mask, tile, tl.load(INV + idx, mask=mask, other=0.0)
+
+
+@triton.jit
 def fused_rows(
     X, C, IX, IC, IC_MAX,       # raw anchors (N, D), raw candidates (M, D), fp32 inverse norms, max ic (1,)
     ACC, STATS, HIDX,           # out: fp32 (N, D) weighted candidates, fp32 (N_STATS, N), int32 (N,)
@@ -70,13 +81,9 @@ def fused_rows(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    xb = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + offs_d[None, :],
-                 mask=rmask[:, None] & dmask[None, :], other=0.0)
-    ix = tl.load(IX + rows, mask=rmask, other=0.0)
+    rows, rmask, xb, ix = load_rows(X, IX, pid * BLOCK_N, N, stride_x, offs_d, dmask, BLOCK_N)
     if HAS_ACC:
         ic_scale = 1.0 / tl.load(IC_MAX)
 
@@ -84,11 +91,7 @@ def fused_rows(
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     for start in range(0, M, BLOCK_M):
-        cols = start + tl.arange(0, BLOCK_M)
-        cmask = cols < M
-        cb = tl.load(C + cols.to(tl.int64)[:, None] * stride_c + offs_d[None, :],
-                     mask=cmask[:, None] & dmask[None, :], other=0.0)
-        ic = tl.load(IC + cols, mask=cmask, other=0.0)
+        cols, cmask, cb, ic = load_rows(C, IC, start, M, stride_c, offs_d, dmask, BLOCK_M)
         s = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         s = cosine(mma(xb, tl.trans(cb), s, IEEE, UPCAST), ix, ic)
         pos, hmax, hidx, m_w, l_w, ws, m_g, l_g, sp, alpha, p = row_stats(
@@ -157,21 +160,14 @@ def fused_cols(
     ``dV_j = kappa acc_j - [j < N] PULL_j ix_j x_j`` and ``dc_j = ic_j (dV_j - (dV_j.v_j) v_j)``.
     """
     pid = tl.program_id(0)
-    cols = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cmask = cols < M
-    cols64 = cols.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
-    cb = tl.load(C + cols64[:, None] * stride_c + offs_d[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-    ic = tl.load(IC + cols, mask=cmask, other=0.0)
+    cols, cmask, cb, ic = load_rows(C, IC, pid * BLOCK_M, M, stride_c, offs_d, dmask, BLOCK_M)
+    cols64 = cols.to(tl.int64)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     for start in range(0, N, BLOCK_N):
-        rows = start + tl.arange(0, BLOCK_N)
-        rmask = rows < N
-        xb = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + offs_d[None, :],
-                     mask=rmask[:, None] & dmask[None, :], other=0.0)
-        ix = tl.load(IX + rows, mask=rmask, other=0.0)
+        rows, rmask, xb, ix = load_rows(X, IX, start, N, stride_x, offs_d, dmask, BLOCK_N)
         st = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         st = cosine(mma(cb, tl.trans(xb), st, IEEE, UPCAST), ic, ix)      # s^T: [candidates, anchors]
         shift = tl.load(SHIFT + rows, mask=rmask, other=0.0)
