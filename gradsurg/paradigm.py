@@ -93,7 +93,7 @@ class Paradigm:
         return _with_hyper(self, tuple(sorted(values.items())))
 
     def hyper_grad(self, names, rows: Rows, rowdot: Tensor, gsum: Tensor | None,
-                   row_scale: float | Tensor) -> Tensor:
+                   row_scale: float | Tensor, *, a: Tensor | None = None, pull: Tensor | None = None) -> Tensor:
         r"""``sum_i row_scale_i dL_i/dh`` for each learnable ``h`` in ``names`` (a (k,) tensor).
 
         ``rowdot_i = sum_j G_ij s_ij`` and ``gsum_i = sum_j G_ij`` for the chunk's
@@ -103,15 +103,19 @@ class Paradigm:
         (dL_i/dl_ij) l_ij = -(1/tau) (sum_{j!=i} G_ij s_ij - GD_i f_ii)``, which for
         InfoNCE is ``-(1/tau^2)(sum_j p_ij s_ij - s_ii)``. For SigLIP (logits
         ``t s_ij + b``): ``dL_i/dt = (1/t) sum_j G_ij s_ij``, ``dL_i/db = (1/t) sum_j G_ij``.
+        ``a = row_scale GD`` and ``pull = row_scale GD R`` may be passed by a backend that
+        already holds them; otherwise they are formed here from ``rows``.
         """
         name = self.loss_name
         out = []
         for h in names:
             if h == "temperature" and name in ("info_nce", "arccon"):
                 d = self.dissipation
-                gd = d(rows) * row_scale
-                off = rowdot + self.pull(rows, d(rows)) * row_scale * rows.pos  # sum_{j != i} G_ij s_ij
-                out.append(-(off - gd * d.positive_logit(rows)).sum() / d.temperature)
+                if a is None or pull is None:
+                    gd = d(rows)
+                    a, pull = gd * row_scale, self.pull(rows, gd) * row_scale
+                off = rowdot + pull * rows.pos  # sum_{j != i} G_ij s_ij
+                out.append(-(off - a * d.positive_logit(rows)).sum() / d.temperature)
             elif h == "scale" and name == "siglip":
                 out.append(rowdot.sum() / self.dissipation.scale)
             elif h == "bias" and name == "siglip":

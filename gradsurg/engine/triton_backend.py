@@ -231,7 +231,7 @@ class _Spec:
         w = row_weights[lo:hi] if isinstance(row_weights, Tensor) else float(row_weights)
         a, pull = gd * w, pull * w
         if self.dh is not None:  # sum_j G_ij s_ij and sum_j G_ij of G = w GD (W - [j=i] R): sum_j W_ij = 1
-            self.dh += p.hyper_grad(self.hyper, rows, a * mean_s - pull * rows.pos, a - pull, w)
+            self.dh += p.hyper_grad(self.hyper, rows, a * mean_s - pull * rows.pos, a - pull, w, a=a, pull=pull)
         return loss, a, pull
 
 
