@@ -6,14 +6,16 @@ groups the runs by (objective, form, switch set) and writes
 * a markdown table per objective: each switch set in the default and the
   reference form, STS-B dev Spearman x100 of the selected checkpoint as
   mean +- std over seeds with the seed values, best steps and collapses;
-  switch sets whose reference gradient equals the default one (docs/objectives.md,
-  "the two forms") are marked instead of rerun;
+  cells whose gradient equals another cell's (docs/objectives.md, "the two forms";
+  sg's ratio 1.0) are marked instead of run;
 * a JSON file of the runs (key fields and scores only) and a PNG plot.
 
     python benchmarks/perswitch_report.py runs/ps/def/results.jsonl runs/ps/ref/results.jsonl \\
         --out benchmarks/results --name perswitch_cpu-2core
 
-Only STS-B dev (the selection set) is used; the STS12-16 test sets are never read here.
+Runs trained with ``suite_data`` also carry the seven-task scores of their selected
+checkpoint (``result.suite``, computed once at the end of the run); they get a table of
+their own. Selection is on STS-B dev only: the STS12-16 scores select nothing.
 """
 from __future__ import annotations
 
@@ -26,15 +28,35 @@ from collections import defaultdict
 
 SWITCH_SETS = ["none", "w_gd", "w_w", "w_r", "w_gd,w_w", "w_gd,w_r", "w_w,w_r", "w_gd,w_w,w_r"]
 OBJECTIVES = ["vicreg", "mhe", "mhs", "barlow_twins", "align_uniform", "sg"]
-#: switch sets whose reference-form gradient is the default form's (docs/objectives.md): value = the
-#: default-form set it equals (MHS's reference has no w_w path, so its w_w sets equal those without)
-SAME_AS_DEFAULT = {
-    ("mhe", "none"): "none", ("mhe", "w_gd"): "w_gd",
-    ("mhs", "none"): "none", ("mhs", "w_gd"): "w_gd", ("mhs", "w_w"): "none", ("mhs", "w_gd,w_w"): "w_gd",
-    ("barlow_twins", "w_gd"): "w_gd",
-}
-#: reference-form sets equal to another reference-form set
-SAME_AS_REFERENCE = {("mhs", "w_w,w_r"): "w_r", ("mhs", "w_gd,w_w,w_r"): "w_gd,w_r"}
+#: cells not run because their gradient is another cell's (docs/objectives.md, "the two forms"):
+#: (objective, form, switch set) -> (form, switch set of the cell that was run, why)
+EQUAL: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+
+def _equal(loss, form, sets, to_form, to_set, why):
+    for s in sets:
+        EQUAL[(loss, form, s)] = (to_form, to_set, why)
+
+
+for _loss in ("mhe", "mhs"):
+    _equal(_loss, "reference", ["none"], "default", "none", "same gradient")
+    _equal(_loss, "reference", ["w_gd"], "default", "w_gd", "same gradient")
+_equal("mhs", "reference", ["w_w"], "default", "none", "the reference has no w_w path")
+_equal("mhs", "reference", ["w_gd,w_w"], "default", "w_gd", "the reference has no w_w path")
+_equal("mhs", "reference", ["w_w,w_r"], "reference", "w_r", "no w_w path")
+_equal("mhs", "reference", ["w_gd,w_w,w_r"], "reference", "w_gd,w_r", "no w_w path")
+_equal("barlow_twins", "reference", ["w_gd"], "default", "w_gd", "same gradient at lam 1")
+# sg: w_r is the ratio 1.0 of the paper's sg, which changes nothing, in either form; the
+# reference form switches only w_gd (its weights are always the softmax)
+for _s in ("none", "w_gd", "w_w", "w_gd,w_w"):
+    _equal("sg", "default", [f"{_s},w_r" if _s != "none" else "w_r"], "default", _s, "ratio 1: w_r does nothing")
+_equal("sg", "reference", ["w_w", "w_r", "w_w,w_r"], "reference", "none", "only w_gd switches there")
+_equal("sg", "reference", ["w_gd,w_w", "w_gd,w_r", "w_gd,w_w,w_r"], "reference", "w_gd",
+       "only w_gd switches there")
+#: objectives without a reference form
+NO_REFERENCE = {"align_uniform": "none (not modified in the paper's code)"}
+#: the switch sets whose selected checkpoints are scored on the seven STS tasks
+SUITE_SETS = ["none", "w_w", "w_gd,w_w,w_r"]
 
 
 def load(paths):
@@ -85,22 +107,45 @@ def cell(rows) -> str:
     return f"{mean:.2f}{spread} ({seeds}{note})"
 
 
+def set_label(s: str) -> str:
+    return "original" if s == "none" else f"+ {s.replace(',', ', ')}"
+
+
+def equal_cell(loss: str, form: str, s: str) -> str | None:
+    if (loss, form, s) not in EQUAL:
+        return None
+    to_form, to_set, why = EQUAL[(loss, form, s)]
+    where = "" if to_form == form else f"{to_form} form, "
+    return f"= {where}{set_label(to_set)} ({why})"
+
+
 def table(groups, loss: str) -> str:
     lines = [f"#### {loss}", "", "| switches | default form | reference form |", "|---|---|---|"]
     base = groups.get(("info_nce", "default", "none"), [])
     lines.append(f"| InfoNCE (for comparison) | {cell(base)} | |")
     for s in SWITCH_SETS:
-        label = "original" if s == "none" else f"+ {s.replace(',', ', ')}"
-        d = cell(groups.get((loss, "default", s), []))
-        if (loss, s) in SAME_AS_DEFAULT:
-            same = SAME_AS_DEFAULT[(loss, s)]
-            r = "= default form" + ("" if same == s else f" ({'original' if same == 'none' else same})")
-        elif (loss, s) in SAME_AS_REFERENCE:
-            r = f"= reference {SAME_AS_REFERENCE[(loss, s)]} (no w_w path)"
+        d = equal_cell(loss, "default", s) or cell(groups.get((loss, "default", s), []))
+        if loss in NO_REFERENCE:
+            r = NO_REFERENCE[loss] if s == "none" else ""
         else:
-            r = cell(groups.get((loss, "reference", s), []))
-        lines.append(f"| {label} | {d} | {r} |")
+            r = equal_cell(loss, "reference", s) or cell(groups.get((loss, "reference", s), []))
+        lines.append(f"| {set_label(s)} | {d} | {r} |")
     return "\n".join(lines)
+
+
+def suite_table(groups, losses) -> str | None:
+    """The seven-task table of every run scored on the suite (``result.suite``): one row per run."""
+    from gradsurg.train.suite import format_suite
+
+    rows = []
+    keys = [("info_nce", "default", "none")] + [(loss, form, s) for loss in losses
+                                                 for form in ("default", "reference") for s in SUITE_SETS]
+    for loss, form, s in keys:
+        for r in groups.get((loss, form, s), []):
+            if r.get("suite") and r["suite"].get("tasks"):
+                name = "InfoNCE" if loss == "info_nce" else f"{loss} {set_label(s)}, {form} form"
+                rows.append((f"{name} (seed {r['config']['seed']}, STS-B dev {r['spearman']:.2f})", r["suite"]))
+    return format_suite(rows) if rows else None
 
 
 def plot(groups, losses, path):
@@ -148,6 +193,11 @@ def main(argv=None) -> int:
     groups = group(runs)
     losses = [o for o in OBJECTIVES if any(k[0] == o for k in groups)]
     text = "\n\n".join(table(groups, loss) for loss in losses)
+    suite = suite_table(groups, losses)
+    if suite:
+        text += ("\n\n#### Seven STS tasks of the selected checkpoints\n\nSpearman x100 (STS12-16: the 'all' "
+                 "setting; STS-B is the dev set, the selection set). Scored once, at the end of the run; "
+                 "never used to select anything.\n\n" + suite)
     not_last = sum(r["best_step"] < r["steps"] for r in runs)
     text += (f"\n\n{len(runs)} runs; the selected checkpoint is not the last step in {not_last} of them "
              f"(training stopped by patience or the step cap after it); mean +- std over seeds (seed values "
@@ -159,7 +209,11 @@ def main(argv=None) -> int:
                 "stopped_early", "train_seconds", "finished_at")
         rows = [dict({k: r.get(k) for k in keep},
                      loss=r["config"]["loss"], form=r["config"].get("form") or "default",
-                     modified=r["config"].get("modified"), seed=r["config"]["seed"]) for r in runs]
+                     modified=r["config"].get("modified"), seed=r["config"]["seed"],
+                     suite=({t: v["spearman"] for t, v in r["suite"]["tasks"].items()}
+                            if r.get("suite") and r["suite"].get("tasks") else None),
+                     suite_average=(r["suite"] or {}).get("average") if r.get("suite") else None)
+                for r in runs]
         rows.sort(key=lambda r: (r["loss"], r["form"], str(r["modified"]), r["seed"]))
         with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:
             json.dump(dict(note="STS-B dev Spearman x100 of the selected checkpoint (1500 pairs); report preset, "
