@@ -156,7 +156,12 @@ def plot(groups, losses, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, len(losses), figsize=(4.2 * len(losses), 3.6), sharey=True, squeeze=False)
+    ncols = min(3, len(losses))
+    nrows = -(-len(losses) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
+    axes = [list(grid.flat)]
+    for ax in axes[0][len(losses):]:
+        ax.set_visible(False)
     base = [r["spearman"] for r in groups.get(("info_nce", "default", "none"), [])]
     for ax, loss in zip(axes[0], losses):
         for k, form in enumerate(("default", "reference")):
