@@ -144,8 +144,8 @@ def suite_table(groups, losses) -> str | None:
         for r in groups.get((loss, form, s), []):
             if r.get("suite") and r["suite"].get("tasks"):
                 name = "InfoNCE" if loss == "info_nce" else f"{loss} {set_label(s)}, {form} form"
-                rows.append((f"{name} (seed {r['config']['seed']}, STS-B dev {r['spearman']:.2f})", r["suite"]))
-    return format_suite(rows) if rows else None
+                rows.append((f"{name} (seed {r['config']['seed']})", r["suite"]))
+    return format_suite(rows, years_average=True) if rows else None
 
 
 def plot(groups, losses, path):

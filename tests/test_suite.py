@@ -91,6 +91,21 @@ def test_missing_tasks_are_reported_and_skipped(suite_dir):
     assert "(3 tasks)" in table and "STS14" not in table.splitlines()[0]
 
 
+def test_years_average_leaves_out_stsb():
+    def task(label, v):
+        return {"label": label, "spearman": v, "pearson": v, "n_pairs": 10, "path": "x"}
+
+    res = {"tasks": {"STS12": task("STS12", 60.0), "STS13": task("STS13", 70.0), "STS-B": task("STS-B dev", 90.0)},
+           "average": 220.0 / 3, "n_tasks": 3, "missing": {}, "errors": {}}
+    head, _, row = format_suite([("m", res)], years_average=True).splitlines()
+    assert head == "| model | STS12 | STS13 | STS-B dev | Avg. STS12-13 | Avg. |"
+    assert row == "| m | 60.00 | 70.00 | 90.00 | 65.00 | 73.33 (3 tasks) |"
+    other = dict(res, tasks={"STS-B": task("STS-B dev", 90.0)}, average=90.0, n_tasks=1)
+    assert format_suite([("m", res), ("n", other)], years_average=True).splitlines()[-1] == \
+        "| n | - | - | 90.00 | - | 90.00 (1 tasks) |"
+    assert "Avg. STS" not in format_suite([("m", res)])
+
+
 def test_unreadable_task_is_reported_not_fatal(suite_dir):
     with open(suite_dir / "STS12" / "STS.gs.A.txt", "a", encoding="utf-8") as fh:
         fh.write("5\n")  # one gold line too many

@@ -48,6 +48,8 @@ __all__ = ["TASKS", "find_tasks", "evaluate_suite", "format_suite", "add_argumen
 
 #: the seven tasks, in the order of the published tables
 TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
+#: the SemEval years (test sets), the tasks of ``format_suite(..., years_average=True)``
+YEARS = TASKS[:5]
 
 
 def _year_candidates(year: str) -> list[tuple[str, str, str | None]]:
@@ -160,17 +162,29 @@ def evaluate_suite(encoder, folder: str | None, stsb: str | None = None, sick: s
     return {"tasks": tasks, "average": average, "n_tasks": len(tasks), "missing": missing, "errors": errors}
 
 
-def format_suite(rows: list[tuple[str, dict]]) -> str:
-    """A Markdown table: one row per ``(name, evaluate_suite result)``, x100, and the average."""
+def format_suite(rows: list[tuple[str, dict]], years_average: bool = False) -> str:
+    """A Markdown table: one row per ``(name, evaluate_suite result)``, x100, and the average.
+
+    ``years_average=True`` adds the mean over the STS12-16 tasks alone (the SemEval test
+    sets), which leaves out STS-B and SICK-R: useful when STS-B is the dev set a run was
+    selected on.
+    """
     labels: dict[str, str] = {}
     for _, res in rows:
         for task, t in res["tasks"].items():
             labels.setdefault(task, t["label"])
     columns = [t for t in TASKS if t in labels]
-    head = "| model | " + " | ".join(labels[t] for t in columns) + " | Avg. |"
-    lines = [head, "|---" * (len(columns) + 2) + "|"]
+    years = [t for t in YEARS if t in labels]
+    extra = [f"Avg. {years[0]}-{years[-1][-2:]}" if len(years) > 1 else f"Avg. {years[0]}"] \
+        if years_average and years else []
+    head = "| model | " + " | ".join([labels[t] for t in columns] + extra) + " | Avg. |"
+    lines = [head, "|---" * (len(columns) + len(extra) + 2) + "|"]
     for name, res in rows:
         cells = [f"{res['tasks'][t]['spearman']:.2f}" if t in res["tasks"] else "-" for t in columns]
+        if extra:
+            got = [res["tasks"][t]["spearman"] for t in years if t in res["tasks"]]
+            ok = len(got) == len(years) and all(math.isfinite(v) for v in got)
+            cells.append(f"{sum(got) / len(got):.2f}" if ok else "-")
         avg = "-" if res["average"] is None else f"{res['average']:.2f}"
         if res["n_tasks"] not in (0, len(TASKS)):
             avg += f" ({res['n_tasks']} tasks)"
@@ -178,7 +192,6 @@ def format_suite(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------- the CLI hooks
 def add_arguments(parser) -> None:
     """The suite's options of ``gradsurg evaluate``."""
     parser.add_argument("--suite", default=None, metavar="DIR",
