@@ -55,10 +55,6 @@ _equal("sg", "reference", ["w_gd,w_w", "w_gd,w_r", "w_gd,w_w,w_r"], "reference",
        "only w_gd switches there")
 #: objectives without a reference form
 NO_REFERENCE = {"align_uniform": "none (not modified in the paper's code)"}
-#: the switch sets whose selected checkpoints are scored on the seven STS tasks
-SUITE_SETS = ["none", "w_w", "w_gd,w_w,w_r"]
-
-
 def load(paths):
     runs = {}
     for path in paths:
@@ -139,7 +135,7 @@ def suite_table(groups, losses) -> str | None:
 
     rows = []
     keys = [("info_nce", "default", "none")] + [(loss, form, s) for loss in losses
-                                                 for form in ("default", "reference") for s in SUITE_SETS]
+                                                 for form in ("default", "reference") for s in SWITCH_SETS]
     for loss, form, s in keys:
         for r in groups.get((loss, form, s), []):
             if r.get("suite") and r["suite"].get("tasks"):
