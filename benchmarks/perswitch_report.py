@@ -55,6 +55,8 @@ _equal("sg", "reference", ["w_gd,w_w", "w_gd,w_r", "w_gd,w_w,w_r"], "reference",
        "only w_gd switches there")
 #: objectives without a reference form
 NO_REFERENCE = {"align_uniform": "none (not modified in the paper's code)"}
+
+
 def load(paths):
     runs = {}
     for path in paths:
@@ -129,6 +131,12 @@ def table(groups, loss: str) -> str:
     return "\n".join(lines)
 
 
+def scored(r) -> dict | None:
+    """The run's seven-task result (``result.suite``) when it has scored tasks, else None."""
+    suite = r.get("suite")
+    return suite if suite and suite.get("tasks") else None
+
+
 def suite_table(groups, losses) -> str | None:
     """The seven-task table of every run scored on the suite (``result.suite``): one row per run."""
     from gradsurg.train.suite import format_suite
@@ -138,7 +146,7 @@ def suite_table(groups, losses) -> str | None:
                                                  for form in ("default", "reference") for s in SWITCH_SETS]
     for loss, form, s in keys:
         for r in groups.get((loss, form, s), []):
-            if r.get("suite") and r["suite"].get("tasks"):
+            if scored(r):
                 name = "InfoNCE" if loss == "info_nce" else f"{loss} {set_label(s)}, {form} form"
                 rows.append((f"{name} (seed {r['config']['seed']})", r["suite"]))
     return format_suite(rows, years_average=True) if rows else None
@@ -155,11 +163,11 @@ def plot(groups, losses, path):
     ncols = min(3, len(losses))
     nrows = -(-len(losses) // ncols)
     fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), sharey=True, squeeze=False)
-    axes = [list(grid.flat)]
-    for ax in axes[0][len(losses):]:
+    axes = list(grid.flat)
+    for ax in axes[len(losses):]:
         ax.set_visible(False)
     base = [r["spearman"] for r in groups.get(("info_nce", "default", "none"), [])]
-    for ax, loss in zip(axes[0], losses):
+    for ax, loss in zip(axes, losses):
         for k, form in enumerate(("default", "reference")):
             xs, ys, es = [], [], []
             for i, s in enumerate(SWITCH_SETS):
@@ -177,8 +185,8 @@ def plot(groups, losses, path):
                            rotation=60, fontsize=8)
         ax.set_title(loss)
         ax.set_ylim(72, 85.5)
-    axes[0][0].set_ylabel("STS-B dev Spearman x100")
-    axes[0][0].legend(fontsize=7)
+    axes[0].set_ylabel("STS-B dev Spearman x100")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -211,9 +219,8 @@ def main(argv=None) -> int:
         rows = [dict({k: r.get(k) for k in keep},
                      loss=r["config"]["loss"], form=r["config"].get("form") or "default",
                      modified=r["config"].get("modified"), seed=r["config"]["seed"],
-                     suite=({t: v["spearman"] for t, v in r["suite"]["tasks"].items()}
-                            if r.get("suite") and r["suite"].get("tasks") else None),
-                     suite_average=(r["suite"] or {}).get("average") if r.get("suite") else None)
+                     suite={t: v["spearman"] for t, v in scored(r)["tasks"].items()} if scored(r) else None,
+                     suite_average=scored(r)["average"] if scored(r) else None)
                 for r in runs]
         rows.sort(key=lambda r: (r["loss"], r["form"], str(r["modified"]), r["seed"]))
         with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:

@@ -192,6 +192,7 @@ def format_suite(rows: list[tuple[str, dict]], years_average: bool = False) -> s
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------- the CLI hooks
 def add_arguments(parser) -> None:
     """The suite's options of ``gradsurg evaluate``."""
     parser.add_argument("--suite", default=None, metavar="DIR",
