@@ -11,8 +11,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["gradsurg", "gradsurg.*"]) + ["gradsurg.kernels"],
-    package_dir={"gradsurg.kernels": "kernels"},
+    # Two import packages: gradsurg/ and the pure Triton layer gradsurg_kernels, whose source root is
+    # kernels/ (no __init__.py there: a top-level package named `kernels` would shadow Hugging Face's
+    # `kernels` distribution, which transformers imports, whenever the repository root is on sys.path).
+    packages=find_packages(include=["gradsurg", "gradsurg.*"]) + ["gradsurg_kernels"],
+    package_dir={"gradsurg_kernels": "kernels/gradsurg_kernels"},
     install_requires=[
         "torch>=2.4",
         "numpy",

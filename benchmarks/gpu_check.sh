@@ -21,7 +21,7 @@ print("torch", torch.__version__, "triton", triton.__version__, "card", torch.cu
       "capability", torch.cuda.get_device_capability())
 PY
 echo "== 0. ahead-of-time compilation (registers, spills, tensor cores)"
-timeout 90 python -m gradsurg.kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce siglip \
+timeout 90 python -m gradsurg_kernels.inspect --arch 90 80 --dtype bf16 --d 128 768 --variants info_nce siglip \
     --out "$RES/inspect_gpu_machine" 2>&1 | tail -12 | tee "$RES/gpu_inspect.txt"
 echo "== 1. correctness on the GPU"
 timeout 210 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -25 | tee "$RES/gpu_tests.txt"

@@ -14,7 +14,7 @@ import time
 import torch
 
 import gradsurg
-from gradsurg.kernels import launch
+from gradsurg_kernels import launch
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 262144
 d = int(sys.argv[2]) if len(sys.argv) > 2 else 768

@@ -34,3 +34,8 @@ def stsb_dir():
     if not os.path.isdir(path):
         pytest.skip(f"STS-B data not found at {path} (../shared/data/stsb next to the repository)")
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds (still run in CI; "
+                                       "deselect with -m 'not slow')")

@@ -1,4 +1,4 @@
-"""The Triton backend (gradsurg.engine.triton_backend + gradsurg.kernels) against the torch backend.
+"""The Triton backend (gradsurg.engine.triton_backend + gradsurg_kernels) against the torch backend.
 
 On CPU the kernels run under Triton's interpreter: this module sets
 ``TRITON_INTERPRET=1`` before anything of it imports Triton. (If another module
@@ -41,7 +41,7 @@ from gradsurg import ratio as R  # noqa: E402
 from gradsurg import weight as W  # noqa: E402
 from gradsurg.engine import dispatch, torch_backend, triton_backend  # noqa: E402
 from gradsurg.engine import triton_backend as tb  # noqa: E402
-from gradsurg.kernels import launch  # noqa: E402
+from gradsurg_kernels import launch  # noqa: E402
 
 from conftest import rel_err  # noqa: E402
 
@@ -470,8 +470,9 @@ def test_paths_by_dtype_and_d():
 
 
 def test_kernels_are_a_pure_layer():
-    """kernels/ imports nothing from gradsurg (it is installed as gradsurg.kernels)."""
-    root = pathlib.Path(__file__).resolve().parents[1] / "kernels"
+    """kernels/gradsurg_kernels imports nothing from gradsurg."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "gradsurg_kernels"
+    assert sorted(p.name for p in root.glob("*.py")), root
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []

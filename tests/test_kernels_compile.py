@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the kernels for sm_90a and sm_80 (no GPU needed).
 
-Runs ``python -m gradsurg.kernels.inspect`` in a fresh process (the compiler,
+Runs ``python -m gradsurg_kernels.inspect`` in a fresh process (the compiler,
 not the interpreter) on a representative subset: bf16, d = 128 (fused path)
 and d = 768 (chunked path), the default paradigm and SigLIP (the sigmoid weight
 kind). Fails on a compile error, on
@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 
 def test_kernels_compile_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "gradsurg.kernels.inspect", "--arch", "90", "80", "--dtype", "bf16",
+    cmd = [sys.executable, "-m", "gradsurg_kernels.inspect", "--arch", "90", "80", "--dtype", "bf16",
            "--d", "128", "768", "--variants", "info_nce", "siglip", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -1,9 +1,9 @@
-"""The Triton backend: glue between the pure kernels (``gradsurg.kernels``) and the components.
+"""The Triton backend: glue between the pure kernels (``gradsurg_kernels``) and the components.
 
 Implements the backend protocol (``supports``, ``direction``) plus ``describe``
 for the dispatcher and ``gradsurg doctor``. One direction of the loss (anchors
 ``x``, candidates ``c``, raw, anchor i's positive is ``c[i]``) runs on one of
-two kernel paths, chosen by dtype and d (:func:`gradsurg.kernels.launch.choose_path`):
+two kernel paths, chosen by dtype and d (:func:`gradsurg_kernels.launch.choose_path`):
 
 ``fused``    (16-bit, d <= 256 on sm_90+, <= 128 on sm_80) rows kernel -> statistics -> finish + cols kernels.
 ``chunked``  (large d, float32) per chunk of anchor rows: ``S = x_chunk c^T``
@@ -68,7 +68,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _kernels():
-    from ..kernels import launch  # gradsurg.kernels (kernels/ in the repository); imports triton
+    from gradsurg_kernels import launch  # kernels/gradsurg_kernels in the repository; imports triton
 
     return launch
 

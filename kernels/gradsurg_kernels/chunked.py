@@ -6,7 +6,7 @@ dtype, fp32 accumulation): ``S = x_chunk c^T`` in fp32, then this kernel, then
 ``x_chunk``'s and ``c``'s gradient GEMMs with the weights it wrote. One program
 owns ``BLOCK_R`` rows of the chunk and reads them twice:
 
-1. the row statistics (:func:`gradsurg.kernels.tiles.row_stats`, the same
+1. the row statistics (:func:`gradsurg_kernels.tiles.row_stats`, the same
    helper as the fused kernels) from the cosines ``S_ij ix_i ic_j``;
 2. (``WRITE_W``) the weights ``W'_ij = exp(z_ij - m_i) ic_j / max(ic)`` in the
    operand dtype (hardest: ``ic_j / max(ic)`` at the hardest index), 0 at the

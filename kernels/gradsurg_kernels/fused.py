@@ -1,14 +1,14 @@
 """Fused kernels for small d: every tile of ``s`` lives only in registers.
 
 Used when a whole embedding row fits a register tile (``BLOCK_D = next_pow2(d)``,
-d <= 128 at the default heuristics, see :mod:`gradsurg.kernels.launch`).
+d <= 128 at the default heuristics, see :mod:`gradsurg_kernels.launch`).
 One direction of the loss (anchors x, candidates c, both raw, ``ix``/``ic``
 their fp32 inverse norms) takes three kernels and four N x M x d products:
 
 ``rows``    FlashAttention-forward layout. A program owns ``BLOCK_N`` anchors
             (their x tile loaded once) and walks over the candidate tiles:
             ``s = x c^T`` (product 1), the row statistics
-            (:func:`gradsurg.kernels.tiles.row_stats`) and, when the gradient
+            (:func:`gradsurg_kernels.tiles.row_stats`) and, when the gradient
             is wanted, ``acc_i = sum_j exp(z_ij - m_i) (ic_j / ic_max) c_j``
             with online rescaling (product 2, the c tile reused as operand).
 ``finish``  elementwise: ``dU_i = CA_i acc_i + CG_i c_{hidx_i} + CP_i c_i``,

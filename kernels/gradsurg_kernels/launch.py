@@ -7,14 +7,14 @@ glue in ``gradsurg.engine.triton_backend`` turns statistics into factors.
 Two paths (:func:`choose_path`):
 
 ``fused``    16-bit inputs with ``d <= FUSED_MAX_D``: three Triton kernels, every
-             similarity tile only in registers (:mod:`gradsurg.kernels.fused`).
+             similarity tile only in registers (:mod:`gradsurg_kernels.fused`).
 ``chunked``  everything else (large d, float32): cuBLAS GEMMs on row chunks
              (operands in the input dtype, fp32 accumulation, fp32 similarities)
-             and one Triton kernel per chunk (:mod:`gradsurg.kernels.chunked`).
+             and one Triton kernel per chunk (:mod:`gradsurg_kernels.chunked`).
 
 Every launch is first built as a :class:`Launch` (kernel, grid, arguments,
 compile-time constants, warps, stages) by a ``plan_*`` function and then
-run; :mod:`gradsurg.kernels.inspect` compiles the very same plans ahead of
+run; :mod:`gradsurg_kernels.inspect` compiles the very same plans ahead of
 time for a GPU that need not be present. The tiles below were chosen by
 compiling for sm_80 and sm_90a and reading registers and spills with
 ``ptxas``/``cuobjdump`` (docs/kernels.md has the table); they are heuristics
@@ -74,7 +74,7 @@ def device_arch(t: Tensor) -> int:
 def choose_path(dtype: torch.dtype, d: int, arch: int = 90) -> tuple[str, str]:
     """``(path, reason)``: 'fused' or 'chunked' for inputs of ``dtype`` and size ``d`` on tile family ``arch``."""
     if dtype not in _DTYPES:
-        raise ValueError(f"gradsurg.kernels: dtype must be one of float16, bfloat16, float32, got {dtype}")
+        raise ValueError(f"gradsurg_kernels: dtype must be one of float16, bfloat16, float32, got {dtype}")
     if dtype == torch.float32:
         return "chunked", ("float32: cuBLAS GEMMs in float32 (fused kernels would need FMA dot products, "
                            "which spill); TF32 only if torch's matmul precision allows it")
@@ -139,7 +139,7 @@ def chunk_tiles(arch: int, interpret: bool = False) -> Tiles:
 
 @dataclass
 class Launch:
-    """One kernel launch: what :mod:`gradsurg.kernels.inspect` compiles and what runs."""
+    """One kernel launch: what :mod:`gradsurg_kernels.inspect` compiles and what runs."""
 
     name: str
     kernel: object
@@ -250,7 +250,7 @@ def fused_finish(x, c, ix, ic, acc, ca, cg, cp, hidx):
 
 def fused_cols(x, c, ix, ic, q, kappa, shift, hidx, pull, *, w_kind, inv_tau_w, power_p,
                tiles: dict | None = None, bias_w: float = 0.0, grad_rows: int | None = None):
-    """``dc`` (M, d) fp32 (see :func:`gradsurg.kernels.fused.fused_cols`); with ``grad_rows`` = r
+    """``dc`` (M, d) fp32 (see :func:`gradsurg_kernels.fused.fused_cols`); with ``grad_rows`` = r
     only the first r rows are computed, the rest are zero."""
     m, d = c.shape
     t, interpret = _tiles_for(x, d, tiles)

@@ -1,11 +1,11 @@
 """Compile the kernels ahead of time for a GPU (none needed) and report registers, spills, tensor cores.
 
-    python -m gradsurg.kernels.inspect --arch 90 --dtype bf16 --d 768 --out DIR
-    python -m gradsurg.kernels.inspect --arch 80 90 --dtype bf16 fp16 fp32 \\
+    python -m gradsurg_kernels.inspect --arch 90 --dtype bf16 --d 768 --out DIR
+    python -m gradsurg_kernels.inspect --arch 80 90 --dtype bf16 fp16 fp32 \\
         --d 64 128 256 384 768 1024 4096 --out benchmarks/results/inspect      # the full matrix
 
 For every (arch, dtype, d) it builds the launch plans the launcher itself would
-run (its choice of path and tiles, :mod:`gradsurg.kernels.launch`) for one
+run (its choice of path and tiles, :mod:`gradsurg_kernels.launch`) for one
 direction with N = M = 4096 (``--n``/``--m``), for the default paradigm
 (InfoNCE with its gradient), its value-only pass and the other weight kinds
 (hardest: MPT; power: Constant GD + Power(5); uniform: InfoNCE GD + Uniform,
@@ -252,7 +252,7 @@ def summary_table(records: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gradsurg.kernels.inspect", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gradsurg_kernels.inspect", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", choices=(80, 90), help="80 (sm_80) or 90 (sm_90a)")
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES))
     ap.add_argument("--d", type=int, nargs="+", help="embedding size(s)")
