@@ -200,7 +200,39 @@ class Trainer:
 
     # ----------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        """Run the configured number of steps; return a :class:`TrainResult`."""
+        """Run the configured number of steps; return a :class:`TrainResult`.
+
+        The loop: the untrained encoder scored first (``eval_at_start``), then per
+        step one :meth:`train_step` (forward, loss, backward, optimiser step) and its
+        log row, with :meth:`evaluate_and_checkpoint` every ``eval_every`` steps and
+        at the last one (stopping early after ``patience`` evaluations without a new
+        best); then :meth:`finish` restores the best state and scores it.
+        """
+        cfg = self.config
+        run = self._start_run()
+        start = time.time()
+        try:
+            if self.eval_pairs is not None and cfg.eval_at_start:
+                self.evaluate_and_checkpoint(run, 0)
+            self.encoder.train()
+            for step in range(1, run.total + 1):
+                value, embeddings = self.train_step(run, step, next(run.batches))
+                self._record_step(run, step, value, embeddings)
+                if self.eval_pairs is not None and (step % cfg.eval_every == 0 or step == run.total):
+                    self.evaluate_and_checkpoint(run, step)
+                    self.encoder.train()
+                    if cfg.patience is not None and run.since_best >= cfg.patience and step < run.total:
+                        run.result.stopped_early = "patience"
+                        break
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+            run.logger.close()
+        run.result.train_seconds = round(time.time() - start, 2)
+        return self.finish(run)
+
+    def _start_run(self) -> "_Run":
+        """The optimiser (AdamW), the learning-rate schedule, the logs and the batch stream of one run."""
         cfg = self.config
         total = self.total_steps()
         params = [p for p in self.encoder.parameters() if p.requires_grad]
@@ -208,109 +240,121 @@ class Trainer:
         extra = [p for p in self.loss.parameters() if p.requires_grad and all(p is not q for q in params)]
         groups = [{"params": params}] + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warm = cfg.warmup_steps
-
-        def schedule(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            return max(0.0, (total - step) / max(total - warm, 1))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total, cfg.warmup_steps))
         logger = StepLogger(cfg.output_dir, tensorboard=cfg.tensorboard)
-        collector = make_collector(self.loss)
-        result = TrainResult(config=cfg.to_dict())
-        best_state: dict | None = None
-        generator = torch.Generator().manual_seed(cfg.seed)
-        batches = self._batches(generator)
+        run = _Run(total=total, params=params, optimizer=optimizer, scheduler=scheduler, logger=logger,
+                   collector=make_collector(self.loss), result=TrainResult(config=cfg.to_dict()),
+                   batches=self._batches(torch.Generator().manual_seed(cfg.seed)))
         if cfg.output_dir:
             cfg.save(os.path.join(cfg.output_dir, "config.json"))
-
-        since_best = 0  # evaluations in a row without a new best (for ``patience``)
-
-        def run_eval(step: int) -> None:
-            nonlocal best_state, since_best
-            metrics = self.evaluate()
-            result.evals.append({"step": step, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
-            logger.log_eval(step, metrics)
-            if step == 0:
-                result.initial_dev = metrics["spearman"]
-            elif result.best_dev is None or metrics["spearman"] > result.best_dev:
-                since_best = 0
-                result.best_dev, result.best_step = metrics["spearman"], step
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
-                if cfg.save_best and cfg.output_dir:
-                    result.saved_to = os.path.join(cfg.output_dir, "best")
-                    self.encoder.save(result.saved_to, {"loss": cfg.loss, "step": step,
-                                                        "dev_spearman": metrics["spearman"]})
-            else:
-                since_best += 1
-            if self.on_eval is not None:
-                self.on_eval(step, metrics)
-            if bar is not None:
-                bar.set_postfix_str(f"dev {metrics['spearman']:.2f} (best {result.best_dev or float('nan'):.2f})")
-
-        bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc=cfg.run_name(), unit="step", leave=False, dynamic_ncols=True)
-        start = time.time()
-        try:
-            if self.eval_pairs is not None and cfg.eval_at_start:
-                run_eval(0)
-            self.encoder.train()
-            for step in range(1, total + 1):
-                idx = next(batches)
-                optimizer.zero_grad(set_to_none=True)
-                if cfg.mini_batch_size:
-                    loss, anchors, positives, negatives = self.cached_step(idx)
-                else:
-                    anchors, positives, negatives = self.step_embeddings(idx)
-                    loss = _scalar(self.loss(anchors, positives, negatives))
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
-                if not cfg.mini_batch_size:
-                    loss.backward()
-                if cfg.grad_clip:
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                else:
-                    norm = _grad_norm(params)
-                if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
-                    raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
-                                             f"(loss {value}, lr {cfg.lr})")
-                optimizer.step()
-                scheduler.step()
-                result.losses.append(value)
-                if result.first_loss is None:
-                    result.first_loss = value
-                result.last_loss = value
-                if step % cfg.log_every == 0:
-                    row: dict[str, Any] = {"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]}
-                    row.update(collector(anchors, positives, negatives))
-                    logger.log(row)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_description_str(f"{cfg.run_name()} loss {value:.4f}")
-                result.steps = step
-                if self.eval_pairs is not None and (step % cfg.eval_every == 0 or step == total):
-                    run_eval(step)
-                    self.encoder.train()
-                    if cfg.patience is not None and since_best >= cfg.patience and step < total:
-                        result.stopped_early = "patience"
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
-            logger.close()
-        result.train_seconds = round(time.time() - start, 2)
+            run.bar = tqdm(total=total, desc=cfg.run_name(), unit="step", leave=False, dynamic_ncols=True)
+        return run
+
+    def train_step(self, run: "_Run", step: int, idx: list[int]):
+        """One optimisation step on the batch ``idx``: forward, loss, backward, optimiser step.
+
+        Returns the loss value and the (anchors, positives, negatives) embeddings for
+        the step's statistics. A non-finite loss or gradient stops the run with the
+        step number before the weights change.
+        """
+        cfg = self.config
+        run.optimizer.zero_grad(set_to_none=True)
+        if cfg.mini_batch_size:  # the gradients are accumulated chunk by chunk inside the cached step
+            loss, anchors, positives, negatives = self.cached_step(idx)
+        else:
+            anchors, positives, negatives = self.step_embeddings(idx)
+            loss = _scalar(self.loss(anchors, positives, negatives))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
+        if not cfg.mini_batch_size:
+            loss.backward()
+        if cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+        else:
+            norm = _grad_norm(run.params)
+        if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
+            raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
+                                     f"(loss {value}, lr {cfg.lr})")
+        run.optimizer.step()
+        run.scheduler.step()
+        return value, (anchors, positives, negatives)
+
+    def _record_step(self, run: "_Run", step: int, value: float, embeddings) -> None:
+        """The step's loss in the result, its statistics row every ``log_every`` steps, the progress bar."""
+        result = run.result
+        result.losses.append(value)
+        if result.first_loss is None:
+            result.first_loss = value
+        result.last_loss = value
+        if step % self.config.log_every == 0:
+            row: dict[str, Any] = {"step": step, "loss": value, "lr": run.scheduler.get_last_lr()[0]}
+            row.update(run.collector(*embeddings))
+            run.logger.log(row)
+        if run.bar is not None:
+            run.bar.update(1)
+            run.bar.set_description_str(f"{self.config.run_name()} loss {value:.4f}")
+        result.steps = step
+
+    def evaluate_and_checkpoint(self, run: "_Run", step: int) -> dict:
+        """Score the encoder on the dev pairs at ``step``; keep (and save) a new best.
+
+        Step 0 is the untrained encoder: recorded as ``initial_dev``, never selected.
+        An evaluation without a new best counts towards ``patience``.
+        """
+        metrics = self.evaluate()
+        result = run.result
+        result.evals.append({"step": step, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
+        run.logger.log_eval(step, metrics)
+        if step == 0:
+            result.initial_dev = metrics["spearman"]
+        elif result.best_dev is None or metrics["spearman"] > result.best_dev:
+            run.since_best = 0
+            self.checkpoint(run, step, metrics)
+        else:
+            run.since_best += 1
+        if self.on_eval is not None:
+            self.on_eval(step, metrics)
+        if run.bar is not None:
+            run.bar.set_postfix_str(f"dev {metrics['spearman']:.2f} (best {result.best_dev or float('nan'):.2f})")
+        return metrics
+
+    def checkpoint(self, run: "_Run", step: int, metrics: dict) -> None:
+        """Keep the encoder's state as the run's best (in memory; on disk under
+        ``output_dir/best`` with ``save_best``)."""
+        cfg, result = self.config, run.result
+        result.best_dev, result.best_step = metrics["spearman"], step
+        run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
+        if cfg.save_best and cfg.output_dir:
+            result.saved_to = os.path.join(cfg.output_dir, "best")
+            self.encoder.save(result.saved_to, {"loss": cfg.loss, "step": step, "dev_spearman": metrics["spearman"]})
+
+    def finish(self, run: "_Run") -> TrainResult:
+        """After the loop: the collapse flag, the final statistics, the best state restored and
+        scored (all dev pairs, or ``final_eval_data``; the suite), ``result.json`` written."""
+        cfg, result = self.config, run.result
         _check_collapse(result, cfg)
-        tail = logger.rows[-10:]
+        tail = run.logger.rows[-10:]
         if tail:  # mean of the per-step statistics over the last (up to) 10 logged steps
             keys = [k for k in tail[0] if k not in ("step", "lr") and isinstance(tail[0][k], (int, float))]
             result.final_stats = {k: float(np.mean([r[k] for r in tail if k in r])) for k in keys}
-        if best_state is not None:
-            self.encoder.load_state_dict(best_state)
+        if run.best_state is not None:
+            self.encoder.load_state_dict(run.best_state)
+        self._final_scores(result)
+        if cfg.suite_data:
+            result.suite = self.evaluate_suite(cfg.suite_data)
+        if cfg.output_dir:
+            with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
+                json.dump(result.to_dict(with_curves=True), fh, indent=2)
+        return result
+
+    def _final_scores(self, result: TrainResult) -> None:
+        """``spearman``/``pearson``/``n_pairs`` of the restored best state: scored again on all the dev
+        pairs (or ``final_eval_data``) when selection used fewer, else the best evaluation's."""
+        cfg = self.config
         final_pairs = None
         if cfg.final_eval_data:
             final_pairs = read_sts_pairs(cfg.final_eval_data, cfg.final_eval_format or cfg.eval_format,
@@ -323,12 +367,35 @@ class Trainer:
         elif self.eval_pairs is not None and result.best_dev is not None:
             last = max((e for e in result.evals if e["step"] > 0), key=lambda e: e["spearman"])
             result.spearman, result.pearson, result.n_pairs = last["spearman"], last["pearson"], len(self.eval_pairs)
-        if cfg.suite_data:
-            result.suite = self.evaluate_suite(cfg.suite_data)
-        if cfg.output_dir:
-            with open(os.path.join(cfg.output_dir, "result.json"), "w", encoding="utf-8") as fh:
-                json.dump(result.to_dict(with_curves=True), fh, indent=2)
-        return result
+
+
+@dataclass
+class _Run:
+    """The state of one :meth:`Trainer.train` call (optimiser, schedule, logs, best state)."""
+
+    total: int
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: StepLogger
+    collector: Callable
+    result: TrainResult
+    batches: Any
+    bar: Any = None
+    best_state: dict | None = None
+    #: evaluations in a row without a new best (for ``patience``)
+    since_best: int = 0
+
+
+def _linear_schedule(total: int, warm: int) -> Callable[[int], float]:
+    """The learning-rate factor of step ``step``: linear warmup over ``warm`` steps, then linear decay to 0."""
+
+    def schedule(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(total - warm, 1))
+
+    return schedule
 
 
 def _check_collapse(result: TrainResult, cfg: TrainConfig) -> None:
