@@ -24,6 +24,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections import defaultdict
 
 SWITCH_SETS = ["none", "w_gd", "w_w", "w_r", "w_gd,w_w", "w_gd,w_r", "w_w,w_r", "w_gd,w_w,w_r"]
@@ -58,16 +59,21 @@ NO_REFERENCE = {"align_uniform": "none (not modified in the paper's code)"}
 
 
 def load(paths):
+    """The finished (``ok``) runs of the stores ``paths`` (results folders or ``results.jsonl`` files),
+    read through gradsurg.train.store (every line checked; what is not a usable row is named on
+    stderr and left out); a run key stored in several files: the last file's row."""
+    from gradsurg.train.store import read_results
+
     runs = {}
     for path in paths:
-        with open(path) as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                r = json.loads(line)
-                if r.get("status") != "ok":
-                    continue
+        if not os.path.exists(path):
+            raise SystemExit(f"perswitch_report: {path!r} does not exist (expected a results.jsonl of gradsurg ablate)")
+        notes: list[str] = []
+        for r in read_results(path, notes):
+            if r["status"] == "ok":
                 runs[r["key"]] = r
+        for note in notes:
+            print(f"warning: {note} (left out)", file=sys.stderr)
     return list(runs.values())
 
 
@@ -194,7 +200,7 @@ def plot(groups, losses, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stores", nargs="+", help="results.jsonl files of gradsurg ablate")
+    ap.add_argument("stores", nargs="+", help="results.jsonl files (or their folders) of gradsurg ablate")
     ap.add_argument("--out", default=None, help="folder for NAME.md / NAME.json / NAME.png (default: print only)")
     ap.add_argument("--name", default="perswitch")
     args = ap.parse_args(argv)

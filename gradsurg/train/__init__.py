@@ -6,7 +6,11 @@
 - :mod:`gradsurg.train.losses`   -- the loss of a config, through ``gradsurg.registry``
 - :mod:`gradsurg.train.trainer`  -- the SimCSE-style unsupervised trainer
 - :mod:`gradsurg.train.evaluate` -- STS Spearman/Pearson, ``gradsurg evaluate``
-- :mod:`gradsurg.train.ablate`   -- grids over losses/components/seeds, ``gradsurg ablate``
+- :mod:`gradsurg.train.steplog`  -- per-step statistics to CSV / TensorBoard
+- :mod:`gradsurg.train.grid`     -- ablation grids: expansion, run keys, training every run
+- :mod:`gradsurg.train.store`    -- the results store of a grid (``results.jsonl``) and its reader
+- :mod:`gradsurg.train.report`   -- summary over seeds, the Markdown table, the plots
+- :mod:`gradsurg.train.ablate`   -- the command line ``gradsurg ablate``
 
 Heavy imports (transformers) happen only when a model is loaded.
 """

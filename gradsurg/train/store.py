@@ -133,6 +133,34 @@ def parse(data: bytes) -> tuple[dict[str, dict], list[Problem], list[Problem]]:
     return rows, problems, superseded
 
 
+def read_results(path: str, notes: list[str] | None = None) -> list[dict]:
+    """The good rows of a results store, in file order, read only (no lock, nothing changed).
+
+    ``path`` is a results folder or a results file (``results.jsonl``, or a copy
+    of one under another name). Every line is checked as :func:`parse` does: lines
+    that are not usable rows, and earlier rows of a key stored again, are left out
+    and described in ``notes`` when a list is given (as ``--check`` describes them).
+    A missing file has no rows.
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, RESULTS)
+    rows, problems, superseded = parse(_read_bytes(path))
+    if notes is not None:
+        notes.extend(p.describe(path) for p in sorted(problems + superseded, key=lambda p: p.line))
+    return list(rows.values())
+
+
+def _read_bytes(path: str) -> bytes:
+    """The bytes of the results file ``path`` (empty when it does not exist)."""
+    if not os.path.exists(path):
+        return b""
+    if os.path.isdir(path):
+        raise StoreError(f"{path!r} is a folder, not a results file")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 class ResultsStore:
     """The rows of one results folder (see the module docstring for the guarantees).
 
@@ -196,13 +224,7 @@ class ResultsStore:
     # ---------------------------------------------------------------- read
     def load(self, repair: bool = False) -> dict[str, dict]:
         """Read every row; with ``repair``, set problems aside (needs the lock). Returns the rows."""
-        data = b""
-        if os.path.exists(self.path):
-            if os.path.isdir(self.path):
-                raise StoreError(f"{self.path!r} is a folder, not a results file")
-            with open(self.path, "rb") as fh:
-                data = fh.read()
-        self.rows, self.problems, self.superseded = parse(data)
+        self.rows, self.problems, self.superseded = parse(_read_bytes(self.path))
         if repair and (self.problems or self.superseded):
             self.repair()
         return self.rows

@@ -34,7 +34,7 @@ from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
 from .evaluate import evaluate_sts
 from .losses import loss_from_config
-from .stats import StepLogger, make_collector
+from .steplog import StepLogger, make_collector
 
 #: a run is flagged ``collapsed`` when its last dev Spearman (x100) falls this far below its first
 COLLAPSE_DROP = 20.0
