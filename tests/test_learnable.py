@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import gradsurg
-from gradsurg import paradigms
+from gradsurg import paradigm
 
 D64 = dict(dtype=torch.float64)
 
@@ -171,7 +171,7 @@ def test_siglip_decomposition_matches_its_components():
     x, y, z = _data(n=6, seed=6)
     t, b = 10.0, -10.0
     dec = gradsurg.decompose(lambda s: ref_siglip_from_s(s, t, b), x, y, z)
-    p = paradigms.siglip(t, b)
+    p = paradigm.siglip(t, b)
     u, c = _cos(x.detach(), y.detach(), z.detach())
     s = u @ c.T
     n = 6
