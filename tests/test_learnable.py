@@ -360,9 +360,9 @@ def test_modules_take_tensor_hyper_parameters_and_sentence_transformers_adapter(
 
 
 def test_trainer_config_builds_siglip():
-    from gradsurg.train.losses import build_loss
+    from gradsurg.train.losses import loss_from_fields
 
-    m = build_loss("siglip", {"learnable": True, "scale": 10.0, "bias": -10.0})
+    m = loss_from_fields("siglip", {"learnable": True, "scale": 10.0, "bias": -10.0})
     assert isinstance(m, gradsurg.SigLIPLoss) and {n for n, _ in m.named_parameters()} == {"logit_scale", "logit_bias"}
 
 
