@@ -98,7 +98,7 @@ def test_grid_passes_form_only_to_losses_that_have_one(tiny):
 def test_untrained_row_is_scored_as_the_trained_runs_are(tiny):
     """The untrained encoder: the trained run's own step-0 score on the selection subset, and on
     all dev pairs (the trained runs' final score) what an independent evaluation gives."""
-    from gradsurg.train.evaluate import evaluate_sts
+    from gradsurg.train.sts import evaluate_sts
     from gradsurg.train.models import load_encoder
     from gradsurg.train.trainer import score_untrained, set_seed, train
 

@@ -118,7 +118,7 @@ def build_base(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 
 def _grid_axes(args: argparse.Namespace, base: TrainConfig, explicit: set[str]):
     """Losses, modifications, swept parameters and seeds of the grid, with notes on repeats."""
-    from .losses import available_losses
+    from ..registry import available_losses
 
     losses, mods = args.loss, args.modified
     if losses is None:
