@@ -2,6 +2,7 @@
 
 - :func:`expand_grid` -- the configs of a grid (a set: each run once, by :func:`run_key`)
 - :func:`run_key`     -- a run's identity: a hash of the config fields that change its result
+- :func:`with_untrained` -- the grid with its ``untrained`` rows first (the encoder before training)
 - :func:`run_grid`    -- train every run not yet in ``OUT/results.jsonl`` (the store of
   :mod:`gradsurg.train.store`: resumable, one writer per folder), rewriting ``OUT/results.csv``
 

@@ -11,7 +11,12 @@ Every ``eval_every`` steps the encoder is scored on the dev pairs (Spearman of
 cosine) and the best state is kept (in memory, and on disk under
 ``output_dir/best`` when ``save_best``); at the end the best state is restored
 and, if only a subset of the dev pairs was used for selection, scored on all
-of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, logged, never selected).
+of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, logged, never selected);
+:func:`score_untrained` scores it alone, as the trained runs are (an ablation grid's first row).
+
+``Trainer.train`` is the loop: :meth:`Trainer.train_step` (forward, loss,
+backward, optimiser step), :meth:`Trainer.evaluate_and_checkpoint` every
+``eval_every`` steps, :meth:`Trainer.finish` at the end.
 
     from gradsurg.train import TrainConfig, train
     result = train(TrainConfig(loss="vicreg", modified="w_gd,w_w,w_r", seed=1))
