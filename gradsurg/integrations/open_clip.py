@@ -219,4 +219,4 @@ class SigLipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _exchange(self) -> dict:
-        return dict(gather_across_devices=True)
+        return dict(distributed="ring" if self.dist_impl in ("bidir", "shift") else "gather")
