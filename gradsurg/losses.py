@@ -50,7 +50,8 @@ def _temperature(temperature, scale, where: str):
 
 
 def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
-             temperature: float | Tensor | None = None, scale: float | Tensor | None = None, **kwargs) -> Tensor:
+             temperature: float | Tensor | None = None, scale: float | Tensor | None = None,
+             normalizer: str = "batch", state=None, index=None, **kwargs) -> Tensor:
     """InfoNCE (SimCSE's loss; tau = 0.05 is sentence-transformers' scale 20).
 
     ``L_i = -log( exp(s_ii/tau) / sum_j exp(s_ij/tau) )``. ``temperature``
@@ -59,9 +60,29 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     formed from the row statistics. Keyword arguments of
     :func:`gradsurg.paradigm_loss` (``symmetric``, ``reduction``, ``backend``,
     ``check_finite``, ``gather_across_devices``) pass through.
+
+    ``normalizer='global'`` (SogCLR / FastCLIP): each anchor's push is normalised by a
+    per-example moving estimate kept in ``state`` (a :class:`gradsurg.GlobalNormalizer`)
+    instead of its batch; ``index`` (N,) names the batch's examples
+    (:func:`gradsurg.normalizer.info_nce_global`, docs/paradigm.md "Global normaliser").
     """
     tau, learn = _temperature(temperature, scale, "info_nce")
+    if normalizer != "batch" or state is not None or index is not None:
+        return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
     return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, **kwargs)
+
+
+def _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, where):
+    """The ``normalizer='global'`` branch of :func:`info_nce` and :class:`InfoNCELoss`."""
+    from .normalizer import NORMALIZERS, info_nce_global
+
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"{where}: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    if normalizer == "batch":
+        raise ValueError(f"{where}: state= and index= are only used with normalizer='global'")
+    if learn is not None:
+        raise ValueError(f"{where}: normalizer='global' takes a float temperature, not a learnable one")
+    return info_nce_global(anchors, positives, negatives, state=state, index=index, temperature=tau, **kwargs)
 
 
 def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
@@ -204,10 +225,31 @@ class InfoNCELoss(_Softmax):
     (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
 
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
-                 scale: float | Tensor | None = None, **kwargs):
+                 scale: float | Tensor | None = None, normalizer: str = "batch", dataset_size: int | None = None,
+                 gamma: float = 0.9, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
+        if normalizer == "global":  # the per-example estimates live in the module (state_dict, .eval())
+            from .normalizer import GlobalNormalizer
+
+            if dataset_size is None:
+                raise ValueError("InfoNCELoss: normalizer='global' needs dataset_size= (how many examples the "
+                                 "indices address)")
+            self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
+        elif normalizer != "batch":
+            raise ValueError(f"InfoNCELoss: normalizer must be 'batch' or 'global', got {normalizer!r}")
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
+                index: Tensor | None = None) -> Tensor:
+        """The loss; ``index`` (N,): the batch's dataset indices (``normalizer='global'`` only)."""
+        if not hasattr(self, "normalizer"):
+            if index is not None:
+                raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
+            return super().forward(anchors, positives, negatives)
+        learn = self._learn()
+        return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index, anchors,
+                       positives, negatives, dict(self.kwargs), "InfoNCELoss")
 
 
 class ArcConLoss(_Softmax):
