@@ -141,21 +141,25 @@ class ParadigmLoss(nn.Module):
 
     ``forward(anchors, positives, negatives=None)`` returns the loss. The
     keyword arguments are those of :func:`gradsurg.paradigm_loss`, including
-    ``gather_across_devices`` and ``group`` (see ``docs/distributed.md``).
+    ``gather_across_devices``, ``distributed`` ('gather' | 'ring') and ``group`` (see ``docs/distributed.md``).
     """
 
     def __init__(self, paradigm: Paradigm, *, symmetric: bool = False, reduction: str = "mean",
                  backend: str = "auto", check_finite: bool = True, gather_across_devices: bool = False,
-                 group=None):
+                 group=None, distributed: str | None = None):
         super().__init__()
         if not isinstance(paradigm, Paradigm):
             raise TypeError(f"ParadigmLoss: paradigm must be a gradsurg.Paradigm, got {type(paradigm).__name__}")
         self.paradigm = paradigm
         self.kwargs = dict(symmetric=symmetric, reduction=reduction, backend=backend, check_finite=check_finite)
-        if gather_across_devices:  # only passed when on: keeps the repr and the common path plain
-            self.kwargs.update(gather_across_devices=True, group=group)
+        if distributed not in (None, "gather", "ring"):
+            raise ValueError(f"ParadigmLoss: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+        if gather_across_devices or distributed:  # only passed when on: keeps the repr and the common path plain
+            self.kwargs.update(gather_across_devices=gather_across_devices or distributed == "gather", group=group)
+            if distributed == "ring":
+                self.kwargs.update(distributed="ring")
         elif group is not None:
-            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True")
+            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True or distributed=")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, **self.kwargs)

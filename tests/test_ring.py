@@ -99,6 +99,15 @@ def worker(rank, world, port, outdir):
     with torch.no_grad():
         n_r, k_r, a, p, z, w = batch(world, CASES[0])
         out["no_grad"] = gradsurg.info_nce(part(a, n_r, rank), part(p, n_r, rank), distributed="ring")
+    n_r, k_r, a, p, z, w = batch(world, CASES[1])
+    a_r, p_r = part(a, n_r, rank), part(p, n_r, rank)
+    module = gradsurg.ParadigmLoss(gradsurg.paradigms.info_nce(0.2), symmetric=True, distributed="ring")
+    out["module"] = (module(a_r, p_r), gradsurg.info_nce(a_r, p_r, temperature=0.2, symmetric=True,
+                                                         distributed="ring"))
+    ab = a_r.to(torch.bfloat16).requires_grad_()
+    lb = gradsurg.siglip(ab, p_r.to(torch.bfloat16), scale=5.0, bias=-2.0, distributed="ring")
+    lb.backward()
+    out["bf16"] = (lb.dtype, ab.grad.dtype, bool(torch.isfinite(ab.grad.float()).all()))
     try:
         gradsurg.mpt(torch.randn(3, D), torch.randn(3, D), distributed="ring")
         out["error"] = None
@@ -164,6 +173,9 @@ def test_ring_no_grad_and_errors(spawned):
     for r in range(world):
         assert rel_err(per_rank[r]["no_grad"], part(rows, n_r, r).sum() * world / sum(n_r)) < 1e-10
         assert "distributed='ring' runs info_nce" in per_rank[r]["error"]
+        mod, fn = per_rank[r]["module"]
+        assert torch.equal(mod, fn)  # ParadigmLoss(distributed='ring') is the functional ring
+        assert per_rank[r]["bf16"] == (torch.bfloat16, torch.bfloat16, True)
 
 
 def test_bad_distributed_value():

@@ -144,6 +144,7 @@ class _Ring(torch.autograd.Function):
         rows = [par.row_loss(st) for st in stats]
         ctx.spec, ctx.kind, ctx.par, ctx.stats = spec, kind, par, stats
         ctx.has_hyper = hyper is not None
+        ctx.dtypes = (x.dtype, p.dtype, z.dtype, None if hyper is None else hyper.dtype)
         ctx.save_for_backward(ux, up, uz, ix, ip, iz, own)
         out = rows + [rows[0].new_empty(0)] * (2 - len(rows))
         return out[0], out[1]
@@ -199,7 +200,8 @@ class _Ring(torch.autograd.Function):
         if ctx.has_hyper:
             dh = sum(par.hyper_grad(spec["names"], st, rowdot, gsum, g, a=a, pull=pull)
                      for (a, pull, _du, rowdot, gsum, g), st in zip(prep, ctx.stats))
-        return dx, dp, dz, dh, None
+        tx, tp, tz, th = ctx.dtypes  # back in each input's dtype (the compute dtype is float32 for 16-bit inputs)
+        return dx.to(tx), dp.to(tp), dz.to(tz), (None if dh is None else dh.to(th)), None
 
 
 def _chunk(n: int, m: int, cd, spec) -> int:
