@@ -232,11 +232,14 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
                 chunk_bytes=options.get("chunk_bytes", ring.torch_backend.DEFAULT_CHUNK_BYTES))
     if not isinstance(spec["normalize"], bool):
         raise ValueError(f"{where}: normalize must be a bool, got {spec['normalize']!r}")
-    first, second = ring.ring_rows(anchors, positives, negatives, hyper, spec)
-    rows = 0.5 * (first + second) if symmetric else first
     if reduction == "none":
-        return rows
-    return rows.sum() * (world / sum(n_r) if reduction == "mean" else 1.0)
+        first, second = ring.ring_rows(anchors, positives, negatives, hyper, spec)
+        return 0.5 * (first + second) if symmetric else first
+    weight = (world / sum(n_r) if reduction == "mean" else 1.0) * (0.5 if symmetric else 1.0)
+    spec["weights"] = [weight] * (2 if symmetric else 1)
+    leaves = [t for t in (anchors, positives, negatives, hyper) if isinstance(t, Tensor)]
+    spec["want_grad"] = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+    return ring.ring_loss(anchors, positives, negatives, hyper, spec)
 
 
 def _agree(anchors, positives, negatives, symmetric, check_finite, group):

@@ -110,102 +110,153 @@ class _Kind:
         return z.sub_(st.lse(self.tau)[lo:hi, None]).exp_().mul_(a[lo:hi, None])
 
 
+def _setup(x, p, z, hyper, spec):
+    """``(paradigm with the hyper-parameters' values, kind, unit rows (ux, up, uz), inverse norms, own block)``."""
+    cd = torch_backend.compute_dtype(x.dtype)
+    par = spec["paradigm"]
+    if hyper is not None:
+        values = check_hyper(spec["names"], hyper.tolist(), "paradigm_loss(distributed='ring')")
+        par = par.with_hyper(dict(zip(spec["names"], values)))
+    norm = (lambda t: normalize(t.to(cd))) if spec["normalize"] else (lambda t: (t.to(cd), None))
+    (ux, ix), (up, ip), (uz, iz) = norm(x), norm(p), norm(z)
+    return par, _Kind(par), (ux, up, uz), (ix, ip, iz), _pack(ux, up, uz, spec)
+
+
+def _directions(units, spec):
+    """``[(anchors, slot of their candidates in a block)]``: anchors -> positives and negatives, and
+    with ``symmetric`` positives -> anchors."""
+    ux, up, _ = units
+    return [(ux, 1)] + ([(up, 0)] if spec["symmetric"] else [])
+
+
+def _trip(spec, kind, dirs, own, accs=None, grads=None):
+    """One trip of every block around the ring, the next block in flight during the products.
+
+    ``accs``: per direction, row statistics to merge (:meth:`_Kind.add`). ``grads``: per direction
+    ``(a, pull, stats, dU, rowdot, gsum)``: ``G = a_i W_ij`` (W from ``stats``) with ``-pull_i`` at the
+    positive; ``G v`` goes to ``dU``, ``G^T u`` to the block's gradient, which follows the block and
+    reaches its owner after the trip; returns this rank's own block's summed gradient (else None)."""
+    group, world, rank = spec["group"], spec["world"], spec["rank"]
+    n = dirs[0][0].shape[0]
+    step_rows = torch_backend.chunk_rows(max(n, 1), max(own.shape[0], 1), own.dtype, spec["chunk_bytes"])
+    block, acc_in = own, None
+    for step in range(world):
+        q = (rank - step) % world
+        pending = distributed.ring_shift(block, group, _BLOCK) if step < world - 1 else None
+        grad = torch.zeros_like(block) if grads is not None else None
+        for k, (u, slot) in enumerate(dirs):
+            rows_c, cand = _rows_of(block, slot, spec["n_r"][q], spec["k_r"][q], spec)
+            for lo in range(0, n, step_rows):
+                uc = u[lo:lo + step_rows]
+                hi = lo + uc.shape[0]
+                s = torch.mm(uc, cand.T)
+                if accs is not None:
+                    kind.add(accs[k], lo, s, own=step == 0)
+                if grads is None:
+                    continue
+                a, pull, st, du, rowdot, gsum = grads[k]
+                gmat = kind.weights(s, a, st, lo)
+                if step == 0:  # own block: the positive's entry is -GD R
+                    idx = torch.arange(uc.shape[0], device=uc.device)
+                    gmat[idx, idx + lo] = -pull[lo:hi]
+                du[lo:hi] += gmat @ cand
+                grad[rows_c] += gmat.T @ uc
+                if rowdot is not None:
+                    rowdot[lo:hi] += (gmat * s).sum(dim=1)
+                    gsum[lo:hi] += gmat.sum(dim=1)
+        if grads is not None:
+            if acc_in is not None:
+                grad += acc_in.wait()
+            acc_in = distributed.ring_shift(grad, group, _GRAD)  # on to the block's next holder (its owner last)
+        if pending is not None:
+            block = pending.wait()
+    return acc_in.wait() if grads is not None else None
+
+
+def _grads(units, inv, mine, grads, par, stats, spec, dtypes):
+    """The inputs' gradients from this rank's block gradient ``mine`` and the anchors' ``dU``; the
+    hyper-parameters' from the row sums."""
+    ux, up, uz = units
+    dux, dup, duz = (t.clone() for t in _unpack(mine, spec))
+    dux += grads[0][3]
+    if spec["symmetric"]:
+        dup += grads[1][3]
+    if spec["normalize"]:
+        dux, dup, duz = (normalize_backward(d, u, i) for d, u, i in zip((dux, dup, duz), units, inv))
+    dh = None
+    if dtypes[3] is not None:
+        dh = sum(par.hyper_grad(spec["names"], st, rowdot, gsum, None, a=a, pull=pull)
+                 for (a, pull, _s, _du, rowdot, gsum), st in zip(grads, stats))
+    return tuple(None if t is None else t.to(dt) for t, dt in zip((dux, dup, duz, dh), dtypes))
+
+
+def _prep(par, u, st, row_scale, has_hyper):
+    gd = par.dissipation(st)
+    zero = torch.zeros_like(u[:, 0])
+    return (gd * row_scale, par.pull(st, gd) * row_scale, st, torch.zeros_like(u),
+            zero.clone() if has_hyper else None, zero.clone() if has_hyper else None)
+
+
 class _Ring(torch.autograd.Function):
-    """Rows of one or two directions around the ring; see the module docstring."""
+    """Rows of one or two directions around the ring: statistics forward, gradients backward."""
 
     @staticmethod
     def forward(ctx, x, p, z, hyper, spec):
-        group, world, rank = spec["group"], spec["world"], spec["rank"]
-        n_r, k_r = spec["n_r"], spec["k_r"]
-        cd = torch_backend.compute_dtype(x.dtype)
-        par = spec["paradigm"]
-        if hyper is not None:
-            values = check_hyper(spec["names"], hyper.tolist(), "paradigm_loss(distributed='ring')")
-            par = par.with_hyper(dict(zip(spec["names"], values)))
-        kind = _Kind(par)
-        norm = (lambda t: normalize(t.to(cd))) if spec["normalize"] else (lambda t: (t.to(cd), None))
-        (ux, ix), (up, ip), (uz, iz) = norm(x), norm(p), norm(z)
-        own = _pack(ux, up, uz, spec)
-        n = x.shape[0]
-        dirs = [(ux, 1)] + ([(up, 0)] if spec["symmetric"] else [])  # (anchors, which slot of a block)
-        accs = [kind.init(n, ux) for _ in dirs]
-        step_rows = _chunk(n, own.shape[0], cd, spec)
-        block = own
-        for step in range(world):
-            q = (rank - step) % world
-            pending = distributed.ring_shift(block, group, _BLOCK) if step < world - 1 else None
-            for (u, slot), acc in zip(dirs, accs):
-                cand = _slice(block, slot, n_r[q], k_r[q], spec)
-                for lo in range(0, n, step_rows):
-                    kind.add(acc, lo, torch.mm(u[lo:lo + step_rows], cand.T), own=step == 0)
-            if pending is not None:
-                block = pending.wait()
+        par, kind, units, inv, own = _setup(x, p, z, hyper, spec)
+        dirs = _directions(units, spec)
+        accs = [kind.init(x.shape[0], units[0]) for _ in dirs]
+        _trip(spec, kind, dirs, own, accs=accs)
         stats = [kind.stats(acc) for acc in accs]
         rows = [par.row_loss(st) for st in stats]
         ctx.spec, ctx.kind, ctx.par, ctx.stats = spec, kind, par, stats
-        ctx.has_hyper = hyper is not None
         ctx.dtypes = (x.dtype, p.dtype, z.dtype, None if hyper is None else hyper.dtype)
-        ctx.save_for_backward(ux, up, uz, ix, ip, iz, own)
+        ctx.save_for_backward(*units, *[t if t is not None else torch.empty(0) for t in inv], own)
         out = rows + [rows[0].new_empty(0)] * (2 - len(rows))
         return out[0], out[1]
 
     @staticmethod
     def backward(ctx, g1, g2):
         spec, kind, par = ctx.spec, ctx.kind, ctx.par
-        group, world, rank = spec["group"], spec["world"], spec["rank"]
-        n_r, k_r = spec["n_r"], spec["k_r"]
-        ux, up, uz, ix, ip, iz, own = ctx.saved_tensors
-        cd = ux.dtype
-        n = ux.shape[0]
-        dirs = [(ux, 1, g1)] + ([(up, 0, g2)] if spec["symmetric"] else [])
-        prep = []  # per direction: (a = row_scale GD, pull = row_scale GD R, dU, rowdot, gsum)
-        for (u, slot, g), st in zip(dirs, ctx.stats):
-            g = g.to(cd) if g is not None else ux.new_zeros(n)
-            gd = par.dissipation(st)
-            prep.append((gd * g, par.pull(st, gd) * g, torch.zeros_like(u), ux.new_zeros(n), ux.new_zeros(n), g))
-        step_rows = _chunk(n, own.shape[0], cd, spec)
-        block, acc_in = own, None
-        for step in range(world):
-            q = (rank - step) % world
-            pending = distributed.ring_shift(block, group, _BLOCK) if step < world - 1 else None
-            grad = torch.zeros_like(block)
-            for (u, slot, _), (a, pull, du, rowdot, gsum, _g), st in zip(dirs, prep, ctx.stats):
-                lo_c, cand = _rows_of(block, slot, n_r[q], k_r[q], spec)
-                for lo in range(0, n, step_rows):
-                    uc = u[lo:lo + step_rows]
-                    s = torch.mm(uc, cand.T)
-                    gmat = kind.weights(s, a, st, lo)
-                    if step == 0:  # own block: the positive's entry is -GD R
-                        idx = torch.arange(uc.shape[0], device=uc.device)
-                        gmat[idx, idx + lo] = -pull[lo:lo + uc.shape[0]]
-                    du[lo:lo + uc.shape[0]] += gmat @ cand
-                    grad[lo_c] += gmat.T @ uc
-                    if ctx.has_hyper:
-                        rowdot[lo:lo + uc.shape[0]] += (gmat * s).sum(dim=1)
-                        gsum[lo:lo + uc.shape[0]] += gmat.sum(dim=1)
-            if acc_in is not None:
-                grad += acc_in.wait()
-            acc_in = distributed.ring_shift(grad, group, _GRAD)  # on to the block's next holder (its owner last)
-            if pending is not None:
-                block = pending.wait()
-        mine = acc_in.wait()  # every rank's gradient for this rank's own block
-        dux, dup, duz = _unpack(mine, spec)
-        dux, dup = dux.clone(), dup.clone()
-        dux += prep[0][2]
-        if spec["symmetric"]:
-            dup += prep[1][2]
-        back = (lambda d, u, i: normalize_backward(d, u, i)) if spec["normalize"] else (lambda d, u, i: d)
-        dx, dp, dz = back(dux, ux, ix), back(dup, up, ip), back(duz, uz, iz)
-        dh = None
-        if ctx.has_hyper:
-            dh = sum(par.hyper_grad(spec["names"], st, rowdot, gsum, g, a=a, pull=pull)
-                     for (a, pull, _du, rowdot, gsum, g), st in zip(prep, ctx.stats))
-        tx, tp, tz, th = ctx.dtypes  # back in each input's dtype (the compute dtype is float32 for 16-bit inputs)
-        return dx.to(tx), dp.to(tp), dz.to(tz), (None if dh is None else dh.to(th)), None
+        saved = ctx.saved_tensors
+        units, inv, own = saved[:3], saved[3:6], saved[6]
+        inv = inv if spec["normalize"] else (None, None, None)
+        dirs = _directions(units, spec)
+        n = units[0].shape[0]
+        scales = [g.to(own.dtype) if g is not None else own.new_zeros(n) for g in (g1, g2)]
+        grads = [_prep(par, u, st, g, ctx.dtypes[3] is not None) for (u, _), st, g in zip(dirs, ctx.stats, scales)]
+        mine = _trip(spec, kind, dirs, own, grads=grads)
+        return _grads(units, inv, mine, grads, par, ctx.stats, spec, ctx.dtypes) + (None,)
 
 
-def _chunk(n: int, m: int, cd, spec) -> int:
-    return torch_backend.chunk_rows(max(n, 1), max(m, 1), cd, spec["chunk_bytes"])
+class _RingFused(torch.autograd.Function):
+    """SigLIP reduced to a scalar: its ``GD_i W_ij = t sigmoid(t s_ij + b)`` and ``GD_i R_i`` need no
+    statistic of the other blocks, so one trip forms the statistics and the gradients together (three
+    products per block instead of four, no transfer in backward, which only scales by grad_output)."""
+
+    @staticmethod
+    def forward(ctx, x, p, z, hyper, spec):
+        par, kind, units, inv, own = _setup(x, p, z, hyper, spec)
+        dirs = _directions(units, spec)
+        n = x.shape[0]
+        accs = [kind.init(n, units[0]) for _ in dirs]
+        ones = units[0].new_ones(n)
+        grads = []
+        for (u, _), w in zip(dirs, spec["weights"]):
+            other = units[0] if u is units[1] else units[1]
+            pos = (u * other).sum(dim=1)  # s_ii: this rank's own positive pairs
+            unit = RowStats(pos, pos, sigmoids={(kind.t, kind.b): (ones, torch.zeros_like(ones))})  # W = sigmoid
+            grads.append(_prep(par, u, unit, w, hyper is not None))
+        mine = _trip(spec, kind, dirs, own, accs=accs, grads=grads if spec["want_grad"] else None)
+        stats = [kind.stats(acc) for acc in accs]
+        value = sum(par.row_loss(st).sum() * w for st, w in zip(stats, spec["weights"]))
+        if mine is not None:
+            dtypes = (x.dtype, p.dtype, z.dtype, None if hyper is None else hyper.dtype)
+            ctx.grads = _grads(units, inv, mine, grads, par, stats, spec, dtypes)
+        return value
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(None if t is None else t * g.to(t.dtype) for t in ctx.grads) + (None,)
 
 
 def _pack(ux: Tensor, up: Tensor, uz: Tensor, spec) -> Tensor:
@@ -227,10 +278,6 @@ def _rows_of(block: Tensor, slot: int, n_q: int, k_q: int, spec):
     return idx, block[idx]
 
 
-def _slice(block: Tensor, slot: int, n_q: int, k_q: int, spec) -> Tensor:
-    return _rows_of(block, slot, n_q, k_q, spec)[1]
-
-
 def _unpack(grad: Tensor, spec):
     n_max = max(spec["n_r"])
     n, k = spec["n_r"][spec["rank"]], spec["k_r"][spec["rank"]]
@@ -241,3 +288,13 @@ def ring_rows(x: Tensor, p: Tensor, z: Tensor, hyper: Tensor | None, spec: dict)
     """Per-row losses of rank r's anchors (and, with ``spec['symmetric']``, of its positives against every
     rank's anchors) over the ring; gradients through autograd (every rank must back-propagate)."""
     return _Ring.apply(x, p, z, hyper, spec)
+
+
+def ring_loss(x: Tensor, p: Tensor, z: Tensor, hyper: Tensor | None, spec: dict) -> Tensor:
+    """``sum_k weights_k sum_i L^k_i`` over the directions (``spec['weights']``, one per direction):
+    SigLIP in one trip (:class:`_RingFused`) when it needs a gradient (``spec['want_grad']``, the same
+    on every rank), else :func:`ring_rows` reduced."""
+    if _Kind(spec["paradigm"]).sigmoid and spec["want_grad"]:
+        return _RingFused.apply(x, p, z, hyper, spec)
+    rows = ring_rows(x, p, z, hyper, spec)
+    return sum(r.sum() * w for r, w in zip(rows, spec["weights"]))
