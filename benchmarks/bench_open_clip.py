@@ -98,7 +98,7 @@ def worker(method: str, b: int, d: int, reps: int, device: str = "cpu", dtype_na
         reset = _reset_peak()
         before = _rss_mb("VmRSS")
     try:
-        value = float(step())  # warm-up (inside the peak: the allocator keeps what it freed, so a later step shows less)
+        value = float(step())  # warm-up, inside the peak: the allocator keeps what it freed (a later step shows less)
     except torch.OutOfMemoryError as err:
         return {"times_s": [float("nan")], "peak_delta_mb": float("nan"), "loss": float("nan"),
                 "error": f"out of memory: {str(err)[:200]}"}

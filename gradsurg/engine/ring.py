@@ -19,6 +19,11 @@ from rank - 1), the next block in flight while the current one is computed on:
   the last step each block's gradient reaches its owner (one more transfer),
   which back-propagates it through its normalisation.
 
+SigLIP with a scalar reduction takes one trip (:class:`_RingFused`): its ``GD_i W_ij =
+t sigmoid(t s_ij + b)`` and ``GD_i R_i = t sigmoid(-(t s_ii + b))`` need no other block's
+statistics, so the statistics and the gradients are formed together in the forward pass
+and the backward pass only scales them by ``grad_output``.
+
 The layout and scaling are those of the gather path (:mod:`gradsurg.api`): the
 candidates of rank r's anchor i are every rank's positives and hard negatives,
 its own positive being candidate i of its own block; ``symmetric`` adds the
