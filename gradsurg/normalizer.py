@@ -103,7 +103,7 @@ class GlobalNormalizer(nn.Module):
         """``log u`` of the rows ``index`` after this batch's estimate ``log_g`` (updated in place if
         ``update``; a never-seen example takes ``g`` itself)."""
         old = self.log_u[tower, index]
-        log_g = log_g.to(old.dtype)
+        log_g = log_g.to(device=old.device, dtype=old.dtype)  # the state may live on another device
         mixed = torch.logaddexp(old + math.log1p(-self.gamma) if self.gamma < 1 else old.new_full(old.shape, -math.inf),
                                 log_g + math.log(self.gamma))
         new = torch.where(torch.isinf(old) & (old < 0), log_g, mixed)
