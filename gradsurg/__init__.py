@@ -31,6 +31,7 @@ from .losses import (
 )
 from .paradigm import Paradigm
 from .queue import NegativeQueue
+from .normalizer import GlobalNormalizer
 from . import objectives
 from .analysis import Decomposition, StatsCollector, decompose
 
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Paradigm", "paradigm", "dissipation", "weight", "ratio", "paradigm_loss",
-    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue",
+    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue", "GlobalNormalizer",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",
 ]

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from . import distributed as comm  # paradigm_loss's argument ``distributed`` shadows the module name there
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
@@ -56,6 +57,7 @@ def paradigm_loss(
     gather_across_devices: bool = False,
     group=None,
     learn: dict | None = None,
+    distributed: str | None = None,
     **options,
 ) -> Tensor:
     r"""A contrastive loss whose gradient is set from GD, W and R.
@@ -92,13 +94,21 @@ def paradigm_loss(
             of all ranks are gathered so each anchor sees the global batch,
             with exact gradients (see the module docstring for the layout and
             the DDP scaling). No effect without a process group.
-        group: the process group for ``gather_across_devices`` (default: the world).
+        group: the process group for ``gather_across_devices`` / ``distributed`` (default: the world).
         learn: learnable hyper-parameters by name, each a 0-dim floating tensor
             (e.g. ``{'temperature': 1 / logit_scale.exp()}``, or ``{'scale': t,
             'bias': b}`` for SigLIP) whose value replaces the paradigm's own and
             whose exact gradient is returned (:attr:`Paradigm.learnable` lists
             what a paradigm accepts; torch backend). Values are checked inside
             the operator (temperature and scale > 0, all finite).
+        distributed: how the candidates of every rank are reached: ``'gather'``
+            (the same as ``gather_across_devices=True``) or ``'ring'``: every
+            rank holds its own candidates and one peer's block at a time
+            (forward and backward), passed around the ring of processes with
+            the transfer overlapped with compute (:mod:`gradsurg.engine.ring`;
+            InfoNCE, ArcCon and SigLIP, learnable hyper-parameters included;
+            options ``chunk_bytes``, ``normalize``). Same values and gradients
+            as ``'gather'``. No effect without a process group.
         **options: backend options, e.g. ``chunk_bytes`` for the torch
             backend; an option the chosen backend does not know raises.
 
@@ -115,14 +125,21 @@ def paradigm_loss(
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
     check_reduction_and_backend(reduction, backend)
-    if group is not None and not gather_across_devices:
-        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
+    if distributed not in (None, "gather", "ring"):
+        raise ValueError(f"{where}: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+    gather_across_devices = gather_across_devices or distributed == "gather"
+    if group is not None and not (gather_across_devices or distributed == "ring"):
+        raise ValueError(f"{where}: group= is only used with gather_across_devices=True or distributed='ring'")
     names, hyper = _learnable(paradigm, learn, anchors, where)
     reserved = sorted(set(options) & {"hyper_grad", "grad_rows"})
     if reserved:
         raise ValueError(f"{where}: {', '.join(reserved)} are set by the front door, not options")
     (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
-    if gather_across_devices and distributed.gather_active(group):
+    if distributed == "ring" and comm.gather_active(group):
+        loss = _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend, check_finite, group,
+                     names, hyper, options)
+        return loss.to(value_dtype or anchors.dtype)
+    if gather_across_devices and comm.gather_active(group):
         x, c, reverse, weight, n_pos = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
                                                  group)
         check = ""  # checked on every rank before the collectives
@@ -171,6 +188,64 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     """``(anchors, candidates, reverse candidates or None, mean weight, n_pos)`` over every rank's batch;
     ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    negatives, n_r, k_r, table = _agree(anchors, positives, negatives, symmetric, check_finite, group)
+    n_total, k_total = sum(n_r), sum(k_r)
+    n_max, k_max = max(n_r), max(k_r)
+    pad = distributed.pad_rows
+    parts = ([pad(anchors, n_max)] if symmetric else []) + [pad(positives, n_max)]
+    if k_max:
+        parts.append(pad(negatives, k_max) if negatives is not None
+                     else anchors.new_zeros((k_max, anchors.shape[1])))
+    gathered = distributed.all_gather_blocks(torch.cat(parts) if len(parts) > 1 else parts[0], group)
+    off_p = n_max if symmetric else 0
+    off_z = off_p + n_max
+    order = [rank] + [q for q in range(world) if q != rank]  # own rows first: row i's positive is candidate i
+    pos = [gathered[q, off_p: off_p + n_r[q]] for q in order]
+    neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
+    candidates = torch.cat(pos + neg)
+    reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
+    detached = k_total > 0 and not any(row[6] for row in table)
+    return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
+
+
+def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend, check_finite, group, names,
+          hyper, options):
+    """``distributed='ring'``: the loss of this rank's anchors over every rank's candidates, one block at a
+    time (:mod:`gradsurg.engine.ring`), reduced as the gather path reduces."""
+    from .engine import ring
+
+    where = "paradigm_loss(distributed='ring')"
+    why = ring.supports(paradigm)
+    if why:
+        raise ValueError(f"{where}: {why}")
+    if backend == "triton":
+        raise ValueError(f"{where}: the ring runs on the torch engine; use backend='auto' or 'torch'")
+    unknown = sorted(set(options) - set(ring.OPTIONS))
+    if unknown:
+        raise ValueError(f"{where}: option(s) {', '.join(unknown)} not accepted; accepted: {', '.join(ring.OPTIONS)}")
+    world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    negatives, n_r, k_r, _ = _agree(anchors, positives, negatives, symmetric, check_finite, group)
+    if negatives is None:
+        negatives = anchors.new_zeros((0, anchors.shape[1]))
+    spec = dict(group=group, world=world, rank=rank, n_r=n_r, k_r=k_r, paradigm=paradigm, names=names,
+                symmetric=symmetric, normalize=options.get("normalize", True),
+                chunk_bytes=options.get("chunk_bytes", ring.torch_backend.DEFAULT_CHUNK_BYTES))
+    if not isinstance(spec["normalize"], bool):
+        raise ValueError(f"{where}: normalize must be a bool, got {spec['normalize']!r}")
+    if reduction == "none":
+        first, second = ring.ring_rows(anchors, positives, negatives, hyper, spec)
+        return 0.5 * (first + second) if symmetric else first
+    weight = (world / sum(n_r) if reduction == "mean" else 1.0) * (0.5 if symmetric else 1.0)
+    spec["weights"] = [weight] * (2 if symmetric else 1)
+    leaves = [t for t in (anchors, positives, negatives, hyper) if isinstance(t, Tensor)]
+    spec["want_grad"] = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+    return ring.ring_loss(anchors, positives, negatives, hyper, spec)
+
+
+def _agree(anchors, positives, negatives, symmetric, check_finite, group):
+    """Validate every rank's inputs together (an error on one rank is raised on all): ``(negatives or None,
+    rows per rank, negatives per rank, the exchanged table)``."""
+    world = torch.distributed.get_world_size(group)
     err = _local_error(anchors, positives, negatives, check_finite)
     if negatives is not None and err is None and negatives.shape[0] == 0:
         negatives = None
@@ -210,23 +285,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
         raise ValueError(f"{_GATHER}: the global batch has no negative (N = {n_total}, K = {k_total})")
     if symmetric and n_total < 2:
         raise ValueError(f"{_GATHER}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
-
-    n_max, k_max = max(n_r), max(k_r)
-    pad = distributed.pad_rows
-    parts = ([pad(anchors, n_max)] if symmetric else []) + [pad(positives, n_max)]
-    if k_max:
-        parts.append(pad(negatives, k_max) if negatives is not None
-                     else anchors.new_zeros((k_max, anchors.shape[1])))
-    gathered = distributed.all_gather_blocks(torch.cat(parts) if len(parts) > 1 else parts[0], group)
-    off_p = n_max if symmetric else 0
-    off_z = off_p + n_max
-    order = [rank] + [q for q in range(world) if q != rank]  # own rows first: row i's positive is candidate i
-    pos = [gathered[q, off_p: off_p + n_r[q]] for q in order]
-    neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
-    candidates = torch.cat(pos + neg)
-    reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
-    detached = k_total > 0 and not any(row[6] for row in table)
-    return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
+    return negatives, n_r, k_r, table
 
 
 def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:

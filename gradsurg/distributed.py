@@ -12,6 +12,9 @@ documented in :mod:`gradsurg.api` and ``docs/distributed.md``).
   as ``(world, rows, ...)``: one collective for several tensors.
 * :func:`exchange_ints` -- every rank's small list of integers (sizes,
   flags), for checks that must agree across ranks.
+* :func:`ring_shift` -- send a tensor to the next rank and receive the previous
+  rank's, without waiting (the ring of ``distributed="ring"``: compute on the
+  block in hand while the next one travels).
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_active", "all_gather_with_grad", "all_gather_blocks", "exchange_ints", "pad_rows"]
+from .vocabulary import compute_dtype
+
+__all__ = ["gather_active", "all_gather_with_grad", "all_gather_blocks", "exchange_ints", "pad_rows", "ring_shift"]
 
 
 def gather_active(group=None) -> bool:
@@ -57,8 +62,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         world = dist.get_world_size(ctx.group)
-        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        full = grad.to(acc).contiguous()
+        full = grad.to(compute_dtype(grad.dtype)).contiguous()
         out = full.new_empty((full.shape[0] // world,) + tuple(full.shape[1:]))
         _reduce_scatter_single(out, full, ctx.group)
         return out.to(grad.dtype), None
@@ -110,3 +114,34 @@ def all_gather_with_grad(tensor: Tensor, group=None) -> Tensor:
     block = max(counts)
     g = all_gather_blocks(pad_rows(tensor, block), group)
     return torch.cat([g[r, : counts[r]] for r in range(len(counts))])
+
+
+class _Pending:
+    """A ring transfer in flight: :meth:`wait` returns the received tensor."""
+
+    def __init__(self, requests, received: Tensor):
+        self._requests, self._received = requests, received
+
+    def wait(self) -> Tensor:
+        for req in self._requests:
+            req.wait()
+        return self._received
+
+
+def ring_shift(tensor: Tensor, group=None, tag: int = 0) -> _Pending:
+    """Start sending ``tensor`` to the next rank of ``group`` (rank + 1, cyclic) and receiving the
+    previous rank's tensor of the same shape and dtype into a new buffer; returns at once.
+
+    ``.wait()`` on the result gives the received tensor; ``tensor`` must not be modified before
+    then. ``tag`` tells apart transfers in flight at the same time (both sides issue them in the
+    same order). No gradient: the ring's autograd node moves gradients itself.
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    nxt, prev = (rank + 1) % world, (rank - 1) % world
+    if group is not None:  # P2POp takes global ranks
+        nxt, prev = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prev)
+    tensor = tensor.contiguous()
+    received = torch.empty_like(tensor)
+    ops = [dist.P2POp(dist.isend, tensor, nxt, group=group, tag=tag),
+           dist.P2POp(dist.irecv, received, prev, group=group, tag=tag)]
+    return _Pending(dist.batch_isend_irecv(ops), received)

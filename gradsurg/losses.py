@@ -50,7 +50,8 @@ def _temperature(temperature, scale, where: str):
 
 
 def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
-             temperature: float | Tensor | None = None, scale: float | Tensor | None = None, **kwargs) -> Tensor:
+             temperature: float | Tensor | None = None, scale: float | Tensor | None = None,
+             normalizer: str = "batch", state=None, index=None, **kwargs) -> Tensor:
     """InfoNCE (SimCSE's loss; tau = 0.05 is sentence-transformers' scale 20).
 
     ``L_i = -log( exp(s_ii/tau) / sum_j exp(s_ij/tau) )``. ``temperature``
@@ -59,9 +60,29 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     formed from the row statistics. Keyword arguments of
     :func:`gradsurg.paradigm_loss` (``symmetric``, ``reduction``, ``backend``,
     ``check_finite``, ``gather_across_devices``) pass through.
+
+    ``normalizer='global'`` (SogCLR / FastCLIP): each anchor's push is normalised by a
+    per-example moving estimate kept in ``state`` (a :class:`gradsurg.GlobalNormalizer`)
+    instead of its batch; ``index`` (N,) names the batch's examples
+    (:func:`gradsurg.normalizer.info_nce_global`, docs/paradigm.md "Global normaliser").
     """
     tau, learn = _temperature(temperature, scale, "info_nce")
+    if normalizer != "batch" or state is not None or index is not None:
+        return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
     return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, **kwargs)
+
+
+def _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, where):
+    """The ``normalizer='global'`` branch of :func:`info_nce` and :class:`InfoNCELoss`."""
+    from .normalizer import NORMALIZERS, info_nce_global
+
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"{where}: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+    if normalizer == "batch":
+        raise ValueError(f"{where}: state= and index= are only used with normalizer='global'")
+    if learn is not None:
+        raise ValueError(f"{where}: normalizer='global' takes a float temperature, not a learnable one")
+    return info_nce_global(anchors, positives, negatives, state=state, index=index, temperature=tau, **kwargs)
 
 
 def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
@@ -120,21 +141,25 @@ class ParadigmLoss(nn.Module):
 
     ``forward(anchors, positives, negatives=None)`` returns the loss. The
     keyword arguments are those of :func:`gradsurg.paradigm_loss`, including
-    ``gather_across_devices`` and ``group`` (see ``docs/distributed.md``).
+    ``gather_across_devices``, ``distributed`` ('gather' | 'ring') and ``group`` (see ``docs/distributed.md``).
     """
 
     def __init__(self, paradigm: Paradigm, *, symmetric: bool = False, reduction: str = "mean",
                  backend: str = "auto", check_finite: bool = True, gather_across_devices: bool = False,
-                 group=None):
+                 group=None, distributed: str | None = None):
         super().__init__()
         if not isinstance(paradigm, Paradigm):
             raise TypeError(f"ParadigmLoss: paradigm must be a gradsurg.Paradigm, got {type(paradigm).__name__}")
         self.paradigm = paradigm
         self.kwargs = dict(symmetric=symmetric, reduction=reduction, backend=backend, check_finite=check_finite)
-        if gather_across_devices:  # only passed when on: keeps the repr and the common path plain
-            self.kwargs.update(gather_across_devices=True, group=group)
+        if distributed not in (None, "gather", "ring"):
+            raise ValueError(f"ParadigmLoss: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+        if gather_across_devices or distributed:  # only passed when on: keeps the repr and the common path plain
+            self.kwargs.update(gather_across_devices=gather_across_devices or distributed == "gather", group=group)
+            if distributed == "ring":
+                self.kwargs.update(distributed="ring")
         elif group is not None:
-            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True")
+            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True or distributed=")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, **self.kwargs)
@@ -204,10 +229,31 @@ class InfoNCELoss(_Softmax):
     (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
 
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
-                 scale: float | Tensor | None = None, **kwargs):
+                 scale: float | Tensor | None = None, normalizer: str = "batch", dataset_size: int | None = None,
+                 gamma: float = 0.9, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
+        if normalizer == "global":  # the per-example estimates live in the module (state_dict, .eval())
+            from .normalizer import GlobalNormalizer
+
+            if dataset_size is None:
+                raise ValueError("InfoNCELoss: normalizer='global' needs dataset_size= (how many examples the "
+                                 "indices address)")
+            self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
+        elif normalizer != "batch":
+            raise ValueError(f"InfoNCELoss: normalizer must be 'batch' or 'global', got {normalizer!r}")
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
+                index: Tensor | None = None) -> Tensor:
+        """The loss; ``index`` (N,): the batch's dataset indices (``normalizer='global'`` only)."""
+        if not hasattr(self, "normalizer"):
+            if index is not None:
+                raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
+            return super().forward(anchors, positives, negatives)
+        learn = self._learn()
+        return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index, anchors,
+                       positives, negatives, dict(self.kwargs), "InfoNCELoss")
 
 
 class ArcConLoss(_Softmax):

@@ -31,7 +31,7 @@ NAME = "torch"
 #: floor of the per-row / per-column scales of G before a float16 cast
 _TINY = 1e-30
 #: the options :func:`direction` accepts
-OPTIONS = ("chunk_bytes",)
+OPTIONS = ("chunk_bytes", "normalize")
 #: options only the front door passes (through the operator): the learnable hyper-parameters whose
 #: gradient is wanted, and how many leading candidates need a gradient
 INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
@@ -72,7 +72,10 @@ def direction(
     result is their gradient (k,), from the row statistics and ``<u_i, dU_i> =
     sum_j G_ij s_ij`` (no extra product). With ``grad_rows`` = r only the first
     r candidates get a gradient (``dV`` is zero beyond): candidates that need
-    none (a queue of detached negatives) cost one product, not two.
+    none (a queue of detached negatives) cost one product, not two. With the
+    option ``normalize=False`` the rows are not normalised: ``s_ij = x_i . c_j``
+    (open_clip's logits take the features as given); the softmax statistics then
+    shift by each row's true maximum (``s <= 1`` no longer holds).
     """
     hyper = tuple(options.pop("hyper_grad", ()))
     grad_rows = options.pop("grad_rows", None)
@@ -80,9 +83,12 @@ def direction(
     chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ValueError(f"paradigm_loss: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    unit = options.get("normalize", True)
+    if not isinstance(unit, bool):
+        raise ValueError(f"paradigm_loss: normalize must be a bool, got {unit!r}")
     cd, gd = compute_dtype(x.dtype), gemm_dtype(x)
-    u32, inv_x = normalize(x.to(cd))
-    v32, inv_c = normalize(c.to(cd))
+    u32, inv_x = normalize(x.to(cd)) if unit else (x.to(cd), None)
+    v32, inv_c = normalize(c.to(cd)) if unit else (c.to(cd), None)
     u, v = u32.to(gd), v32.to(gd)
     n, m = u.shape[0], v.shape[0]
     want_grad = row_weights is not None
@@ -95,7 +101,7 @@ def direction(
     dvr = None if dv is None else dv[:r]  # the candidates that need a gradient (a view)
     dh = torch.zeros(len(hyper), dtype=cd, device=x.device) if want_grad and hyper else None
     step = chunk_rows(n, m, cd, chunk_bytes)
-    temperature = paradigm.shared_temperature
+    temperature = paradigm.shared_temperature if unit else None  # shifted logits need s <= 1
     for start in range(0, n, step):
         stop = min(n, start + step)
         uc = u[start:stop]
@@ -126,6 +132,8 @@ def direction(
             dh += paradigm.hyper_grad(hyper, rows, rowdot, gsum, scale)
     if not want_grad:
         return (loss, None, None, None) if hyper else (loss, None, None)
+    if not unit:
+        return (loss, du, dv, dh) if hyper else (loss, du, dv)
     if r < m:  # the rows beyond r stay zero: no normalisation pass over them either
         dv[:r] = normalize_backward(dvr, v32[:r], inv_c[:r])
     else:

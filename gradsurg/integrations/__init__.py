@@ -3,7 +3,9 @@
 - :mod:`gradsurg.integrations.sentence_transformers` -- :class:`GradsurgLoss`,
   a sentence-transformers loss (``SentenceTransformerTrainer``) wrapping any gradsurg loss;
 - :mod:`gradsurg.integrations.mteb` -- :class:`MTEBEncoder`, an ``encode() -> numpy``
-  wrapper of gradsurg-trained encoders for MTEB.
+  wrapper of gradsurg-trained encoders for MTEB;
+- :mod:`gradsurg.integrations.open_clip` -- ``ClipLoss`` and ``SigLipLoss``, drop-ins for
+  open_clip's (same arguments, values and gradients; docs/open_clip.md).
 
 Each submodule imports its library lazily; importing this package needs neither.
 """

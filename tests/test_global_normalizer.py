@@ -1,0 +1,164 @@
+"""normalizer='global' (SogCLR / FastCLIP) against an independent step-by-step formula (float64).
+
+The oracle keeps its own dictionary of u_i, forms the full similarity matrix, updates u exactly as
+written in docs/paradigm.md ("Global normaliser") and differentiates the surrogate
+``-s_ii/tau + sum_{j!=i} exp(s_ij/tau) / ((M-1) u_i)`` with u held constant; its value is
+``-s_ii/tau + log u_i + g_i/u_i - 1``. Several steps with overlapping and new indices, one tower and
+two (symmetric), hard negatives, cosine and dot products. Tolerance 1e-10 relative (float64).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradsurg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import rel_err  # noqa: E402
+
+TOL = 1e-10
+TAU, GAMMA, DATASET = 0.1, 0.3, 12
+
+
+class Oracle:
+    def __init__(self, towers):
+        self.u = [dict() for _ in range(towers)]
+
+    def direction(self, x, c, tower, index, unit, update=True):
+        if unit:
+            x, c = F.normalize(x, dim=1), F.normalize(c, dim=1)
+        s = x @ c.T
+        n, m = s.shape
+        off = ~torch.eye(n, m, dtype=torch.bool)
+        e = torch.exp(s / TAU) * off
+        g = e.detach().sum(dim=1) / (m - 1)
+        u = []
+        for i, k in enumerate(index.tolist()):
+            old = self.u[tower].get(k)
+            new = g[i].item() if old is None else (1 - GAMMA) * old + GAMMA * g[i].item()
+            if update:
+                self.u[tower][k] = new
+            u.append(new)
+        u = torch.tensor(u, dtype=torch.float64)
+        pos = s.diagonal()
+        surrogate = -pos / TAU + e.sum(dim=1) / ((m - 1) * u)
+        value = -pos.detach() / TAU + torch.log(u) + g / u - 1
+        return value, surrogate
+
+
+def oracle_loss(oracle, a, p, z, index, symmetric, unit):
+    c = p if z is None else torch.cat([p, z])
+    v, s = oracle.direction(a, c, 0, index, unit)
+    if symmetric:
+        v2, s2 = oracle.direction(p, a, 1, index, unit)
+        v, s = 0.5 * (v + v2), 0.5 * (s + s2)
+    return v.mean(), s.mean()
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["one", "sym"])
+@pytest.mark.parametrize("with_neg", [False, True], ids=["noneg", "neg"])
+@pytest.mark.parametrize("unit", [True, False], ids=["cos", "dot"])
+def test_steps_against_oracle(symmetric, with_neg, unit):
+    g = torch.Generator().manual_seed(11)
+    data_a = torch.randn(DATASET, 5, generator=g, dtype=torch.float64)
+    data_p = data_a + 0.6 * torch.randn(DATASET, 5, generator=g, dtype=torch.float64)
+    if not unit:
+        data_a, data_p = 0.4 * data_a, 0.4 * data_p
+    state = gradsurg.GlobalNormalizer(DATASET, gamma=GAMMA, towers=2 if symmetric else 1)
+    oracle = Oracle(2)
+    steps = [[0, 1, 2, 3], [2, 3, 4, 5, 6], [0, 5, 7, 8], [1, 2, 3, 9, 10, 11], [0, 2, 4, 6]]
+    kw = {} if unit else {"normalize": False}
+    for step, idx in enumerate(steps):
+        index = torch.tensor(idx)
+        drift = 0.05 * step  # the "model" moves between steps
+        a = (data_a[index] + drift).clone().requires_grad_()
+        p = (data_p[index] - drift).clone().requires_grad_()
+        z = torch.randn(3, 5, generator=g, dtype=torch.float64).requires_grad_() if with_neg else None
+        loss = gradsurg.info_nce(a, p, z, temperature=TAU, normalizer="global", state=state, index=index,
+                                 symmetric=symmetric, **kw)
+        leaves = [a, p] + ([z] if z is not None else [])
+        grads = torch.autograd.grad(loss, leaves)
+        ra, rp = a.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
+        rz = z.detach().clone().requires_grad_() if z is not None else None
+        value, surrogate = oracle_loss(oracle, ra, rp, rz, index, symmetric, unit)
+        want = torch.autograd.grad(surrogate, [ra, rp] + ([rz] if rz is not None else []))
+        assert rel_err(loss, value) < TOL, step
+        for k, (got, exp) in enumerate(zip(grads, want)):
+            assert rel_err(got, exp) < TOL, (step, k, rel_err(got, exp))
+        seen = torch.tensor(sorted({k for s in steps[:step + 1] for k in s}))
+        want_u = torch.tensor([oracle.u[0][k] for k in seen.tolist()], dtype=torch.float64)
+        assert rel_err(state.log_u[0, seen].exp(), want_u) < TOL
+
+
+def test_first_step_is_the_decoupled_batch_loss():
+    """With u_i = g_i (first sight) the gradient is the decoupled InfoNCE's (positive out of the normaliser)."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    state = gradsurg.GlobalNormalizer(6, gamma=0.5)
+    loss = gradsurg.info_nce(a, p, temperature=0.2, normalizer="global", state=state, index=torch.arange(6))
+    s = F.normalize(a, dim=1) @ F.normalize(p, dim=1).T
+    off = ~torch.eye(6, dtype=torch.bool)
+    dcl = (-s.diagonal() / 0.2 + torch.logsumexp((s / 0.2).masked_fill(~off, -math.inf), dim=1) - math.log(5)).mean()
+    assert rel_err(loss, dcl) < TOL
+    for got, want in zip(torch.autograd.grad(loss, [a, p]), torch.autograd.grad(dcl, [a, p])):
+        assert rel_err(got, want) < TOL
+
+
+def test_module_form_eval_and_state_dict():
+    loss_fn = gradsurg.InfoNCELoss(temperature=TAU, normalizer="global", dataset_size=8, gamma=GAMMA, symmetric=True)
+    a, p = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    idx = torch.tensor([1, 3, 5, 7])
+    loss_fn(a, p, index=idx)
+    before = loss_fn.normalizer.log_u.clone()
+    assert torch.isfinite(before[:, idx]).all() and torch.isinf(before[:, [0, 2]]).all()
+    loss_fn.eval()
+    loss_fn(a * 2, p, index=idx)
+    with torch.no_grad():
+        loss_fn.train()
+        loss_fn(a * 3, p, index=idx)
+    assert torch.equal(loss_fn.normalizer.log_u, before)  # neither eval() nor no_grad() updates u
+    assert "normalizer.log_u" in loss_fn.state_dict()
+
+
+def test_batch_normalizer_is_plain_info_nce():
+    a, p = torch.randn(5, 3), torch.randn(5, 3)
+    assert torch.equal(gradsurg.info_nce(a, p, normalizer="batch"), gradsurg.info_nce(a, p))
+    assert torch.equal(gradsurg.InfoNCELoss(normalizer="batch")(a, p), gradsurg.info_nce(a, p))
+
+
+def test_errors():
+    a, p = torch.randn(4, 3), torch.randn(4, 3)
+    state = gradsurg.GlobalNormalizer(10)
+    with pytest.raises(ValueError, match="needs index="):
+        gradsurg.info_nce(a, p, normalizer="global", state=state)
+    with pytest.raises(IndexError, match=r"index out of range: values in \[0, 10\].*dataset_size = 10"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(IndexError, match="out of range"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.tensor([-1, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"shape \(N,\) = \(4,\)"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="integers"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.zeros(4))
+    with pytest.raises(ValueError, match="repeated"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.tensor([0, 1, 1, 2]))
+    with pytest.raises(TypeError, match="state must be a gradsurg.GlobalNormalizer"):
+        gradsurg.info_nce(a, p, normalizer="global", index=torch.arange(4))
+    with pytest.raises(ValueError, match="normalizer must be one of"):
+        gradsurg.info_nce(a, p, normalizer="globl", state=state, index=torch.arange(4))
+    with pytest.raises(ValueError, match="learnable"):
+        gradsurg.info_nce(a, p, temperature=torch.tensor(0.1), normalizer="global", state=state,
+                          index=torch.arange(4))
+    with pytest.raises(ValueError, match="towers=2"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.arange(4), symmetric=True)
+    with pytest.raises(ValueError, match="gamma must be"):
+        gradsurg.GlobalNormalizer(10, gamma=0.0)
+    with pytest.raises(ValueError, match="dataset_size="):
+        gradsurg.InfoNCELoss(normalizer="global")
+    with pytest.raises(ValueError, match="index= is only used"):
+        gradsurg.InfoNCELoss()(a, p, index=torch.arange(4))

@@ -1,0 +1,271 @@
+"""gradsurg.integrations.open_clip against open-clip-torch's loss.py and an independent plain formula.
+
+One process: ``ClipLoss`` / ``SigLipLoss`` (values and gradients to the features, logit_scale and
+logit_bias) against the installed open_clip (loaded by file path: the package imports torchvision)
+and against the plain formulas below. Two and four gloo processes: one spawn per world size runs
+every setting (ClipLoss: local_loss x gather_with_grad, with and without a bias; SigLipLoss: every
+dist_impl) in float64 and float32; each rank's value and gradients are compared with open_clip's
+run in the same processes, and with a single-process simulation of open_clip's semantics (which
+rows are detached on which rank, the per-rank scaling; gradients summed over the ranks as the
+collectives' backward does).
+
+Tolerances (relative to the reference's largest entry): float64 1e-10, float32 1e-5.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import sys
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import rel_err  # noqa: E402
+from test_distributed import free_port  # noqa: E402
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+CLIP_SETTINGS = [(local, grad) for local in (False, True) for grad in (False, True)]
+SIGLIP_IMPLS = ["bidir", "shift", "reduce", "gather"]
+B, DIM = 3, 5
+
+
+def open_clip_loss_module():
+    """open_clip's loss.py, loaded by path (None when open-clip-torch is not installed)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "loss.py")
+    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+OC = open_clip_loss_module()
+needs_open_clip = pytest.mark.skipif(OC is None, reason="open-clip-torch is not installed")
+
+
+# -- the independent oracle: open_clip's semantics as plain formulas ----------------------------------
+
+def plain_clip(img, txt, scale, bias=None):
+    logits = scale * img @ txt.T + (0.0 if bias is None else bias)
+    labels = torch.arange(img.shape[0])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def plain_clip_local(img, txt_all, txt, img_all, offset, scale, bias=None):
+    labels = torch.arange(img.shape[0]) + offset
+    b = 0.0 if bias is None else bias
+    return (F.cross_entropy(scale * img @ txt_all.T + b, labels)
+            + F.cross_entropy(scale * txt @ img_all.T + b, labels)) / 2
+
+
+def plain_siglip(img, txt, scale, bias=None, positives=True):
+    logits = scale * img @ txt.T + (0.0 if bias is None else bias)
+    z = -torch.ones_like(logits)
+    if positives:
+        z += 2 * torch.eye(img.shape[0], dtype=img.dtype)
+    return -F.logsigmoid(z * logits).sum() / img.shape[0]
+
+
+def simulate(kind, setting, imgs, txts, scale, bias):
+    """Per-rank (value, grads to own image / text features, grad logit_scale, grad logit_bias) of
+    open_clip's loss on ``world = len(imgs)`` ranks, simulated in one process: rank r's loss is built
+    from leaves of every rank's features, detached where open_clip's rank r holds them without a
+    gradient; each rank's feature gradient is the sum over every rank's loss (the collectives'
+    backward), the hyper-parameters' gradient that of its own loss."""
+    world = len(imgs)
+    leaves_i = [t.clone().requires_grad_() for t in imgs]
+    leaves_t = [t.clone().requires_grad_() for t in txts]
+    values, hyper = [], []
+    for r in range(world):
+        s = scale.clone().requires_grad_()
+        b = None if bias is None else bias.clone().requires_grad_()
+        if kind == "clip":
+            local, with_grad = setting
+            keep = [with_grad or (q == r and not local) for q in range(world)]
+            all_i = torch.cat([leaves_i[q] if keep[q] else leaves_i[q].detach() for q in range(world)])
+            all_t = torch.cat([leaves_t[q] if keep[q] else leaves_t[q].detach() for q in range(world)])
+            if local:
+                loss = plain_clip_local(leaves_i[r], all_t, leaves_t[r], all_i, r * imgs[r].shape[0], s, b)
+            else:
+                loss = plain_clip(all_i, all_t, s, b)
+        else:  # siglip: every dist_impl passes the texts with their gradient
+            loss = plain_siglip(leaves_i[r], leaves_t[r], s, b)
+            for q in range(world):
+                if q != r:
+                    loss = loss + plain_siglip(leaves_i[r], leaves_t[q], s, b, positives=False)
+        hs = [s] + ([b] if b is not None else [])
+        gh = torch.autograd.grad(loss, hs, retain_graph=True, allow_unused=True)
+        hyper.append([torch.zeros_like(h) if g is None else g for h, g in zip(hs, gh)])
+        values.append(loss)
+    grads = torch.autograd.grad(sum(values), leaves_i + leaves_t, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves_i + leaves_t, grads)]
+    return [{"loss": values[r].detach(), "grads": [grads[r], grads[world + r]] + hyper[r]} for r in range(world)]
+
+
+def batch(world, dtype, seed=0, unit=True):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(world * B, DIM, generator=g, dtype=torch.float64)
+    txt = img + 0.8 * torch.randn(world * B, DIM, generator=g, dtype=torch.float64)
+    if unit:
+        img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    scale = torch.tensor(6.5, dtype=torch.float64)
+    bias = torch.tensor(-3.0, dtype=torch.float64)
+    return [t.to(dtype) for t in (img, txt, scale, bias)]
+
+
+def run_loss(module, img, txt, scale, bias):
+    """Value and gradients (image, text, logit_scale[, logit_bias]) of ``module`` on leaves."""
+    leaves = [img.clone().requires_grad_(), txt.clone().requires_grad_(), scale.clone().requires_grad_()]
+    if bias is not None:
+        leaves.append(bias.clone().requires_grad_())
+    loss = module(*leaves[:3], leaves[3] if bias is not None else None)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+    return {"loss": loss.detach(), "grads": [g.detach() for g in grads]}
+
+
+def assert_close(got, want, dtype, what):
+    tol = TOL[dtype]
+    assert rel_err(got["loss"], want["loss"]) < tol, (what, "loss", got["loss"], want["loss"])
+    for k, (g, w) in enumerate(zip(got["grads"], want["grads"])):
+        if "clip" in str(what) and k == 3:  # ClipLoss's bias: 0 in exact arithmetic, rounding noise in open_clip's
+            assert float((g - w).abs().max()) < tol, (what, "bias grad", g, w)
+            continue
+        assert rel_err(g, w) < tol, (what, "grad", k, rel_err(g, w))
+
+
+# -- one process -----------------------------------------------------------------------------------------
+
+CASES_1 = [(kind, dtype, unit, with_bias) for kind in ("clip", "siglip") for dtype in (torch.float64, torch.float32)
+           for unit in (True, False) for with_bias in (False, True)]
+
+
+@pytest.mark.parametrize("case", CASES_1, ids=lambda c: f"{c[0]}-{str(c[1])[6:]}-{'unit' if c[2] else 'raw'}"
+                         f"-{'bias' if c[3] else 'nobias'}")
+def test_one_process_against_plain(case):
+    kind, dtype, unit, with_bias = case
+    img, txt, scale, bias = batch(1, dtype, seed=3, unit=unit)
+    img, txt = torch.cat([img, img[:2] * 0.5]), torch.cat([txt, -txt[:2]])  # 5 rows
+    bias = bias if with_bias else None
+    ours = run_loss(ClipLoss() if kind == "clip" else SigLipLoss(), img, txt, scale, bias)
+    want = simulate(kind, (False, False), [img.double()], [txt.double()], scale.double(),
+                    None if bias is None else bias.double())[0]
+    assert_close(ours, want, dtype, case)
+
+
+@needs_open_clip
+@pytest.mark.parametrize("case", CASES_1, ids=lambda c: f"{c[0]}-{str(c[1])[6:]}-{'unit' if c[2] else 'raw'}"
+                         f"-{'bias' if c[3] else 'nobias'}")
+def test_one_process_against_open_clip(case):
+    kind, dtype, unit, with_bias = case
+    img, txt, scale, bias = batch(1, dtype, seed=4, unit=unit)
+    bias = bias if with_bias else None
+    ours = run_loss(ClipLoss() if kind == "clip" else SigLipLoss(), img, txt, scale, bias)
+    theirs = run_loss(OC.ClipLoss() if kind == "clip" else OC.SigLipLoss(), img, txt, scale, bias)
+    assert_close(ours, theirs, dtype, case)
+
+
+def test_output_dict_and_no_grad():
+    img, txt, scale, bias = batch(1, torch.float64)
+    out = ClipLoss()(img, txt, scale, output_dict=True)
+    assert set(out) == {"contrastive_loss"} and out["contrastive_loss"].dim() == 0
+    out = SigLipLoss()(img, txt, scale, bias, output_dict=True)
+    assert set(out) == {"contrastive_loss"}
+    with torch.no_grad():
+        assert torch.isfinite(SigLipLoss()(img, txt, 10.0, -10.0))
+        assert torch.isfinite(ClipLoss()(img, txt, 10.0))
+
+
+def test_errors():
+    img, txt, scale, _ = batch(1, torch.float64)
+    with pytest.raises(ValueError, match="use_horovod"):
+        ClipLoss(use_horovod=True)
+    with pytest.raises(ValueError, match="dist_impl must be one of"):
+        SigLipLoss(dist_impl="ring")
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        ClipLoss(rank=2, world_size=2)
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialised"):
+        ClipLoss(rank=0, world_size=2)(img, txt, scale)
+    with pytest.raises(ValueError, match="same shape"):
+        SigLipLoss()(img, txt[:2], scale)
+    with pytest.raises(ValueError, match="logit_scale must be a scalar"):
+        ClipLoss()(img, txt, torch.ones(2))
+
+
+# -- 2 and 4 gloo processes ------------------------------------------------------------------------------
+
+def dist_cases():
+    out = [("clip", s, wb) for s in CLIP_SETTINGS for wb in (False, True)]
+    return out + [("siglip", impl, True) for impl in SIGLIP_IMPLS]
+
+
+def make(kind, setting, rank, world, lib):
+    if kind == "clip":
+        local, with_grad = setting
+        return lib.ClipLoss(local_loss=local, gather_with_grad=with_grad, rank=rank, world_size=world)
+    return lib.SigLipLoss(rank=rank, world_size=world, dist_impl=setting)
+
+
+def worker(rank, world, port, outdir):
+    import gradsurg.integrations.open_clip as ours
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    oc = open_clip_loss_module()
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        img, txt, scale, bias = batch(world, dtype, seed=world)
+        mine = [t[rank * B:(rank + 1) * B] for t in (img, txt)]
+        for case in dist_cases():
+            kind, setting, with_bias = case
+            b = bias if with_bias else None
+            results[(dtype, case, "ours")] = run_loss(make(kind, setting, rank, world, ours), *mine, scale, b)
+            if oc is not None:
+                results[(dtype, case, "open_clip")] = run_loss(make(kind, setting, rank, world, oc), *mine, scale, b)
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
+def spawned(request):
+    world = request.param
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.start_processes(worker, args=(world, free_port(), outdir), nprocs=world, start_method="spawn")
+        per_rank = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+    return world, per_rank
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_distributed_against_plain(spawned, dtype):
+    world, per_rank = spawned
+    img, txt, scale, bias = batch(world, torch.float64, seed=world)
+    imgs, txts = list(img.split(B)), list(txt.split(B))
+    for case in dist_cases():
+        kind, setting, with_bias = case
+        want = simulate(kind, setting, imgs, txts, scale, bias if with_bias else None)
+        for r in range(world):
+            assert_close(per_rank[r][(dtype, case, "ours")], want[r], dtype, (world, case, r))
+
+
+@pytest.mark.slow
+@needs_open_clip
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_distributed_against_open_clip(spawned, dtype):
+    world, per_rank = spawned
+    for case in dist_cases():
+        for r in range(world):
+            got = per_rank[r][(dtype, case, "ours")]
+            assert_close(got, per_rank[r][(dtype, case, "open_clip")], dtype, (world, case, r))

@@ -1,0 +1,186 @@
+"""distributed='ring': 2 and 3 gloo processes against the gather path and one process on the global batch.
+
+One spawn per world size runs every case; each rank saves its value and gradients (its own leaves
+and the learnable hyper-parameters) for the ring and the gather path. Checked (float64, 1e-10
+relative): the ring equals the gather path on every rank for every case, and with reduction='sum'
+the ranks' values and owners' gradients add up to one process's on the concatenated batch (the
+hyper-parameters' gradients summed over ranks). Float32: the ring equals the gather path within 1e-5.
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import sys
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import gradsurg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import rel_err  # noqa: E402
+from test_distributed import free_port  # noqa: E402
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+SIZES = {2: ([3, 5], [2, 1]), 3: ([2, 4, 3], [0, 3, 1])}  # anchors and hard negatives per rank (uneven)
+LOSSES = ["info_nce", "arccon", "siglip"]
+#: (loss, symmetric, with negatives, reduction, learnable hyper-parameters, normalize)
+CASES = ([(name, sym, neg, red, False, True)
+          for name, sym, neg, red in itertools.product(LOSSES, [False, True], [False, True], ["mean", "sum", "none"])]
+         + [(name, sym, True, "sum", True, unit) for name in ("info_nce", "siglip")
+            for sym, unit in itertools.product([False, True], [True, False])])
+D = 6
+
+
+def batch(world, case):
+    n_r, k_r = SIZES[world]
+    if not case[2]:
+        k_r = [0] * world
+    g = torch.Generator().manual_seed(100 + CASES.index(case))
+    n, k = sum(n_r), sum(k_r)
+    a = torch.randn(n, D, generator=g, dtype=torch.float64)
+    p = a + 0.7 * torch.randn(n, D, generator=g, dtype=torch.float64)
+    z = torch.randn(k, D, generator=g, dtype=torch.float64)
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    return n_r, k_r, a, p, z, w
+
+
+def part(t, counts, rank):
+    start = sum(counts[:rank])
+    return t[start:start + counts[rank]]
+
+
+def hyper_of(name, learn, dtype):
+    if not learn:
+        return []
+    vals = [0.2] if name != "siglip" else [5.0, -2.0]
+    return [torch.tensor(v, dtype=dtype, requires_grad=True) for v in vals]
+
+
+def call(case, a, p, z, hyper, **kw):
+    name, symmetric, _, reduction, learn, unit = case
+    kw.update(symmetric=symmetric, reduction=reduction)
+    if not unit:
+        kw["normalize"] = False
+    if name == "siglip":
+        scale, bias = (hyper if learn else (5.0, -2.0))
+        return gradsurg.siglip(a, p, z, scale=scale, bias=bias, **kw)
+    tau = hyper[0] if learn else 0.2
+    fn = gradsurg.info_nce if name == "info_nce" else gradsurg.arccon
+    return fn(a, p, z, temperature=tau, **kw)
+
+
+def run(case, a, p, z, w, dtype, **kw):
+    leaves = [a.to(dtype).requires_grad_(), p.to(dtype).requires_grad_()]
+    zl = z.to(dtype).requires_grad_() if z.shape[0] else None
+    hyper = hyper_of(case[0], case[4], dtype)
+    loss = call(case, leaves[0], leaves[1], zl, hyper, **kw)
+    wanted = leaves + ([zl] if zl is not None else []) + hyper
+    grads = torch.autograd.grad(loss, wanted, w.to(dtype) if case[3] == "none" else torch.ones_like(loss))
+    return {"loss": loss.detach(), "grads": [g.detach() for g in grads]}
+
+
+def worker(rank, world, port, outdir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    out = {}
+    for case in CASES:
+        n_r, k_r, a, p, z, w = batch(world, case)
+        mine = (part(a, n_r, rank), part(p, n_r, rank), part(z, k_r, rank), part(w, n_r, rank))
+        dtypes = (torch.float64, torch.float32) if case[0] == "info_nce" and case[3] == "mean" else (torch.float64,)
+        for dtype in dtypes:
+            for how in ("ring", "gather"):
+                out[(case, dtype, how)] = run(case, *mine, dtype, distributed=how)
+    with torch.no_grad():
+        n_r, k_r, a, p, z, w = batch(world, CASES[0])
+        out["no_grad"] = gradsurg.info_nce(part(a, n_r, rank), part(p, n_r, rank), distributed="ring")
+    n_r, k_r, a, p, z, w = batch(world, CASES[1])
+    a_r, p_r = part(a, n_r, rank), part(p, n_r, rank)
+    module = gradsurg.ParadigmLoss(gradsurg.paradigm.info_nce(0.2), symmetric=True, distributed="ring")
+    out["module"] = (module(a_r, p_r), gradsurg.info_nce(a_r, p_r, temperature=0.2, symmetric=True,
+                                                         distributed="ring"))
+    ab = a_r.to(torch.bfloat16).requires_grad_()
+    lb = gradsurg.siglip(ab, p_r.to(torch.bfloat16), scale=5.0, bias=-2.0, distributed="ring")
+    lb.backward()
+    out["bf16"] = (lb.dtype, ab.grad.dtype, bool(torch.isfinite(ab.grad.float()).all()))
+    try:
+        gradsurg.mpt(torch.randn(3, D), torch.randn(3, D), distributed="ring")
+        out["error"] = None
+    except ValueError as err:
+        out["error"] = str(err)
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+def spawned(request):
+    world = request.param
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.start_processes(worker, args=(world, free_port(), outdir), nprocs=world, start_method="spawn")
+        per_rank = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+    return world, per_rank
+
+
+def ids(case):
+    name, sym, neg, red, learn, unit = case
+    return f"{name}-{'sym' if sym else 'one'}-{'neg' if neg else 'noneg'}-{red}" + \
+        ("-learn" if learn else "") + ("" if unit else "-dot")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_ring_equals_gather(spawned, case):
+    world, per_rank = spawned
+    for r in range(world):
+        for dtype in (torch.float64, torch.float32):
+            if (case, dtype, "ring") not in per_rank[r]:
+                continue
+            ring, gather = per_rank[r][(case, dtype, "ring")], per_rank[r][(case, dtype, "gather")]
+            assert rel_err(ring["loss"], gather["loss"]) < TOL[dtype], (r, dtype)
+            for k, (g, h) in enumerate(zip(ring["grads"], gather["grads"])):
+                assert rel_err(g, h) < TOL[dtype], (r, dtype, k, rel_err(g, h))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] == "sum"], ids=ids)
+def test_ring_equals_one_process(spawned, case):
+    """The ranks' sums equal one process holding the global batch (independent of the gather path)."""
+    world, per_rank = spawned
+    n_r, k_r, a, p, z, w = batch(world, case)
+    want = run(case, a.clone(), p.clone(), z.clone(), w, torch.float64)
+    got = [per_rank[r][(case, torch.float64, "ring")] for r in range(world)]
+    assert rel_err(sum(g["loss"] for g in got), want["loss"]) < TOL[torch.float64]
+    n_hyper = len(hyper_of(case[0], case[4], torch.float64))
+    owned = [torch.cat([g["grads"][k] for g in got]) for k in (0, 1)]
+    if sum(k_r):
+        owned.append(torch.cat([g["grads"][2] for g in got if len(g["grads"]) > 2 + n_hyper]))
+    owned += [sum(g["grads"][-n_hyper + k] for g in got) for k in range(n_hyper)]
+    for k, (g, h) in enumerate(zip(owned, want["grads"])):
+        assert rel_err(g, h) < TOL[torch.float64], (k, rel_err(g, h))
+
+
+@pytest.mark.slow
+def test_ring_no_grad_and_errors(spawned):
+    world, per_rank = spawned
+    n_r, k_r, a, p, z, w = batch(world, CASES[0])
+    rows = gradsurg.info_nce(a, p, temperature=0.05, reduction="none")
+    for r in range(world):
+        assert rel_err(per_rank[r]["no_grad"], part(rows, n_r, r).sum() * world / sum(n_r)) < 1e-10
+        assert "distributed='ring' runs info_nce" in per_rank[r]["error"]
+        mod, fn = per_rank[r]["module"]
+        assert torch.equal(mod, fn)  # ParadigmLoss(distributed='ring') is the functional ring
+        assert per_rank[r]["bf16"] == (torch.bfloat16, torch.bfloat16, True)
+
+
+def test_bad_distributed_value():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="distributed must be None, 'gather' or 'ring'"):
+        gradsurg.info_nce(x, x, distributed="allgather")
+    # without a process group the ring is the plain single-process loss
+    assert torch.equal(gradsurg.info_nce(x, x, distributed="ring"), gradsurg.info_nce(x, x))
