@@ -29,6 +29,7 @@ from .losses import (
     mpt,
     siglip,
 )
+from .structured import gist, supcon
 from .paradigm import Paradigm
 from .queue import NegativeQueue
 from . import objectives
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Paradigm", "paradigms", "dissipation", "weight", "ratio", "paradigm_loss",
-    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue",
+    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "supcon", "gist", "NegativeQueue",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",
 ]

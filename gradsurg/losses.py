@@ -25,8 +25,10 @@ from torch import Tensor, nn
 from . import paradigm as _p
 from .api import paradigm_loss
 from .paradigm import Paradigm
+from .structured import STRUCTURED_OPTIONS, gist, mnrl, supcon
 
 __all__ = [
+    "supcon", "gist",
     "info_nce", "arccon", "mpt", "met", "mat", "siglip",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
 ]
@@ -59,9 +61,49 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     formed from the row statistics. Keyword arguments of
     :func:`gradsurg.paradigm_loss` (``symmetric``, ``reduction``, ``backend``,
     ``check_finite``, ``gather_across_devices``) pass through.
+
+    sentence-transformers' ``MultipleNegativesRankingLoss`` options (same names, defaults,
+    rules and errors; docs/api.md, "Structured candidates") select the structured engine
+    (:mod:`gradsurg.structured`, chunked, torch backend):
+
+    * ``negatives`` (alias ``hard_negatives=``): one ``(N, d)`` tensor or a list of them
+      (sentence-transformers' columns: row i of each belongs to anchor i);
+    * ``directions`` (``query_to_doc`` required; ``query_to_query``, ``doc_to_query``,
+      ``doc_to_doc``), ``partition_mode`` (``'joint'`` / ``'per_direction'``),
+      ``hardness_mode`` (``in_batch_negatives``, ``hard_negatives``, ``all_negatives``) with
+      ``hardness_strength`` alpha (logits ``scale s + alpha sg(s)`` on those negatives);
+    * ``negative_mask`` (bool ``(N, M)`` over ``cat(positives, *negatives)``, True drops the
+      candidate from anchor i's partition function; the positive is never dropped: a True
+      there is ignored, as GIST protects it), ``keys`` (one int tensor per column; a candidate
+      whose key equals the row's anchor or positive key is dropped: duplicates), ``guide``
+      (the guide model's embeddings of every column) with ``margin_strategy`` / ``margin``
+      (GISTEmbedLoss' rule on these directions);
+    * ``labels`` ((N,) ints: every positive with the row's label is a target, uniformly) or
+      ``soft_targets`` ((N, M) row-stochastic: cross-entropy to the teacher);
+    * ``stats``: a dict filled with W's telemetry (entropy, effective negatives, max weight).
     """
+    if "hard_negatives" in kwargs:
+        if negatives is not None:
+            raise ValueError("info_nce: give the hard negatives once (third argument or hard_negatives=)")
+        negatives = kwargs.pop("hard_negatives")
+    if isinstance(negatives, (list, tuple)) or any(k in kwargs for k in STRUCTURED_OPTIONS):
+        return _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs)
     tau, learn = _temperature(temperature, scale, "info_nce")
     return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, **kwargs)
+
+
+def _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs) -> Tensor:
+    """sentence-transformers' MNRL options, masks, guide, labels, soft targets: :func:`gradsurg.structured.mnrl`."""
+    tau, learn = _temperature(temperature, scale, "info_nce")
+    if learn is not None:
+        raise TypeError("info_nce: a learnable (tensor) temperature/scale is not supported with directions, "
+                        "masks, hardness, labels or soft targets; pass a float")
+    if kwargs.pop("symmetric", False):
+        if "directions" in kwargs or "partition_mode" in kwargs:
+            raise ValueError("info_nce: symmetric=True is directions=('query_to_doc', 'doc_to_query') with "
+                             "partition_mode='per_direction'; give either symmetric or directions")
+        kwargs.update(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+    return mnrl(anchors, positives, negatives, scale=1.0 / tau, **kwargs)
 
 
 def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
