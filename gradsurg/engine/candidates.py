@@ -310,21 +310,19 @@ class StructuredLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: Plan, aux: Aux, weight, reduction_rows, *tensors):
+        """``reduction_rows``: per-row weights (N,) replacing the scalar ``weight`` (SupCon's mean over
+        the rows with a positive)."""
         n = aux.row_ids.shape[0]
-        want = torch.is_grad_enabled() or any(t.requires_grad for t in tensors)
         rw = reduction_rows if reduction_rows is not None else weight
-        loss, grads = structured_direction(plan, aux, list(tensors), rw if want else None, n)
+        loss, grads = structured_direction(plan, aux, list(tensors), rw, n)
         ctx.grads = grads
         ctx.dtypes = [t.dtype for t in tensors]
-        value = loss.sum() if reduction_rows is not None else loss.sum() * weight
+        value = (loss * reduction_rows.to(loss.dtype)).sum() if reduction_rows is not None else loss.sum() * weight
         return value.to(tensors[0].dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:
-            raise RuntimeError("gradsurg: the structured loss was already back-propagated (its gradient is "
-                               "formed once, in the forward pass); use retain_graph-free single backward")
+        grads = ctx.grads  # (rows, d) per tensor, kept with the graph (as the op's Fused node keeps dx, dc)
         out = [None if g is None else (g * grad).to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return (None, None, None, None, *out)
 
