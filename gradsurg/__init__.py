@@ -30,6 +30,7 @@ from .losses import (
     siglip,
 )
 from .structured import gist, supcon
+from .losses import GISTLoss, SupConLoss
 from .paradigm import Paradigm
 from .queue import NegativeQueue
 from . import objectives
@@ -40,6 +41,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Paradigm", "paradigms", "dissipation", "weight", "ratio", "paradigm_loss",
     "info_nce", "arccon", "mpt", "met", "mat", "siglip", "supcon", "gist", "NegativeQueue",
-    "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
+    "ParadigmLoss", "GISTLoss", "SupConLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",
 ]

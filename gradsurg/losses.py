@@ -28,7 +28,7 @@ from .paradigm import Paradigm
 from .structured import STRUCTURED_OPTIONS, gist, mnrl, supcon
 
 __all__ = [
-    "supcon", "gist",
+    "supcon", "gist", "GISTLoss", "SupConLoss",
     "info_nce", "arccon", "mpt", "met", "mat", "siglip",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
 ]
@@ -240,16 +240,59 @@ class _Softmax(_Learnable):
         return None
 
 
+#: the structured options a module fixes at construction (the per-batch ones, ``keys``, ``guide``,
+#: ``negative_mask``, ``labels``, ``soft_targets``, ``stats``, go to ``forward``)
+_FIXED_STRUCTURED = ("directions", "partition_mode", "hardness_mode", "hardness_strength", "margin_strategy",
+                     "margin")
+_PER_BATCH = ("keys", "guide", "negative_mask", "labels", "soft_targets", "stats")
+
+
 class InfoNCELoss(_Softmax):
     """Module form of :func:`gradsurg.info_nce` (same arguments; ``scale`` = 1 / temperature,
     sentence-transformers' convention). With ``learnable=True`` the module owns ``logit_scale``
-    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
+    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``).
+
+    sentence-transformers' options (``directions``, ``partition_mode``, ``hardness_mode``,
+    ``hardness_strength``; ``margin_strategy`` / ``margin`` for a guide) are fixed here;
+    ``forward(anchors, positives, negatives=None, **per_batch)`` takes the hard negatives as a
+    tensor or a list of columns and the per-batch ``keys``, ``guide``, ``negative_mask``,
+    ``labels``, ``soft_targets``, ``stats`` of :func:`gradsurg.info_nce`."""
 
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
-                 scale: float | Tensor | None = None, **kwargs):
+                 scale: float | Tensor | None = None, directions=None, partition_mode: str | None = None,
+                 hardness_mode: str | None = None, hardness_strength: float | None = None,
+                 margin_strategy: str | None = None, margin: float | None = None, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
+        given = dict(directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                     hardness_strength=hardness_strength, margin_strategy=margin_strategy, margin=margin)
+        self.structured = {k: (tuple(v) if k == "directions" and not isinstance(v, str) else v)
+                           for k, v in given.items() if v is not None}
+        if self.structured and (learnable or tensor is not None):
+            raise TypeError("InfoNCELoss: a learnable temperature is not supported with sentence-transformers' "
+                            "options (directions, hardness, ...); pass a float")
+        if self.structured:  # checked now, not at the first batch
+            from .structured import check_mnrl_options
+
+            check_mnrl_options(self.structured.get("directions", ("query_to_doc",)),
+                               self.structured.get("partition_mode", "joint"), self.structured.get("hardness_mode"),
+                               self.structured.get("hardness_strength", 0.0), "InfoNCELoss")
+        self._tau = tau
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives=None, **per_batch) -> Tensor:
+        unknown = sorted(set(per_batch) - set(_PER_BATCH))
+        if unknown:
+            raise TypeError(f"InfoNCELoss.forward: unknown argument(s) {', '.join(unknown)}; per batch: "
+                            f"{', '.join(_PER_BATCH)}")
+        per_batch = {k: v for k, v in per_batch.items() if v is not None}
+        if not (self.structured or per_batch or isinstance(negatives, (list, tuple))):
+            return super().forward(anchors, positives, negatives)
+        if self._kind is not None or hasattr(self, "logit_scale"):
+            raise TypeError("InfoNCELoss: a learnable temperature is not supported with lists of hard negatives, "
+                            "masks, guides, labels or soft targets")
+        return info_nce(anchors, positives, negatives, temperature=self._tau, **self.kwargs, **self.structured,
+                        **per_batch)
 
 
 class ArcConLoss(_Softmax):
@@ -308,3 +351,40 @@ class MATLoss(ParadigmLoss):
 
     def __init__(self, margin: float = 0.15 * math.pi, **kwargs):
         super().__init__(_p.mat(margin), **kwargs)
+
+
+class GISTLoss(nn.Module):
+    """Module form of :func:`gradsurg.gist` (sentence-transformers' ``GISTEmbedLoss`` arguments;
+    ``forward(anchors, positives, negatives=None, guide=...)`` takes the guide's embeddings of
+    every column)."""
+
+    def __init__(self, temperature: float = 0.01, margin_strategy: str = "absolute", margin: float = 0.0,
+                 contrast_anchors: bool = True, contrast_positives: bool = True, **kwargs):
+        super().__init__()
+        from .structured import _margin_options
+
+        _margin_options(margin_strategy, margin, "GISTLoss")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"GISTLoss: temperature must be a number > 0, got {temperature!r}")
+        self.options = dict(temperature=temperature, margin_strategy=margin_strategy, margin=margin,
+                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives, **kwargs)
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives=None, guide=None) -> Tensor:
+        if guide is None:
+            raise ValueError("GISTLoss: forward needs guide= (the guide model's embeddings of every column); "
+                             "GradsurgLoss(model, 'gist', guide=guide_model) computes them")
+        return gist(anchors, positives, negatives, guide=guide, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class SupConLoss(nn.Module):
+    """Module form of :func:`gradsurg.supcon`: ``forward(features, labels)``."""
+
+    def __init__(self, temperature: float = 0.1, **kwargs):
+        super().__init__()
+        self.temperature, self.kwargs = temperature, kwargs
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        return supcon(features, labels, temperature=self.temperature, **self.kwargs)

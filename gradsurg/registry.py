@@ -34,6 +34,7 @@ _PRESETS: dict[str, Callable[..., nn.Module]] = {
     "met": losses.METLoss,
     "mat": losses.MATLoss,
     "siglip": losses.SigLIPLoss,
+    "gist": losses.GISTLoss,
 }
 
 _DISSIPATIONS = {
