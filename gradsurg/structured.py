@@ -33,7 +33,8 @@ from torch import Tensor
 
 from . import distributed
 from .engine import dispatch
-from .engine.candidates import Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows
+from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
+                                weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
 from .engine.validation import REDUCTIONS, check_finite_values
 
@@ -340,15 +341,9 @@ def _soft(soft, n, m, device, where):
 
 
 def _summarise(raw: dict, out: dict) -> None:
-    """W telemetry: mean and quantiles over anchors of the entropy, exp(entropy) and the max weight."""
-    ent, top = raw.get("entropy"), raw.get("max_weight")
-    if ent is None:
-        return
-    q = torch.tensor([0.1, 0.5, 0.9], dtype=ent.dtype, device=ent.device)
-    for name, v in (("entropy", ent), ("effective_negatives", ent.exp()), ("max_weight", top)):
-        out[f"{name}_mean"] = float(v.mean())
-        for qq, val in zip((10, 50, 90), torch.quantile(v, q).tolist()):
-            out[f"{name}_q{qq}"] = val
+    """W telemetry (:func:`~gradsurg.engine.candidates.weight_summary`) into the caller's dict."""
+    if raw.get("entropy") is not None:
+        out.update(weight_summary(raw["entropy"], raw["max_weight"]))
 
 
 # ---------------------------------------------------------------------------------------------

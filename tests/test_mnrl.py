@@ -199,3 +199,41 @@ def test_triton_is_refused_with_the_reason_and_auto_names_it():
     from gradsurg.doctor import report
 
     assert any(line.startswith("structured candidates") for line in report(["float32"], [64]))
+
+
+def test_w_telemetry_from_the_row_statistics():
+    """stats=: W's entropy, effective negatives exp(H) and max weight per anchor (mean and quantiles),
+    against W formed densely: the joint softmax off the positive, renormalised."""
+    import torch.nn.functional as F
+
+    cols = batch(n=9, k=1, seed=8)
+    stats = {}
+    gradsurg.info_nce(cols[0], cols[1], [cols[2]], directions=("query_to_doc", "query_to_query"),
+                      hardness_mode="all_negatives", hardness_strength=5.0, stats=stats, chunk_bytes=300)
+    q, p, z = (F.normalize(c.detach(), dim=1) for c in cols)
+    docs = torch.cat([p, z])
+    s_qd, s_qq = q @ docs.T, q @ q.T
+    eye = torch.eye(9, dtype=torch.bool)
+    l_qd = 20 * s_qd + 5 * s_qd * torch.cat([~eye, torch.ones(9, 9, dtype=torch.bool)], 1)
+    l_qq = (20 * s_qq).masked_fill(eye, -torch.inf)
+    l = torch.cat([l_qd, l_qq], 1)
+    l[torch.arange(9), torch.arange(9)] = -torch.inf  # W lives off the positive
+    w = torch.softmax(l, dim=1)
+    h = -(w * torch.where(w > 0, w.log(), torch.zeros_like(w))).sum(1)
+    assert abs(stats["entropy_mean"] - float(h.mean())) < 1e-10
+    assert abs(stats["effective_negatives_mean"] - float(h.exp().mean())) < 1e-10
+    assert abs(stats["max_weight_mean"] - float(w.max(1).values.mean())) < 1e-10
+    assert abs(stats["entropy_q50"] - float(h.quantile(0.5))) < 1e-10
+    assert stats["effective_negatives_q90"] <= 9 + 18 - 2
+
+
+def test_trainer_collector_reports_w_telemetry():
+    """The trainer's per-step statistics (StatsCollector) carry the same W summary, from the W it forms."""
+    from gradsurg.analysis import StatsCollector
+
+    cols = batch(n=9, k=0, seed=2)
+    stats = {}
+    gradsurg.info_nce(cols[0], cols[1], [], temperature=0.05, stats=stats)
+    row = StatsCollector()(cols[0], cols[1])
+    for key in ("entropy_mean", "effective_negatives_q50", "max_weight_q90"):
+        assert abs(row[key] - stats[key]) < 1e-9, key

@@ -297,12 +297,29 @@ def _telemetry(tel: dict, plan: Plan, aux: Aux, exps: list, totals: list, t, a: 
     mass = sum(w.sum(dim=1) for w in w_list).clamp(min=torch.finfo(w_list[0].dtype).tiny)
     ent = torch.zeros(k, dtype=mass.dtype, device=mass.device)
     top = torch.zeros(k, dtype=mass.dtype, device=mass.device)
-    for w in w_list:
+    for w in w_list:  # the blocks of one row: their entropies add (W is normalised over all of them)
         q = w / mass[:, None]
-        ent -= torch.where(q > 0, q * q.log(), torch.zeros_like(q)).sum(dim=1)
+        ent += weight_entropy(q)
         top = torch.maximum(top, q.amax(dim=1))
     tel["entropy"].append(ent)
     tel["max_weight"].append(top)
+
+
+def weight_summary(entropy: Tensor, max_weight: Tensor) -> dict[str, float]:
+    """W telemetry over anchors: mean and 10/50/90 % quantiles of the entropy ``H_i = -sum_j W_ij log W_ij``,
+    the effective number of negatives ``exp(H_i)`` and the largest weight ``max_j W_ij`` (plain floats)."""
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=entropy.dtype, device=entropy.device)
+    out = {}
+    for name, v in (("entropy", entropy), ("effective_negatives", entropy.exp()), ("max_weight", max_weight)):
+        out[f"{name}_mean"] = float(v.mean())
+        for level, value in zip((10, 50, 90), torch.quantile(v, q).tolist()):
+            out[f"{name}_q{level}"] = value
+    return out
+
+
+def weight_entropy(w: Tensor) -> Tensor:
+    """``-sum_j W_ij log W_ij`` per row (0 log 0 = 0)."""
+    return -torch.where(w > 0, w * w.log(), torch.zeros_like(w)).sum(dim=1)
 
 
 class StructuredLoss(torch.autograd.Function):
