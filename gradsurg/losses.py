@@ -242,9 +242,8 @@ class _Softmax(_Learnable):
 
 #: the structured options a module fixes at construction (the per-batch ones, ``keys``, ``guide``,
 #: ``negative_mask``, ``labels``, ``soft_targets``, ``stats``, go to ``forward``)
-_FIXED_STRUCTURED = ("directions", "partition_mode", "hardness_mode", "hardness_strength", "margin_strategy",
-                     "margin")
-_PER_BATCH = ("keys", "guide", "negative_mask", "labels", "soft_targets", "stats")
+_FIXED_STRUCTURED = ("directions", "partition_mode", "hardness_mode", "hardness_strength")
+_PER_BATCH = ("keys", "guide", "margin_strategy", "margin", "negative_mask", "labels", "soft_targets", "stats")
 
 
 class InfoNCELoss(_Softmax):
@@ -253,20 +252,19 @@ class InfoNCELoss(_Softmax):
     (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``).
 
     sentence-transformers' options (``directions``, ``partition_mode``, ``hardness_mode``,
-    ``hardness_strength``; ``margin_strategy`` / ``margin`` for a guide) are fixed here;
-    ``forward(anchors, positives, negatives=None, **per_batch)`` takes the hard negatives as a
-    tensor or a list of columns and the per-batch ``keys``, ``guide``, ``negative_mask``,
-    ``labels``, ``soft_targets``, ``stats`` of :func:`gradsurg.info_nce`."""
+    ``hardness_strength``) are fixed here; ``forward(anchors, positives, negatives=None,
+    **per_batch)`` takes the hard negatives as a tensor or a list of columns and the per-batch
+    ``keys``, ``guide`` (with ``margin_strategy``, ``margin``), ``negative_mask``, ``labels``,
+    ``soft_targets``, ``stats`` of :func:`gradsurg.info_nce`."""
 
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
                  scale: float | Tensor | None = None, directions=None, partition_mode: str | None = None,
-                 hardness_mode: str | None = None, hardness_strength: float | None = None,
-                 margin_strategy: str | None = None, margin: float | None = None, **kwargs):
+                 hardness_mode: str | None = None, hardness_strength: float | None = None, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
         given = dict(directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
-                     hardness_strength=hardness_strength, margin_strategy=margin_strategy, margin=margin)
+                     hardness_strength=hardness_strength)
         self.structured = {k: (tuple(v) if k == "directions" and not isinstance(v, str) else v)
                            for k, v in given.items() if v is not None}
         if self.structured and (learnable or tensor is not None):

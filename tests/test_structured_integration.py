@@ -141,3 +141,24 @@ def test_packaged_minilm_as_model_and_guide():
     v_ref, g_ref = _run(model, GISTEmbedLoss(model, guide, margin=0.02), feats)
     v, g = _run(model, GradsurgLoss(model, "gist", guide=guide, margin=0.02), feats)
     assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+
+
+def test_info_nce_with_a_guide(paths):
+    """GradsurgLoss(model, 'info_nce', guide=..., margin=...): GIST's rule on MNRL's directions."""
+    import gradsurg
+
+    model, guide = _st_model(paths[0]).double(), _st_model(paths[1]).double()
+    model.eval()
+    guide.eval()
+    feats = _feats(model, k=1, dup=True)
+    loss = GradsurgLoss(model, "info_nce", guide=guide, margin=0.05, directions=ALL)
+    assert loss.get_config_dict()["margin"] == 0.05
+    v, _ = _run(model, loss, feats)
+    with torch.no_grad():
+        embs = [model(dict(f))["sentence_embedding"] for f in feats]
+        gembs = [guide(dict(f))["sentence_embedding"] for f in feats]
+    ref = gradsurg.info_nce(embs[0], embs[1], embs[2:], guide=gembs, margin=0.05, directions=ALL)
+    assert abs(v - float(ref)) < 1e-9
+    v_c, _ = _run(model, GradsurgLoss(model, "info_nce", guide=guide, margin=0.05, directions=ALL,
+                                      mini_batch_size=3), feats)
+    assert abs(v_c - v) < 1e-9

@@ -117,6 +117,9 @@ class GradsurgLoss(nn.Module):
             raise ValueError("GradsurgLoss: loss 'gist' needs guide= (the guide SentenceTransformer)")
         self.mask_duplicates = mask_duplicates
         self.guide = guide
+        # InfoNCE takes GIST's rule per batch, with the guide's embeddings (GIST itself at construction)
+        self.guide_options = {k: params.pop(k) for k in ("margin_strategy", "margin") if k in params} \
+            if guide is not None and self._name(loss) == "info_nce" else {}
         if guide is not None:
             for p in guide.parameters():
                 p.requires_grad_(False)
@@ -131,7 +134,7 @@ class GradsurgLoss(nn.Module):
                                  f"(mini_batch_size={mini_batch_size}): {reason}")
         self.model = model
         self.loss_name = self._name(loss)
-        self.params = dict(params)
+        self.params = {**params, **self.guide_options}
         self.mini_batch_size = mini_batch_size
         self.loss_fn = _build(loss, params)
 
@@ -203,6 +206,7 @@ class GradsurgLoss(nn.Module):
             per_batch["keys"] = duplicate_keys(features)
         if self.guide is not None:
             per_batch["guide"] = self._guide_embeddings(features)
+            per_batch.update(self.guide_options)
 
         def loss_fn(*embeddings):
             return self._loss(*embeddings, per_batch=per_batch)

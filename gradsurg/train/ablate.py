@@ -46,7 +46,8 @@ DEFAULT_MODIFIED = ("none", "w_gd,w_w,w_r")
 
 #: fields added to TrainConfig after results files existed: left out of a run's identity while at
 #: these values, so older results.jsonl files stay resumable (add every new field here)
-_ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None}
+_ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None,
+                "mask_duplicates": False}
 
 
 def run_key(config: TrainConfig) -> str:
