@@ -237,3 +237,30 @@ def test_trainer_collector_reports_w_telemetry():
     row = StatsCollector()(cols[0], cols[1])
     for key in ("entropy_mean", "effective_negatives_q50", "max_weight_q90"):
         assert abs(row[key] - stats[key]) < 1e-9, key
+
+
+def test_gradcheck_all_directions_with_masks_and_guide():
+    """The set gradient against finite differences (float64): every block, keys and a guide (the hardness
+    offset alpha sg(s) is a stop-gradient, which finite differences do not see: checked against ST above)."""
+    g = torch.Generator().manual_seed(11)
+    cols = [torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)]
+    guide = [torch.randn(4, 2, generator=g, dtype=torch.float64) for _ in range(3)]
+    keys = [torch.tensor([0, 1, 2, 0]), torch.tensor([5, 6, 7, 8]), torch.tensor([9, 5, 10, 11])]
+
+    def f(a, p, z):
+        return gradsurg.info_nce(a, p, [z], directions=ALL, keys=keys, guide=guide, margin=-0.3, temperature=0.5,
+                                 chunk_bytes=100)
+
+    assert torch.autograd.gradcheck(f, tuple(cols))
+    sym = lambda a, p, z: gradsurg.info_nce(a, p, [z], symmetric=True, temperature=0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(sym, tuple(cols))
+
+
+def test_half_precision_inputs_compute_in_float32():
+    cols = batch(k=1)
+    ref = gradsurg.info_nce(cols[0], cols[1], [cols[2]], directions=ALL)
+    low = [c.detach().to(torch.bfloat16).requires_grad_() for c in cols]
+    value = gradsurg.info_nce(low[0], low[1], [low[2]], directions=ALL)
+    grads = torch.autograd.grad(value, low)
+    assert value.dtype == torch.bfloat16 and all(gr.dtype == torch.bfloat16 for gr in grads)
+    assert abs(float(value.detach()) - float(ref.detach())) < 5e-2
