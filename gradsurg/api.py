@@ -34,13 +34,13 @@ from . import distributed
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
-from .engine.validation import autocast_inputs, check_embeddings, check_options
+from .engine.validation import autocast_inputs, check_embeddings, check_reduction_and_backend
 from .paradigm import Paradigm
+from .vocabulary import FLOAT_DTYPES
 
 __all__ = ["paradigm_loss"]
 
 _GATHER = "paradigm_loss(gather_across_devices=True)"
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def paradigm_loss(
@@ -114,7 +114,7 @@ def paradigm_loss(
         )
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
-    check_options(reduction, backend)
+    check_reduction_and_backend(reduction, backend)
     if group is not None and not gather_across_devices:
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
     names, hyper = _learnable(paradigm, learn, anchors, where)
@@ -181,7 +181,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
         anchors.shape[0] if ok else 0,
         negatives.shape[0] if ok and negatives is not None else 0,
         anchors.shape[1] if ok else 0,
-        _DTYPES.index(anchors.dtype) if ok and anchors.dtype in _DTYPES else -1,
+        FLOAT_DTYPES.index(anchors.dtype) if ok and anchors.dtype in FLOAT_DTYPES else -1,
         int(ok),
         int(want),
         int(ok and negatives is not None and negatives.requires_grad),
@@ -198,7 +198,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
         raise ValueError(f"{_GATHER}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
     if len({row[3] for row in table}) > 1:
         raise ValueError(
-            f"{_GATHER}: dtypes differ between ranks: {[str(_DTYPES[row[3]]) for row in table]}; use one dtype"
+            f"{_GATHER}: dtypes differ between ranks: {[str(FLOAT_DTYPES[row[3]]) for row in table]}; use one dtype"
         )
     if len({row[5] for row in table}) > 1:
         raise ValueError(

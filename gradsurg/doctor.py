@@ -6,11 +6,12 @@ import platform
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+from .vocabulary import DTYPE_NAMES
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=sorted(_DTYPES),
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPE_NAMES),
                         help="input dtypes to explain (default: float32 bfloat16)")
     parser.add_argument("--d", nargs="+", type=int, default=[128, 768], help="embedding sizes (default: 128 768)")
     parser.add_argument("--loss", default="info_nce", choices=["info_nce", "arccon", "mpt", "met", "mat"],
@@ -44,7 +45,7 @@ def report(dtypes, dims, loss: str = "info_nce") -> list[str]:
         lines.append(f"backend='auto' on {dev} tensors" + ("" if dev == device else " (on a machine with a GPU)") + ":")
         for name in dtypes:
             for d in dims:
-                lines.append(f"  {name:9s} d={d:<5d} -> {dispatch.explain(_DTYPES[name], d, paradigm, dev)}")
+                lines.append(f"  {name:9s} d={d:<5d} -> {dispatch.explain(DTYPE_NAMES[name], d, paradigm, dev)}")
     lines.append("structured candidates (directions, masks, guide, hardness, labels, soft targets, supcon): "
                  + dispatch.explain_structured())
     return lines

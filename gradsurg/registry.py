@@ -26,6 +26,7 @@ from .components import dissipation as D
 from .components import ratio as R
 from .components import weight as W
 from .paradigm import Paradigm
+from .vocabulary import BACKENDS, REDUCTIONS
 
 _PRESETS: dict[str, Callable[..., nn.Module]] = {
     "info_nce": losses.InfoNCELoss,
@@ -120,8 +121,6 @@ def _paradigm_uses(dissipation: Any, weight: Any, ratio: Any) -> set[str]:
 
 def _check_module_options(name: str, params: dict[str, Any]) -> None:
     """The module options of the paradigm losses, checked when the loss is built (not at its first call)."""
-    from .engine.validation import BACKENDS, REDUCTIONS
-
     for flag in ("symmetric", "check_finite", "gather_across_devices"):
         if flag in params and not isinstance(params[flag], bool):
             raise TypeError(f"loss {name!r}: {flag} must be true or false, got {params[flag]!r}")

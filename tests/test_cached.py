@@ -393,3 +393,11 @@ def test_cached_loss_of_one_chunk_is_the_plain_loss():
 
     compare(model, deferred, plain)
     assert len(calls) == 2  # one forward per column, no replay
+
+
+def test_cached_step_rejects_a_bool_mini_batch_size():
+    from gradsurg.cached import cached_step
+
+    enc = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        cached_step(enc, [torch.randn(4, 3), torch.randn(4, 3)], lambda a, b: (a - b).sum(), mini_batch_size=True)

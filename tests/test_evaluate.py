@@ -7,9 +7,12 @@ import os
 import numpy as np
 import pytest
 
+from gradsurg.cli import main
 from gradsurg.train import ConfigError
 from gradsurg.train.data import read_sts_pairs
 from gradsurg.train.sts import pearson, spearman
+
+from conftest import evaluate_args, strict_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STSB_DEV = os.path.join(REPO, "..", "shared", "data", "stsb", "stsb-en-dev.csv")
@@ -106,3 +109,30 @@ def test_packaged_minilm_on_stsb_dev(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n_pairs"] == 1500 and result["pooler"] == "avg"  # its sentence-transformers pooling
     assert result["spearman"] > 80.0 and result["pearson"] > 80.0
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "x"])
+def test_evaluate_rejects_a_bad_batch_size(tiny, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(evaluate_args(tiny, "--data", tiny["sts"], "--batch-size", value))
+    assert exc.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", ["0", "1", "-3"])
+def test_evaluate_rejects_max_pairs_below_two(tiny, capsys, n):
+    with pytest.raises(SystemExit) as exc:
+        main(evaluate_args(tiny, "--data", tiny["sts"], "--max-pairs", n))
+    assert exc.value.code == 2 and "--max-pairs" in capsys.readouterr().err
+
+
+def test_evaluate_prints_strict_json_and_names_bad_files(tiny, tmp_path, capsys):
+    assert main(evaluate_args(tiny, "--data", tiny["sts"], "--max-pairs", "10")) == 0
+    result = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_pairs"] == 10
+    p = tmp_path / "nan.csv"
+    p.write_text("a,b,1\nc,d,nan\ne,f,3\n")
+    assert main(evaluate_args(tiny, "--data", str(p))) == 2
+    err = capsys.readouterr()
+    assert "line 2" in err.err and err.out == ""
+    assert main(evaluate_args(tiny, "--data", tiny["sts"], "--split", "TEST")) == 2
+    assert "split" in capsys.readouterr().err

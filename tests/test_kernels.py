@@ -509,3 +509,11 @@ def test_row_stats_feed_the_components_and_nothing_else():
         W.Softmax(0.1)(stats)
     with pytest.raises(KeyError, match="temperature 0.05"):
         stats.lse(0.05)
+
+
+def test_kernel_dtypes_match_the_vocabulary():
+    """gradsurg_kernels keeps its own dtype list (a pure layer imports nothing of gradsurg): it equals
+    gradsurg.vocabulary.KERNEL_DTYPES, which the Triton backend checks against."""
+    from gradsurg.vocabulary import KERNEL_DTYPES
+
+    assert launch._DTYPES == KERNEL_DTYPES

@@ -389,3 +389,17 @@ def test_unnormalised_published_versions_run():
     for mod in (BarlowTwins(normalize=False), VICReg(normalize=False)):
         _, gx, gy = grads(mod, x, y)
         assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+
+
+def test_sg_with_power_12_is_finite():
+    from gradsurg.objectives import sg
+
+    u = torch.eye(4, 6, requires_grad=True)
+    loss = sg(u, torch.eye(4, 6), power=12.0, margin=2.0)
+    (g,) = torch.autograd.grad(loss, u)
+    assert torch.isfinite(loss) and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_modified_vicreg_with_power_12_is_finite():
+    loss = build_loss("vicreg", modified="w_w", power=12.0)
+    assert torch.isfinite(loss(torch.eye(2), torch.eye(2)))

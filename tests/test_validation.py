@@ -10,6 +10,7 @@ import gradsurg
 from gradsurg import dissipation as D
 from gradsurg import ratio as R
 from gradsurg import weight as W
+from gradsurg.registry import build_loss
 
 
 def xy(n=4, d=3, dtype=torch.float32):
@@ -115,3 +116,9 @@ def test_half_precision_extremes_stay_finite():
     loss = gradsurg.info_nce(x, y, temperature=0.01)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_meta_device_inputs_are_a_clear_error():
+    u = torch.randn(4, 8, device="meta")
+    with pytest.raises(ValueError, match="meta"):
+        build_loss("info_nce")(u, u)

@@ -47,8 +47,8 @@ from torch import Tensor
 from ..components._rows import Rows
 from ..engine.candidates import weight_entropy, weight_summary
 from ..engine.normalize import normalize
-from ..engine.torch_backend import compute_dtype
 from ..paradigm import Paradigm, info_nce
+from ..vocabulary import compute_dtype
 from .simulation import gate
 
 __all__ = ["StatsCollector", "embedding_statistics"]

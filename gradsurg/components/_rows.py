@@ -15,6 +15,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..vocabulary import HALF_DTYPES
+
 #: clamp of the Euclidean distance ``d = sqrt(max(2 - 2 s, EUCLID_FLOOR))``
 EUCLID_FLOOR = 1e-4
 #: clamp of the cosine before ``arccos``: ``clamp(s, -1 + ANGLE_EPS, 1 - ANGLE_EPS)``
@@ -48,7 +50,6 @@ def angle_slope(s: Tensor) -> Tensor:
 
 #: a row whose shifted exp-sum falls below this is recomputed with its true maximum
 _UNDERFLOW = 1e-30
-_HALF = (torch.float16, torch.bfloat16)
 #: torch >= 2.8 has ``mm(a, b, out_dtype=float32)`` for half-precision CUDA operands
 _MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
@@ -62,7 +63,7 @@ def product(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` in the statistics dtype: float16/bfloat16 operands (CUDA) give a
     float32 result accumulated in float32, without up-cast copies of the operands
     (older torch: on float32 copies)."""
-    if a.dtype in _HALF:
+    if a.dtype in HALF_DTYPES:
         if _MM_OUT_DTYPE:
             return torch.mm(a, b, out_dtype=torch.float32)
         return a.float() @ b.float()
@@ -105,7 +106,7 @@ class Rows:
         """Rows of ``uc v^T``; with ``temperature``, kept as shifted logits ``(s - 1)/tau``."""
         if temperature is None:
             return cls(product(uc, v.T), start)
-        if uc.dtype in _HALF:
+        if uc.dtype in HALF_DTYPES:
             z = product(uc, v.T).mul_(1.0 / temperature).sub_(1.0 / temperature)
         else:
             z = torch.addmm(uc.new_full((), -1.0 / temperature), uc, v.T, alpha=1.0 / temperature)

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from .normalize import normalize, normalize_backward
-from .torch_backend import DEFAULT_CHUNK_BYTES, compute_dtype
+from ..vocabulary import compute_dtype
+from .torch_backend import DEFAULT_CHUNK_BYTES
 
 #: why the fused Triton kernels cannot run a structured candidate set (dispatch and doctor report it)
 TRITON_REASON = ("the fused Triton kernels compute one candidate block with the positive at column i and the "

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from ..paradigm import Paradigm
+from ..vocabulary import BACKENDS
 from . import torch_backend
 
-BACKENDS = ("auto", "torch", "triton")
 _TRITON_MODULE = "gradsurg.engine.triton_backend"
 _warned = False
 

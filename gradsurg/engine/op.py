@@ -22,7 +22,6 @@ per-sample vmap rule).
 """
 from __future__ import annotations
 
-import ast
 import math
 from typing import Callable, Optional
 
@@ -30,12 +29,10 @@ import torch
 from torch import Tensor
 
 from ..paradigm import Paradigm
+from ..vocabulary import compute_dtype
 from . import dispatch
+from .encoding import decode_names, decode_options, encode_names, encode_options
 from .validation import check_finite_values
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("gradsurg::direction", mutates_args=())
@@ -61,11 +58,11 @@ def direction_op(x: Tensor, c: Tensor, hyper: Optional[Tensor], row_weights: Opt
             n = x.shape[0]
             check_finite_values([("anchors", x), ("positives", c[:n]), ("negatives", c[n:])], check)
         p = Paradigm.decode(paradigm, params)
-        names = tuple(filter(None, hyper_names.split(",")))
+        names = decode_names(hyper_names)
         if hyper is not None:
             p = p.with_hyper(dict(zip(names, check_hyper(names, hyper.tolist(), check or "paradigm_loss"))))
         rw = row_weights if row_weights is not None else (weight if want_grad else None)
-        opts = _decode_options(options)
+        opts = decode_options(options)
         mod = dispatch.module(backend)
         if names:  # the dispatcher only picks a backend that takes the hyper-parameters' gradient
             opts["hyper_grad"] = names
@@ -88,19 +85,10 @@ def check_hyper(names, values, where: str) -> list[float]:
     return values
 
 
-def _decode_options(text: str) -> dict:
-    """Inverse of the ``key=repr(value);...`` encoding of :func:`paradigm_call`."""
-    out = {}
-    for item in filter(None, text.split(";")):
-        key, _, value = item.partition("=")
-        out[key] = ast.literal_eval(value)
-    return out
-
-
 @direction_op.register_fake
 def _(x, c, hyper, row_weights, weight, want_grad, paradigm, params, hyper_names, grad_rows, backend, options,
       check):
-    cd = _compute_dtype(x.dtype)
+    cd = compute_dtype(x.dtype)
     rows = x.new_empty(x.shape[:1], dtype=cd)
     if row_weights is None and not want_grad:
         return rows, x.new_empty(0, dtype=cd), x.new_empty(0, dtype=cd), x.new_empty(0, dtype=cd)
@@ -123,8 +111,8 @@ def paradigm_call(paradigm: Paradigm, backend: str, options: dict, hyper_names: 
     """``call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows) -> (rows, dx, dc, dhyper)``
     through the op; ``hyper`` holds the values of the learnable ``hyper_names`` (or is None)."""
     names, params = paradigm.encode()
-    opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
-    learn = ",".join(hyper_names)
+    opts = encode_options(options)
+    learn = encode_names(hyper_names)
 
     def call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows=-1):
         return direction_op(x, c, hyper, row_weights, weight, want_grad, names, params, learn, grad_rows,
@@ -226,7 +214,7 @@ class PerRow(torch.autograd.Function):
         hyper = hyper if ctx.has_hyper else None
         with torch.no_grad():
             _, dx, dc, dh = ctx.call(x.detach(), c.detach(), None if hyper is None else hyper.detach(),
-                                     grad.detach().to(_compute_dtype(x.dtype)), 0.0, True, "", ctx.grad_rows)
+                                     grad.detach().to(compute_dtype(x.dtype)), 0.0, True, "", ctx.grad_rows)
         gx, gc, gh = _finish(ctx, dx, dc, dh, x, c, hyper)
         return gx, gc, gh, None, None, None
 

@@ -46,10 +46,10 @@ from ..components import dissipation as D
 from ..components import weight as W
 from ..components._rows import Rows
 from ..paradigm import Paradigm
+from ..vocabulary import compute_dtype
 from .normalize import normalize, normalize_backward
 from .directions import directions
 from .op import run
-from .torch_backend import compute_dtype
 from .validation import autocast_inputs
 
 __all__ = [

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from ..components._rows import Rows, product
 from ..paradigm import Paradigm
+from ..vocabulary import HALF_DTYPES, compute_dtype
 from .normalize import normalize, normalize_backward
+from .validation import check_backend_options
 
 #: default bytes for one chunk's N x M work buffers
 DEFAULT_CHUNK_BYTES = 128 * 2**20
@@ -35,14 +37,9 @@ OPTIONS = ("chunk_bytes",)
 INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def gemm_dtype(x: Tensor) -> torch.dtype:
     """The dtype of the products' operands: the input's on CUDA, the compute dtype elsewhere."""
-    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+    if x.is_cuda and x.dtype in HALF_DTYPES:
         return x.dtype
     return compute_dtype(x.dtype)
 
@@ -56,16 +53,6 @@ def chunk_rows(n: int, m: int, dtype: torch.dtype, chunk_bytes: int = DEFAULT_CH
 def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
     """Every device, floating dtype and paradigm: always None."""
     return None
-
-
-def check_options(options: dict, accepted=OPTIONS, backend: str = "torch") -> None:
-    """Unknown options raise ``ValueError`` naming them and the accepted ones (every backend alike)."""
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"paradigm_loss: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(accepted) or 'none'}"
-        )
 
 
 def direction(
@@ -89,7 +76,7 @@ def direction(
     """
     hyper = tuple(options.pop("hyper_grad", ()))
     grad_rows = options.pop("grad_rows", None)
-    check_options(options)
+    check_backend_options(options, OPTIONS, NAME)
     chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ValueError(f"paradigm_loss: chunk_bytes must be a positive int, got {chunk_bytes!r}")

