@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .normalize import normalize, normalize_backward
 from ..vocabulary import compute_dtype
+from .normalize import normalize, normalize_backward
 from .torch_backend import DEFAULT_CHUNK_BYTES
 
 #: why the fused Triton kernels cannot run a structured candidate set (dispatch and doctor report it)
