@@ -134,6 +134,29 @@ def _check_backend(backend, x, where):
     return impl, reason
 
 
+def _agree(err: Exception | None, group, like, where: str) -> None:
+    """Gathered calls: every rank learns whether any rank's inputs were invalid, and all raise (no hang)."""
+    table = distributed.exchange_ints([int(err is None)], group, like if isinstance(like, Tensor) else None)
+    bad = [r for r, row in enumerate(table) if not row[0]]
+    if bad:
+        if err is not None:
+            raise err
+        raise ValueError(f"{where}(gather_across_devices=True): the inputs of rank(s) {bad} are invalid "
+                         "(their own error says why)")
+
+
+def _checked(gathered: bool, group, like, where: str, fn):
+    """``fn()`` (validation); when gathered, its error (or success) is agreed on by every rank first."""
+    if not gathered:
+        return fn()
+    try:
+        out, err = fn(), None
+    except (TypeError, ValueError) as exc:
+        out, err = None, exc
+    _agree(err, group, like, where)
+    return out
+
+
 def _gather(t: Tensor, group) -> Tensor:
     return distributed.all_gather_with_grad(t, group)
 
@@ -229,27 +252,34 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     partition_mode=..., hardness_mode=..., hardness_strength=...).compute_loss_from_embeddings(
     [anchors, positives, *hard_negatives], None)``. See :func:`gradsurg.info_nce` for the arguments.
     """
-    scale = _check_scale(scale, where)
-    directions = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
-    cols = _columns(anchors, positives, hard_negatives, where)
+    if group is not None and not gather_across_devices:
+        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
+    gathered = gather_across_devices and distributed.gather_active(group)
+
+    def validate():
+        sc = _check_scale(scale, where)
+        dirs = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
+        cs = _columns(anchors, positives, hard_negatives, where)
+        _check_backend(backend, cs[0], where)
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+        special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
+        if special and dirs != ("query_to_doc",):
+            raise ValueError(f"{where}: {special[0]}= is defined for directions=('query_to_doc',) only, got {dirs}")
+        if labels is not None and soft_targets is not None:
+            raise ValueError(f"{where}: give labels= or soft_targets=, not both")
+        nn_ = cs[0].shape[0]
+        kc = _int_keys(keys, len(cs), nn_, cs[0].device, where)
+        gc = _guide_columns(guide, len(cs), nn_, cs[0].device, where)
+        mg = _margin_options(margin_strategy, margin, where)
+        lab = None if labels is None else _labels(labels, nn_, cs[0].device, where)
+        return sc, dirs, cs, kc, gc, mg, lab
+
+    scale, directions, cols, key_cols, guide_cols, margin, lab = _checked(gathered, group, anchors, where, validate)
     x = cols[0]
-    _check_backend(backend, x, where)
-    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-        raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
     n, d = x.shape
     ncols = len(cols) - 1
     device = x.device
-    special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
-    if special and directions != ("query_to_doc",):
-        raise ValueError(f"{where}: {special[0]}= is defined for directions=('query_to_doc',) only, got {directions}")
-    if labels is not None and soft_targets is not None:
-        raise ValueError(f"{where}: give labels= or soft_targets=, not both")
-    key_cols = _int_keys(keys, len(cols), n, device, where)
-    guide_cols = _guide_columns(guide, len(cols), n, device, where)
-    margin = _margin_options(margin_strategy, margin, where)
-    gathered = gather_across_devices and distributed.gather_active(group)
-    if group is not None and not gather_across_devices:
-        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
     if gathered:
         offset, n_global, world = _gather_setup(n, ncols, d, group, where)
         q_all = _gather(cols[0], group)
@@ -286,25 +316,30 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         gd = [_gather(g, group) if gathered else g for g in guide_cols[1:]]
         aux.guides = [gq, torch.cat(gd)]
         aux.guide_pair = (0, offset, 1)
+
+    def per_candidate():  # the (N, M) inputs: M is known once gathered
+        if negative_mask is not None:
+            if not isinstance(negative_mask, Tensor) or negative_mask.dtype != torch.bool \
+                    or tuple(negative_mask.shape) != (n, m):
+                raise ValueError(
+                    f"{where}: negative_mask must be a bool tensor of shape (N, M) = ({n}, {m}) over the candidates "
+                    "cat(positives, *hard_negatives) (gathered: every rank's positives, then each negative column "
+                    "of every rank), True = drop; got "
+                    f"{getattr(negative_mask, 'dtype', type(negative_mask).__name__)} "
+                    f"{tuple(getattr(negative_mask, 'shape', ()))}")
+        return None if soft_targets is None else _soft(soft_targets, n, m, device, where)
+
+    soft = _checked(gathered, group, anchors, where, per_candidate)
     if negative_mask is not None:
-        if not isinstance(negative_mask, Tensor) or negative_mask.dtype != torch.bool \
-                or tuple(negative_mask.shape) != (n, m):
-            raise ValueError(
-                f"{where}: negative_mask must be a bool tensor of shape (N, M) = ({n}, {m}) over the candidates "
-                "cat(positives, *hard_negatives) (gathered: every rank's positives, then each negative column of "
-                "every rank), True = drop; got "
-                f"{getattr(negative_mask, 'dtype', type(negative_mask).__name__)} "
-                f"{tuple(getattr(negative_mask, 'shape', ()))}")
         aux.negative_mask = negative_mask.to(device)
     target = "pair"
-    if labels is not None:
-        lab = _labels(labels, n, device, where)
+    if lab is not None:
         aux.row_labels = lab
         lab_all = _gather(lab, group) if gathered else lab
         aux.cand_labels = torch.cat([lab_all, lab_all.new_full((m - n_global,), -1)])
         target = "labels"
-    if soft_targets is not None:
-        aux.soft = _soft(soft_targets, n, m, device, where)
+    if soft is not None:
+        aux.soft = soft
         target = "soft"
     if stats is not None:
         aux.stats["want"] = True
@@ -367,18 +402,24 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     (positives, negatives) of every rank, the anchors local, as sentence-transformers.
     """
     where = "gist"
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
-    cols = _columns(anchors, positives, hard_negatives, where)
+    if group is not None and not gather_across_devices:
+        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
+    gathered = gather_across_devices and distributed.gather_active(group)
+
+    def validate():
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+        cs = _columns(anchors, positives, hard_negatives, where)
+        _check_backend(backend, cs[0], where)
+        gc = _guide_columns(guide, len(cs), cs[0].shape[0], cs[0].device, where)
+        if gc is None:
+            raise ValueError(f"{where}: guide= (the guide model's embeddings of every column) is required")
+        return cs, gc, _margin_options(margin_strategy, margin, where)
+
+    cols, guide_cols, margin = _checked(gathered, group, anchors, where, validate)
     x = cols[0]
-    _check_backend(backend, x, where)
     n, d = x.shape
     device = x.device
-    guide_cols = _guide_columns(guide, len(cols), n, device, where)
-    if guide_cols is None:
-        raise ValueError(f"{where}: guide= (the guide model's embeddings of every column) is required")
-    margin = _margin_options(margin_strategy, margin, where)
-    gathered = gather_across_devices and distributed.gather_active(group)
     if gathered:
         offset, n_global, world = _gather_setup(n, len(cols) - 1, d, group, where)
         docs = [_gather(c, group) for c in cols[1:]]

@@ -96,6 +96,22 @@ def worker(rank, world, port, outdir):
     keys = [kf[rank * N:(rank + 1) * N] for kf in keys_full]
     ours = gradsurg.info_nce(cols[0], cols[1], cols[2:], directions=ALL, keys=keys, gather_across_devices=True)
     out["keys"] = float(ours)
+    # an invalid input on one rank: every rank raises (no hang), rank 1 with its own message
+    errors = {}
+    bad = cols[2][:2] if rank == 1 else cols[2]
+    for name, fn in (("shape", lambda: gradsurg.info_nce(cols[0], cols[1], [bad], directions=ALL,
+                                                         gather_across_devices=True)),
+                     ("mask", lambda: gradsurg.info_nce(cols[0], cols[1], [cols[2]], gather_across_devices=True,
+                                                        negative_mask=torch.zeros(N, 2 * N * 2 - rank,
+                                                                                  dtype=torch.bool))),
+                     ("gist", lambda: gradsurg.gist(cols[0], cols[1], [bad], guide=guide_of(cols, 1),
+                                                    gather_across_devices=True))):
+        try:
+            fn()
+            errors[name] = None
+        except ValueError as err:
+            errors[name] = str(err)
+    out["errors"] = errors
     dist.barrier()
     dist.destroy_process_group()
     torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
@@ -132,3 +148,12 @@ def test_gathered_keys_equal_one_process(spawned):
     want = gradsurg.info_nce(full[0], full[1], full[2:], directions=ALL, keys=keys_full)
     got = sum(r["keys"] for r in spawned) / 2
     assert abs(got - float(want)) < 1e-10
+
+
+@pytest.mark.slow
+def test_one_rank_invalid_raises_on_every_rank(spawned):
+    for name in ("shape", "mask", "gist"):
+        assert spawned[0]["errors"][name] is not None and spawned[1]["errors"][name] is not None, name
+    assert "hard_negatives[0] must have the shape" in spawned[1]["errors"]["shape"]
+    assert "rank(s) [1] are invalid" in spawned[0]["errors"]["shape"]
+    assert "negative_mask must be a bool tensor" in spawned[1]["errors"]["mask"]
