@@ -49,3 +49,25 @@ def test_mask_duplicates_in_the_trainer(workspace):
     assert first_loss(model, paths["dups"], True, mini=5) == pytest.approx(masked, rel=1e-5)
     with pytest.raises(ConfigError, match="mask_duplicates"):
         TrainConfig(loss="vicreg", mask_duplicates=True).validate()
+
+
+def test_w_telemetry_logged_and_plotted(workspace, tmp_path, capsys):
+    """The trainer's stats.csv carries W's telemetry; ``gradsurg plot --stats`` draws it over the steps."""
+    from gradsurg.cli import main as cli_main
+
+    model, paths = workspace
+    cfg = TrainConfig(model=model, train_data=paths["unique"], train_format="csv", text_column="sent0",
+                      hard_negative_column="hard_neg", eval_data=None, max_train_sentences=None, batch_size=8,
+                      max_steps=3, log_every=1, lr=1e-3, progress=False, tensorboard=False,
+                      output_dir=str(tmp_path / "run")).validate()
+    Trainer(cfg).train()
+    stats = tmp_path / "run" / "stats.csv"
+    header = stats.read_text().splitlines()[0].split(",")
+    for key in ("entropy_mean", "effective_negatives_q50", "max_weight_q90"):
+        assert key in header
+    assert cli_main(["plot", "--stats", str(stats), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "w_telemetry.png").stat().st_size > 0
+    bad = tmp_path / "old.csv"
+    bad.write_text("step,loss\n1,0.5\n")
+    assert cli_main(["plot", "--stats", str(bad), "--out", str(tmp_path / "figs")]) == 2
+    assert "no W telemetry columns" in capsys.readouterr().err
