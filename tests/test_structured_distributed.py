@@ -60,6 +60,11 @@ def st_gist(cols, guide, kw):
     return loss([{}] * len(cols), None)
 
 
+def record(ref, ours, grads, grads_ref):
+    """(reference value, our value, max |difference| of each column's gradient)."""
+    return float(ref.detach()), float(ours.detach()), [float((a - b).abs().max()) for a, b in zip(grads, grads_ref)]
+
+
 def worker(rank, world, port, outdir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
@@ -80,7 +85,7 @@ def worker(rank, world, port, outdir):
                                      hardness_mode=hm, hardness_strength=hs, gather_across_devices=True,
                                      chunk_bytes=200)
         g = torch.autograd.grad(ours, cols)
-        out["mnrl"].append((float(ref.detach()), float(ours.detach()), [float((a - b).abs().max()) for a, b in zip(g, g_ref)]))
+        out["mnrl"].append(record(ref, ours, g, g_ref))
     for c, (kw, k) in enumerate(GIST_CASES):
         cols, _ = columns(rank, k, 200 + c)
         guide = guide_of(cols, 7)
@@ -88,7 +93,7 @@ def worker(rank, world, port, outdir):
         g_ref = torch.autograd.grad(ref, cols)
         ours = gradsurg.gist(cols[0], cols[1], cols[2:], guide=guide, gather_across_devices=True, **kw)
         g = torch.autograd.grad(ours, cols)
-        out["gist"].append((float(ref.detach()), float(ours.detach()), [float((a - b).abs().max()) for a, b in zip(g, g_ref)]))
+        out["gist"].append(record(ref, ours, g, g_ref))
     # keys gathered with the rows: rank r's anchor 0 duplicates rank 0's anchor 0 (same text)
     cols, full = columns(rank, 1, 300)
     keys_full = [torch.arange(2 * N) + 100 * j for j in range(3)]
