@@ -101,6 +101,11 @@ def worker(rank, world, port, outdir):
     keys = [kf[rank * N:(rank + 1) * N] for kf in keys_full]
     ours = gradsurg.info_nce(cols[0], cols[1], cols[2:], directions=ALL, keys=keys, gather_across_devices=True)
     out["keys"] = float(ours)
+    lab_full = torch.tensor([0, 1, 2, 0, 1, 3, 4, 0])
+    lab = lab_full[rank * N:(rank + 1) * N]
+    ours = gradsurg.info_nce(cols[0], cols[1], cols[2:], labels=lab, gather_across_devices=True)
+    grads = torch.autograd.grad(ours, cols)
+    out["labels"] = (float(ours.detach()), [g.detach() for g in grads])
     # an invalid input on one rank: every rank raises (no hang), rank 1 with its own message
     errors = {}
     bad = cols[2][:2] if rank == 1 else cols[2]
@@ -162,3 +167,21 @@ def test_one_rank_invalid_raises_on_every_rank(spawned):
     assert "hard_negatives[0] must have the shape" in spawned[1]["errors"]["shape"]
     assert "rank(s) [1] are invalid" in spawned[0]["errors"]["shape"]
     assert "negative_mask must be a bool tensor" in spawned[1]["errors"]["mask"]
+
+
+@pytest.mark.slow
+def test_gathered_labels_equal_one_process(spawned):
+    """labels= gathered: the mean over ranks is the global loss, and the rank gradients averaged (DDP)
+    are the global gradient of each rank's rows."""
+    import gradsurg
+
+    _, full = columns(0, 1, 300)
+    leaves = [c.clone().requires_grad_() for c in full]
+    lab_full = torch.tensor([0, 1, 2, 0, 1, 3, 4, 0])
+    want = gradsurg.info_nce(leaves[0], leaves[1], leaves[2:], labels=lab_full)
+    g_want = torch.autograd.grad(want, leaves)
+    assert abs(sum(r["labels"][0] for r in spawned) / 2 - float(want.detach())) < 1e-10
+    for rank, r in enumerate(spawned):
+        for g, gw in zip(r["labels"][1], g_want):
+            # each rank's own rows: DDP's average over 2 ranks of the summed (reduce-scattered) gradients
+            assert float((g / 2 - gw[rank * N:(rank + 1) * N]).abs().max()) < 1e-10
