@@ -29,6 +29,8 @@ from .losses import (
     mpt,
     siglip,
 )
+from .structured import gist, supcon
+from .losses import GISTLoss, SupConLoss
 from .paradigm import Paradigm
 from .queue import NegativeQueue
 from .normalizer import GlobalNormalizer
@@ -39,7 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Paradigm", "paradigm", "dissipation", "weight", "ratio", "paradigm_loss",
-    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue", "GlobalNormalizer",
+    "info_nce", "arccon", "mpt", "met", "mat", "siglip", "supcon", "gist", "NegativeQueue", "GlobalNormalizer",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
+    "GISTLoss", "SupConLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",
 ]

@@ -46,6 +46,8 @@ def report(dtypes, dims, loss: str = "info_nce") -> list[str]:
         for name in dtypes:
             for d in dims:
                 lines.append(f"  {name:9s} d={d:<5d} -> {dispatch.explain(DTYPE_NAMES[name], d, paradigm, dev)}")
+    lines.append("structured candidates (directions, masks, guide, hardness, labels, soft targets, supcon): "
+                 + dispatch.explain_structured())
     return lines
 
 

@@ -25,8 +25,10 @@ from torch import Tensor, nn
 from . import paradigm as _p
 from .api import paradigm_loss
 from .paradigm import Paradigm
+from .structured import STRUCTURED_OPTIONS, gist, mnrl, supcon
 
 __all__ = [
+    "supcon", "gist", "GISTLoss", "SupConLoss",
     "info_nce", "arccon", "mpt", "met", "mat", "siglip",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
 ]
@@ -65,7 +67,36 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     per-example moving estimate kept in ``state`` (a :class:`gradsurg.GlobalNormalizer`)
     instead of its batch; ``index`` (N,) names the batch's examples
     (:func:`gradsurg.normalizer.info_nce_global`, docs/paradigm.md "Global normaliser").
+
+    sentence-transformers' ``MultipleNegativesRankingLoss`` options (same names, defaults,
+    rules and errors; docs/api.md, "Structured candidates") select the structured engine
+    (:mod:`gradsurg.structured`, chunked, torch backend):
+
+    * ``negatives`` (alias ``hard_negatives=``): one ``(N, d)`` tensor or a list of them
+      (sentence-transformers' columns: row i of each belongs to anchor i);
+    * ``directions`` (``query_to_doc`` required; ``query_to_query``, ``doc_to_query``,
+      ``doc_to_doc``), ``partition_mode`` (``'joint'`` / ``'per_direction'``),
+      ``hardness_mode`` (``in_batch_negatives``, ``hard_negatives``, ``all_negatives``) with
+      ``hardness_strength`` alpha (logits ``scale s + alpha sg(s)`` on those negatives);
+    * ``negative_mask`` (bool ``(N, M)`` over ``cat(positives, *negatives)``, True drops the
+      candidate from anchor i's partition function; the positive is never dropped: a True
+      there is ignored, as GIST protects it), ``keys`` (one int tensor per column; a candidate
+      whose key equals the row's anchor or positive key is dropped: duplicates), ``guide``
+      (the guide model's embeddings of every column) with ``margin_strategy`` / ``margin``
+      (GISTEmbedLoss' rule on these directions);
+    * ``labels`` ((N,) ints: every positive with the row's label is a target, uniformly) or
+      ``soft_targets`` ((N, M) row-stochastic: cross-entropy to the teacher);
+    * ``stats``: a dict filled with W's telemetry (entropy, effective negatives, max weight).
     """
+    if "hard_negatives" in kwargs:
+        if negatives is not None:
+            raise ValueError("info_nce: give the hard negatives once (third argument or hard_negatives=)")
+        negatives = kwargs.pop("hard_negatives")
+    if isinstance(negatives, (list, tuple)) or any(k in kwargs for k in STRUCTURED_OPTIONS):
+        if normalizer != "batch" or state is not None or index is not None:
+            raise ValueError("info_nce: normalizer='global' (state=, index=) does not combine with lists of hard "
+                             "negatives or sentence-transformers' options, masks, guides, labels, soft targets")
+        return _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs)
     tau, learn = _temperature(temperature, scale, "info_nce")
     if normalizer != "batch" or state is not None or index is not None:
         return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
@@ -83,6 +114,20 @@ def _global(normalizer, tau, learn, state, index, anchors, positives, negatives,
     if learn is not None:
         raise ValueError(f"{where}: normalizer='global' takes a float temperature, not a learnable one")
     return info_nce_global(anchors, positives, negatives, state=state, index=index, temperature=tau, **kwargs)
+
+
+def _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs) -> Tensor:
+    """sentence-transformers' MNRL options, masks, guide, labels, soft targets: :func:`gradsurg.structured.mnrl`."""
+    tau, learn = _temperature(temperature, scale, "info_nce")
+    if learn is not None:
+        raise TypeError("info_nce: a learnable (tensor) temperature/scale is not supported with directions, "
+                        "masks, hardness, labels or soft targets; pass a float")
+    if kwargs.pop("symmetric", False):
+        if "directions" in kwargs or "partition_mode" in kwargs:
+            raise ValueError("info_nce: symmetric=True is directions=('query_to_doc', 'doc_to_query') with "
+                             "partition_mode='per_direction'; give either symmetric or directions")
+        kwargs.update(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+    return mnrl(anchors, positives, negatives, scale=1.0 / tau, **kwargs)
 
 
 def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
@@ -223,37 +268,82 @@ class _Softmax(_Learnable):
         return None
 
 
+#: the structured options a module fixes at construction (the per-batch ones, ``keys``, ``guide``,
+#: ``negative_mask``, ``labels``, ``soft_targets``, ``stats``, go to ``forward``)
+_FIXED_STRUCTURED = ("directions", "partition_mode", "hardness_mode", "hardness_strength")
+_PER_BATCH = ("keys", "guide", "margin_strategy", "margin", "negative_mask", "labels", "soft_targets", "stats")
+
+
 class InfoNCELoss(_Softmax):
     """Module form of :func:`gradsurg.info_nce` (same arguments; ``scale`` = 1 / temperature,
     sentence-transformers' convention). With ``learnable=True`` the module owns ``logit_scale``
-    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``)."""
+    (initialised to ``log(1 / temperature)``; the temperature is ``exp(-logit_scale)``).
+
+    sentence-transformers' options (``directions``, ``partition_mode``, ``hardness_mode``,
+    ``hardness_strength``) are fixed here; ``forward(anchors, positives, negatives=None,
+    **per_batch)`` takes the hard negatives as a tensor or a list of columns and the per-batch
+    ``keys``, ``guide`` (with ``margin_strategy``, ``margin``), ``negative_mask``, ``labels``,
+    ``soft_targets``, ``stats`` of :func:`gradsurg.info_nce`."""
 
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
                  scale: float | Tensor | None = None, normalizer: str = "batch", dataset_size: int | None = None,
-                 gamma: float = 0.9, **kwargs):
+                 gamma: float = 0.9, directions=None, partition_mode: str | None = None,
+                 hardness_mode: str | None = None, hardness_strength: float | None = None, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
+        given = dict(directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                     hardness_strength=hardness_strength)
+        self.structured = {k: (tuple(v) if k == "directions" and not isinstance(v, str) else v)
+                           for k, v in given.items() if v is not None}
+        if self.structured and (learnable or tensor is not None):
+            raise TypeError("InfoNCELoss: a learnable temperature is not supported with sentence-transformers' "
+                            "options (directions, hardness, ...); pass a float")
+        if self.structured:  # checked now, not at the first batch
+            from .structured import check_mnrl_options
+
+            check_mnrl_options(self.structured.get("directions", ("query_to_doc",)),
+                               self.structured.get("partition_mode", "joint"), self.structured.get("hardness_mode"),
+                               self.structured.get("hardness_strength", 0.0), "InfoNCELoss")
+        self._tau = tau
         if normalizer == "global":  # the per-example estimates live in the module (state_dict, .eval())
             from .normalizer import GlobalNormalizer
 
             if dataset_size is None:
                 raise ValueError("InfoNCELoss: normalizer='global' needs dataset_size= (how many examples the "
                                  "indices address)")
+            if self.structured:
+                raise ValueError("InfoNCELoss: normalizer='global' does not combine with sentence-transformers' "
+                                 "options (directions, partition_mode, hardness)")
             self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
         elif normalizer != "batch":
             raise ValueError(f"InfoNCELoss: normalizer must be 'batch' or 'global', got {normalizer!r}")
 
-    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
-                index: Tensor | None = None) -> Tensor:
-        """The loss; ``index`` (N,): the batch's dataset indices (``normalizer='global'`` only)."""
-        if not hasattr(self, "normalizer"):
-            if index is not None:
-                raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
+    def forward(self, anchors: Tensor, positives: Tensor, negatives=None, index: Tensor | None = None,
+                **per_batch) -> Tensor:
+        """The loss; ``index`` (N,): the batch's dataset indices (``normalizer='global'`` only);
+        ``per_batch``: the structured options of :func:`gradsurg.info_nce` that change per batch."""
+        unknown = sorted(set(per_batch) - set(_PER_BATCH))
+        if unknown:
+            raise TypeError(f"InfoNCELoss.forward: unknown argument(s) {', '.join(unknown)}; per batch: "
+                            f"{', '.join(_PER_BATCH)}")
+        per_batch = {k: v for k, v in per_batch.items() if v is not None}
+        structured = bool(self.structured or per_batch or isinstance(negatives, (list, tuple)))
+        if hasattr(self, "normalizer"):
+            if structured:
+                raise ValueError("InfoNCELoss: normalizer='global' does not combine with lists of hard negatives, "
+                                 "masks, guides, labels or soft targets")
+            return _global("global", self.paradigm.dissipation.temperature, self._learn(), self.normalizer, index,
+                           anchors, positives, negatives, dict(self.kwargs), "InfoNCELoss")
+        if index is not None:
+            raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
+        if not structured:
             return super().forward(anchors, positives, negatives)
-        learn = self._learn()
-        return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index, anchors,
-                       positives, negatives, dict(self.kwargs), "InfoNCELoss")
+        if self._kind is not None or hasattr(self, "logit_scale"):
+            raise TypeError("InfoNCELoss: a learnable temperature is not supported with lists of hard negatives, "
+                            "masks, guides, labels or soft targets")
+        return info_nce(anchors, positives, negatives, temperature=self._tau, **self.kwargs, **self.structured,
+                        **per_batch)
 
 
 class ArcConLoss(_Softmax):
@@ -312,3 +402,40 @@ class MATLoss(ParadigmLoss):
 
     def __init__(self, margin: float = 0.15 * math.pi, **kwargs):
         super().__init__(_p.mat(margin), **kwargs)
+
+
+class GISTLoss(nn.Module):
+    """Module form of :func:`gradsurg.gist` (sentence-transformers' ``GISTEmbedLoss`` arguments;
+    ``forward(anchors, positives, negatives=None, guide=...)`` takes the guide's embeddings of
+    every column)."""
+
+    def __init__(self, temperature: float = 0.01, margin_strategy: str = "absolute", margin: float = 0.0,
+                 contrast_anchors: bool = True, contrast_positives: bool = True, **kwargs):
+        super().__init__()
+        from .structured import _margin_options
+
+        _margin_options(margin_strategy, margin, "GISTLoss")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"GISTLoss: temperature must be a number > 0, got {temperature!r}")
+        self.options = dict(temperature=temperature, margin_strategy=margin_strategy, margin=margin,
+                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives, **kwargs)
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives=None, guide=None) -> Tensor:
+        if guide is None:
+            raise ValueError("GISTLoss: forward needs guide= (the guide model's embeddings of every column); "
+                             "GradsurgLoss(model, 'gist', guide=guide_model) computes them")
+        return gist(anchors, positives, negatives, guide=guide, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class SupConLoss(nn.Module):
+    """Module form of :func:`gradsurg.supcon`: ``forward(features, labels)``."""
+
+    def __init__(self, temperature: float = 0.1, **kwargs):
+        super().__init__()
+        self.temperature, self.kwargs = temperature, kwargs
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        return supcon(features, labels, temperature=self.temperature, **self.kwargs)

@@ -35,6 +35,7 @@ _PRESETS: dict[str, Callable[..., nn.Module]] = {
     "met": losses.METLoss,
     "mat": losses.MATLoss,
     "siglip": losses.SigLIPLoss,
+    "gist": losses.GISTLoss,
 }
 
 _DISSIPATIONS = {

@@ -174,6 +174,8 @@ def test_cached_loss_every_registry_loss_matches_uncached(tiny_model):
     a, p, z = _ragged(model, 8, 0), _ragged(model, 8, 9), _ragged(model, 5, 4)
     assert a["input_ids"].shape[1] > 6
     for name in available_losses():
+        if name == "gist":  # needs a guide model: tests/test_structured_integration.py
+            continue
         cols = [a, p] if name in OBJECTIVES else [a, p, z]
         v_ref, g_ref = _cached_grads(model, GradsurgLoss(model, name), cols)
         v, g = _cached_grads(model, GradsurgLoss(model, name, mini_batch_size=3), cols)

@@ -2,6 +2,7 @@
 
     gradsurg plot --out docs/figures                      # full size: 100 x 100 grid, 1000 batches of 128
     gradsurg plot --out /tmp/figs --grid 20 --num-batches 50 --which gd,r
+    gradsurg plot --stats runs/x/stats.csv --out /tmp/figs      # W's entropy / effective negatives over training
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--which", default="gd,w,r",
                         help="comma list of figures: gd (GD surface), w (W vs temperature), r (R surfaces)")
+    parser.add_argument("--stats", default=None, metavar="STATS_CSV",
+                        help="instead: draw W's telemetry over training (entropy, effective negatives, max weight) "
+                             "from a training run's stats.csv into OUT/w_telemetry.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(args.out, os.W_OK | os.X_OK):
         print(f"gradsurg plot: --out {args.out!r} is not writable", file=sys.stderr)
         return 2
+    if args.stats is not None:
+        from .plots import plot_w_telemetry
+
+        try:
+            print(plot_w_telemetry(args.stats, os.path.join(args.out, "w_telemetry.png")))
+        except (OSError, ValueError) as exc:
+            print(f"gradsurg plot: --stats {args.stats!r}: {exc}", file=sys.stderr)
+            return 2
+        return 0
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     paths = make_figures(args.out, grid=args.grid, num_batches=args.num_batches, batch_size=args.batch_size,

@@ -18,6 +18,9 @@ dissipated_share    share of anchors whose gate (``1 - p_ii`` for softmax dissip
 gd_mean             mean ``GD_i``
 hardest_weight      mean over anchors of ``max_j W_ij`` (the hardest negative's weight)
 ratio_mean          mean ``R_i``
+entropy_*           W's entropy ``H_i = -sum_j W_ij log W_ij``: ``_mean``, ``_q10``, ``_q50``, ``_q90``
+                    over anchors (likewise ``effective_negatives_*`` = ``exp(H_i)`` and
+                    ``max_weight_*`` = ``max_j W_ij``), from the W already formed (no extra pass)
 pos_cos             mean ``s_ii``
 neg_cos             mean ``s_ij`` over the negatives ``j != i``
 hardest_neg_cos     mean over anchors of ``max_{j!=i} s_ij``
@@ -42,6 +45,7 @@ import torch
 from torch import Tensor
 
 from ..components._rows import Rows
+from ..engine.candidates import weight_entropy, weight_summary
 from ..engine.normalize import normalize
 from ..paradigm import Paradigm, info_nce
 from ..vocabulary import compute_dtype
@@ -136,6 +140,7 @@ class StatsCollector:
                     "gd_mean": float(gd.mean()),
                     "hardest_weight": float(w.amax(dim=1).mean()),
                     "ratio_mean": float(r.mean()),
+                    **weight_summary(weight_entropy(w), w.amax(dim=1)),
                 }
         rows = Rows(s.clone(), 0)
         g = gate(self.paradigm.dissipation, rows)
@@ -145,4 +150,5 @@ class StatsCollector:
             "gd_mean": float(gd.mean()),
             "hardest_weight": float(w.amax(dim=1).mean()),
             "ratio_mean": float(r.mean()),
+            **weight_summary(weight_entropy(w), w.amax(dim=1)),
         }

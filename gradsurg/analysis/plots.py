@@ -12,7 +12,7 @@ import torch
 
 from . import simulation as sim
 
-__all__ = ["plot_gd_surfaces", "plot_weight_curves", "plot_ratio_surfaces", "make_figures",
+__all__ = ["plot_gd_surfaces", "plot_weight_curves", "plot_ratio_surfaces", "make_figures", "plot_w_telemetry",
            "TEMPERATURES", "GD_LOSSES", "RATIO_LOSSES"]
 
 TEMPERATURES = (0.3, 0.1, 0.05, 0.03, 0.01, 0.005)
@@ -127,3 +127,37 @@ def make_figures(out_dir: str, *, grid: int = 100, num_batches: int = 1000, batc
     if "r" in which:
         paths.append(plot_ratio_surfaces(os.path.join(out_dir, "r_surface.png"), grid=grid, batch_size=batch_size))
     return paths
+
+
+#: the W telemetry of a training run's ``stats.csv`` (trainer's StatsCollector), one panel each
+W_TELEMETRY = (("entropy", "entropy of W, H (nats)"), ("effective_negatives", "effective negatives exp(H)"),
+               ("max_weight", "largest weight max_j W_ij"))
+
+
+def plot_w_telemetry(stats_csv: str, path: str) -> str:
+    """W over training from a run's ``stats.csv``: the mean over anchors and the 10-90 % band of W's
+    entropy, effective number of negatives and largest weight, against the step. Raises ``ValueError``
+    naming the file when it has no such columns (a run logged before the telemetry existed)."""
+    import csv
+
+    with open(stats_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "entropy_mean" not in rows[0]:
+        raise ValueError(f"{stats_csv}: no W telemetry columns (entropy_mean, ...); it comes from runs with the "
+                         "trainer's per-step statistics of this version")
+    plt = _pyplot()
+    step = [float(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, len(W_TELEMETRY), figsize=(4.2 * len(W_TELEMETRY), 3.4))
+    for ax, (key, label) in zip(axes, W_TELEMETRY):
+        col = lambda name: [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]  # noqa: E731
+        ax.fill_between(step, col(f"{key}_q10"), col(f"{key}_q90"), alpha=0.25, label="10-90 % of anchors")
+        ax.plot(step, col(f"{key}_mean"), label="mean over anchors")
+        ax.plot(step, col(f"{key}_q50"), "--", linewidth=0.8, label="median")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"W over training: {os.path.basename(os.path.dirname(os.path.abspath(stats_csv)))}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

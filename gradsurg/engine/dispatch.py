@@ -81,6 +81,26 @@ def choose(backend: str, x: Tensor, paradigm: Paradigm):
     return mod, "CUDA tensors, Triton available and supporting the dtype and components"
 
 
+def choose_structured(backend: str, x: Tensor):
+    """``(torch module, reason)`` for a structured candidate set (:mod:`gradsurg.engine.candidates`:
+    directions, masks, guides, hardness, several or soft targets): only the chunked torch engine
+    implements it; ``backend='triton'`` raises with the reason, ``'auto'`` names it."""
+    from .candidates import TRITON_REASON
+
+    if backend == "triton":
+        raise ValueError(f"paradigm_loss: backend='triton' cannot run these inputs: {TRITON_REASON}")
+    if backend not in BACKENDS:
+        raise ValueError(f"paradigm_loss: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return torch_backend, "backend='torch' was asked for"
+    return torch_backend, f"Triton does not cover this: {TRITON_REASON}"
+
+
+def explain_structured() -> str:
+    """What ``backend='auto'`` picks for a structured candidate set, and why (``gradsurg doctor``)."""
+    return f"torch: {choose_structured('auto', torch.empty(0))[1]}"
+
+
 def _on_cuda(x: Tensor) -> bool:
     return x.is_cuda
 

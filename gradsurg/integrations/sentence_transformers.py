@@ -70,6 +70,11 @@ def _not_cacheable(model: nn.Module, loss: str | nn.Module, params: dict[str, An
     return None
 
 
+def _vocab(model: nn.Module):
+    tokenizer = getattr(model, "tokenizer", None)
+    return tokenizer.get_vocab() if tokenizer is not None and hasattr(tokenizer, "get_vocab") else None
+
+
 def _static_embedding(model: nn.Module) -> bool:
     """Whether ``model`` embeds through an EmbeddingBag-style ``StaticEmbedding`` (no batch dimension)."""
     return any(type(m).__name__ == "StaticEmbedding" for m in model.modules())
@@ -87,12 +92,37 @@ class GradsurgLoss(nn.Module):
             (GradCache) steps, embedding ``mini_batch_size`` sentences at a
             time; same gradients, memory of one mini-batch (see the module
             docstring).
-        **params: the loss's parameters (``temperature``, ``modified``, ...).
+        mask_duplicates: drop from each anchor's candidates those whose text (token ids,
+            padding ignored) equals the anchor's or its positive's (false negatives;
+            ``info_nce`` / ``gist``; :func:`gradsurg.structured.duplicate_keys`).
+        guide: a guide ``SentenceTransformer`` (frozen here): its embeddings of every column
+            drop the candidates it scores above the positive (``margin_strategy``,
+            ``margin``: GISTEmbedLoss' rule). ``GradsurgLoss(model, "gist", guide=guide)`` is
+            GISTEmbedLoss itself (``CachedGISTEmbedLoss`` with ``mini_batch_size``).
+        **params: the loss's parameters (``temperature``, ``modified``, ...; for ``info_nce``
+            also sentence-transformers' ``directions``, ``partition_mode``, ``hardness_mode``,
+            ``hardness_strength``, ``scale``).
     """
 
     def __init__(self, model: nn.Module, loss: str | nn.Module = "info_nce", *,
-                 mini_batch_size: int | None = None, **params: Any):
+                 mini_batch_size: int | None = None, mask_duplicates: bool = False, guide: nn.Module | None = None,
+                 **params: Any):
         super().__init__()
+        if not isinstance(mask_duplicates, bool):
+            raise TypeError(f"GradsurgLoss: mask_duplicates must be True or False, got {mask_duplicates!r}")
+        if (mask_duplicates or guide is not None) and self._name(loss) not in ("info_nce", "gist"):
+            raise ValueError(f"GradsurgLoss: mask_duplicates / guide work with 'info_nce' and 'gist', "
+                             f"not {self._name(loss)!r}")
+        if self._name(loss) == "gist" and guide is None:
+            raise ValueError("GradsurgLoss: loss 'gist' needs guide= (the guide SentenceTransformer)")
+        self.mask_duplicates = mask_duplicates
+        self.guide = guide
+        # InfoNCE takes GIST's rule per batch, with the guide's embeddings (GIST itself at construction)
+        self.guide_options = {k: params.pop(k) for k in ("margin_strategy", "margin") if k in params} \
+            if guide is not None and self._name(loss) == "info_nce" else {}
+        if guide is not None:
+            for p in guide.parameters():
+                p.requires_grad_(False)
         if mini_batch_size is not None and (
             not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1
         ):
@@ -104,7 +134,7 @@ class GradsurgLoss(nn.Module):
                                  f"(mini_batch_size={mini_batch_size}): {reason}")
         self.model = model
         self.loss_name = self._name(loss)
-        self.params = dict(params)
+        self.params = {**params, **self.guide_options}
         self.mini_batch_size = mini_batch_size
         self.loss_fn = _build(loss, params)
 
@@ -128,10 +158,40 @@ class GradsurgLoss(nn.Module):
     def _embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(features)["sentence_embedding"]
 
-    def _loss(self, *embeddings: torch.Tensor) -> torch.Tensor:
+    @property
+    def _columns(self) -> bool:
+        """Whether the loss takes the hard negatives as sentence-transformers' columns (a list)."""
+        return self.loss_name == "gist" or bool(getattr(self.loss_fn, "structured", None)) \
+            or self.mask_duplicates or self.guide is not None
+
+    def _loss(self, *embeddings: torch.Tensor, per_batch: dict | None = None) -> torch.Tensor:
         anchors, positives = embeddings[0], embeddings[1]
+        if self._columns:
+            return self.loss_fn(anchors, positives, list(embeddings[2:]), **(per_batch or {}))
         negatives = torch.cat(embeddings[2:]) if len(embeddings) > 2 else None
         return self.loss_fn(anchors, positives, negatives)
+
+    def _guide_embeddings(self, features: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """The guide's embeddings of every column, without a graph, ``mini_batch_size`` rows at a time
+        (re-tokenised from the decoded texts when the guide's vocabulary differs, as GISTEmbedLoss)."""
+        from gradsurg.cached import split_batch
+
+        retokenize = _vocab(self.model) != _vocab(self.guide)
+        out = []
+        with torch.no_grad():
+            for f in features:
+                chunks = [f] if self.mini_batch_size is None else split_batch(f, self.mini_batch_size)
+                embs = []
+                for chunk in chunks:
+                    chunk = dict(chunk)  # the guide writes into the dict it is given
+                    if retokenize:
+                        texts = self.model.tokenizer.batch_decode(chunk["input_ids"], skip_special_tokens=True)
+                        chunk = self.guide.tokenize(texts)
+                        device = next(self.guide.parameters()).device
+                        chunk = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in chunk.items()}
+                    embs.append(self.guide(chunk)["sentence_embedding"])
+                out.append(torch.cat(embs))
+        return out
 
     def forward(self, sentence_features: Iterable[dict[str, torch.Tensor]], labels: torch.Tensor | None = None):
         features = list(sentence_features)
@@ -139,17 +199,33 @@ class GradsurgLoss(nn.Module):
             raise ValueError("GradsurgLoss: no input columns")
         if len(features) == 1:  # unsupervised: the same sentences under two dropout masks
             features = [features[0], features[0]]
+        per_batch = {}
+        if self.mask_duplicates:
+            from gradsurg.structured import duplicate_keys
+
+            per_batch["keys"] = duplicate_keys(features)
+        if self.guide is not None:
+            per_batch["guide"] = self._guide_embeddings(features)
+            per_batch.update(self.guide_options)
+
+        def loss_fn(*embeddings):
+            return self._loss(*embeddings, per_batch=per_batch)
+
         if self.mini_batch_size is not None:
             from gradsurg.cached import cached_loss
 
             ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)  # the trainer's wrapped model
-            return cached_loss(self._embed, features, self._loss, self.mini_batch_size,
+            return cached_loss(self._embed, features, loss_fn, self.mini_batch_size,
                                no_sync=self.model.no_sync if ddp else None)
-        return self._loss(*[self._embed(f) for f in features])
+        return loss_fn(*[self._embed(f) for f in features])
 
     def get_config_dict(self) -> dict[str, Any]:
         """What sentence-transformers writes into model cards."""
         config = {"loss": self.loss_name, **{k: v for k, v in self.params.items()}}
+        if self.mask_duplicates:
+            config["mask_duplicates"] = True
+        if self.guide is not None:
+            config["guide"] = type(self.guide).__name__
         if self.mini_batch_size is not None:
             config["mini_batch_size"] = self.mini_batch_size
         return config

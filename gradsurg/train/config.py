@@ -103,6 +103,9 @@ class TrainConfig:
     #: cached (GradCache-style) steps: embed the batch in chunks of this many sentences per
     #: column, set the loss's gradient on the whole batch, replay the chunks (gradsurg.cached)
     mini_batch_size: int | None = None
+    #: drop from each anchor's candidates the rows whose text equals its anchor's or positive's
+    #: (duplicate sentences in a batch are false negatives; info_nce only; docs/api.md "Structured candidates")
+    mask_duplicates: bool = False
     lr: float = 3e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -177,7 +180,7 @@ class TrainConfig:
             raise ConfigError(f"config field 'warmup_steps' must be an integer >= 0, got {self.warmup_steps!r}")
         if self.grad_clip is not None and (not _real(self.grad_clip) or not (0 < self.grad_clip < math.inf)):
             raise ConfigError(f"config field 'grad_clip' must be a finite number > 0 or null, got {self.grad_clip!r}")
-        for name in ("mlp_only_train", "eval_at_start", "save_best", "tensorboard", "progress"):
+        for name in ("mlp_only_train", "eval_at_start", "save_best", "tensorboard", "progress", "mask_duplicates"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("device", "train_data", "eval_data", "final_eval_data", "output_dir", "text_column",
@@ -196,6 +199,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in STS_FORMATS:
                 raise ConfigError(f"config field {name!r} is {value!r}; expected one of {', '.join(STS_FORMATS)}")
+        if self.mask_duplicates and self.loss != "info_nce":
+            raise ConfigError(f"config field 'mask_duplicates' works with loss 'info_nce' (its structured "
+                              f"candidates), not {self.loss!r}")
         if self.form is not None and self.form not in FORMS:
             raise ConfigError(f"config field 'form' is {self.form!r}; expected one of {', '.join(FORMS)} or null")
         if self.suite_data is not None and (not isinstance(self.suite_data, str) or not self.suite_data):

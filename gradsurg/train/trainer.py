@@ -169,6 +169,20 @@ class Trainer:
         negatives = emb[2 * n :] if self.corpus.hard_negatives is not None else None
         return emb[:n], emb[n : 2 * n], negatives
 
+    def _duplicate_keys(self, columns: list[list[str]]):
+        """``mask_duplicates``: integer keys of the texts of each column (equal texts, equal keys), else None."""
+        if not self.config.mask_duplicates:
+            return None
+        from ..structured import texts_to_keys
+
+        return [k.to(self.device) for k in texts_to_keys(*columns)]
+
+    def _call_loss(self, anchors, positives, negatives=None, keys=None):
+        """The loss of one batch; with duplicate keys the hard negatives go as a column (structured candidates)."""
+        if keys is None:
+            return self.loss(anchors, positives, negatives)
+        return self.loss(anchors, positives, [] if negatives is None else [negatives], keys=keys)
+
     def cached_step(self, idx: list[int]):
         """A GradCache-style step (``mini_batch_size``): gradients accumulated, loss detached.
 
@@ -182,7 +196,8 @@ class Trainer:
         columns = [texts, texts]
         if self.corpus.hard_negatives is not None:
             columns.append([self.corpus.hard_negatives[i] for i in idx])
-        loss, embs = cached_step(self.encoder, columns, lambda *e: _scalar(self.loss(*e)),
+        keys = self._duplicate_keys(columns)
+        loss, embs = cached_step(self.encoder, columns, lambda *e: _scalar(self._call_loss(*e, keys=keys)),
                                  mini_batch_size=self.config.mini_batch_size, return_embeddings=True)
         return loss, embs[0], embs[1], (embs[2] if len(embs) > 2 else None)
 
@@ -271,7 +286,10 @@ class Trainer:
             loss, anchors, positives, negatives = self.cached_step(idx)
         else:
             anchors, positives, negatives = self.step_embeddings(idx)
-            loss = _scalar(self.loss(anchors, positives, negatives))
+            texts = [self.corpus.sentences[i] for i in idx]
+            hard = [self.corpus.hard_negatives[i] for i in idx] if negatives is not None else None
+            keys = self._duplicate_keys([texts, texts] + ([hard] if hard is not None else []))
+            loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
