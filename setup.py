@@ -16,6 +16,10 @@ setup(
     # `kernels` distribution, which transformers imports, whenever the repository root is on sys.path).
     packages=find_packages(include=["gradsurg", "gradsurg.*"]) + ["gradsurg_kernels"],
     package_dir={"gradsurg_kernels": "kernels/gradsurg_kernels"},
+    # the STS-B train/dev splits, gzip'd, with their README (source, license, attribution): the default data
+    # of the main job, so that an install runs offline with nothing beside it (gradsurg/data/README.md)
+    package_data={"gradsurg": ["data/*.csv.gz", "data/README.md"]},
+    include_package_data=True,
     install_requires=[
         "torch>=2.4",
         "numpy",

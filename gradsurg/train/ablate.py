@@ -36,6 +36,7 @@ import time
 from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_modified, parse_overrides, parse_value, preset, preset_names
+from .data import PACKAGED_WAS
 from .store import RESULTS, SET_ASIDE, ResultsStore, StoreError, parse, strict
 #: config fields that do not change what a run computes (left out of its identity)
 _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device", "eval_batch_size", "log_every"}
@@ -51,7 +52,8 @@ _ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_
 
 def run_key(config: TrainConfig) -> str:
     """A stable identity of a run: a hash of every config field that affects its result."""
-    data = {k: v for k, v in config.to_dict().items()
+    data = {k: PACKAGED_WAS.get(v, v) if k in ("train_data", "eval_data") else v
+            for k, v in config.to_dict().items()
             if k not in _NOT_IDENTITY and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
@@ -545,11 +547,11 @@ def run(args: argparse.Namespace) -> int:
         losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
         configs = expand_grid(base, losses, mods, params, seeds)
         # the data and the device are checked before any model is loaded
-        from .data import read_corpus, read_sts_pairs, resolve_path
+        from .data import STS_INSTEAD, TRAIN_INSTEAD, read_corpus, read_sts_pairs, resolve_path
 
-        resolve_path(base.train_data, "config field 'train_data'")
+        resolve_path(base.train_data, "config field 'train_data'", TRAIN_INSTEAD)
         if base.eval_data is not None and base.eval_format != "hf":
-            resolve_path(base.eval_data, "config field 'eval_data'")
+            resolve_path(base.eval_data, "config field 'eval_data'", STS_INSTEAD)
         if not args.dry_run and not args.table_only:
             _check_device(base.device)
             read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,

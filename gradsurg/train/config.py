@@ -61,6 +61,11 @@ FORMS = ("default", "reference")
 STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
 
 
+#: the STS-B train and dev splits shipped inside the package (gradsurg/data/, resolved by
+#: gradsurg.train.data): the default data of every preset and of ``gradsurg evaluate``
+STSB_TRAIN = "packaged:stsb-train"
+STSB_DEV = "packaged:stsb-dev"
+
 #: the longest :meth:`TrainConfig.run_name` (longer names are shortened in the middle)
 RUN_NAME_MAX = 100
 
@@ -93,7 +98,7 @@ class TrainConfig:
     #: code, see docs/objectives.md); null: the loss's default. Passed as ``form=`` to the loss.
     form: str | None = None
     # data
-    train_data: str | None = "../shared/data/stsb/stsb-en-train.csv"
+    train_data: str | None = STSB_TRAIN
     train_format: str = "auto"
     text_column: str | None = None
     hard_negative_column: str | None = None
@@ -114,7 +119,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     # evaluation
-    eval_data: str | None = "../shared/data/stsb/stsb-en-dev.csv"
+    eval_data: str | None = STSB_DEV
     eval_format: str = "stsb-csv"
     eval_split: str | None = None
     eval_every: int = 8

@@ -4,14 +4,15 @@ Library use::
 
     from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
     enc = load_encoder("minilm")
-    print(evaluate_sts(enc, read_sts_pairs("../shared/data/stsb/stsb-en-dev.csv")))
+    print(evaluate_sts(enc, read_sts_pairs("packaged:stsb-dev")))  # STS-B dev, shipped with gradsurg
 
 Command line (the last line printed is one JSON object)::
 
-    gradsurg evaluate --model minilm --data ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate                      # packaged MiniLM on the packaged STS-B dev (1500 pairs)
+    gradsurg evaluate --model runs/best --data my-sts.csv
     gradsurg evaluate --model runs/best --data SICK.txt --format sick --split TEST
     gradsurg evaluate --model my-st-model --data STS/STS12-en-test --format senteval
-    gradsurg evaluate --suite ../shared/data/senteval --stsb ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate --suite ../shared/data/senteval --stsb packaged:stsb-dev
 
 ``--suite DIR`` scores the seven STS tasks (STS12-16, STS-B, SICK-R) found
 under DIR; see :mod:`gradsurg.train.suite`.
@@ -31,8 +32,8 @@ import time
 import numpy as np
 
 from ..cli import int_at_least
-from .config import STS_FORMATS, ConfigError
-from .data import STSPairs, check_pairs, default_stsb_dir, missing_data_hint, read_sts_pairs
+from .config import STS_FORMATS, STSB_DEV, ConfigError
+from .data import STSPairs, check_pairs, read_sts_pairs
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -120,8 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm",
                         help="model name or directory (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--data", default=None,
-                        help="STS file or folder (default: ../shared/data/stsb/stsb-en-dev.csv when present); "
-                             "with --format hf, a Hugging Face dataset name")
+                        help=f"STS file or folder, .gz read transparently (default: {STSB_DEV}, the STS-B dev "
+                             "pairs shipped with gradsurg); with --format hf, a Hugging Face dataset name")
     parser.add_argument("--format", default="stsb-csv", choices=STS_FORMATS, dest="fmt",
                         help="file layout: stsb-csv (no header: s1,s2,score), sick (tab-separated release "
                              "with header), senteval (SentEval STS files), hf (datasets, online)")
@@ -162,13 +163,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"gradsurg evaluate: {exc}", file=sys.stderr)
             return 2
         return run_suite(args, encoder)
-    data = args.data
-    if data is None:
-        stsb = default_stsb_dir()
-        if stsb is None:
-            print("gradsurg evaluate: --data is required" + missing_data_hint(), file=sys.stderr)
-            return 2
-        data = f"{stsb}/stsb-en-dev.csv"
+    data = STSB_DEV if args.data is None else args.data
     try:
         pairs = read_sts_pairs(data, args.fmt, args.split).subset(args.max_pairs)
         check_pairs(pairs, f"--data {data!r}")

@@ -41,7 +41,7 @@ import sys
 import time
 
 from .config import ConfigError
-from .data import STSPairs, read_sts_pairs, resolve_path
+from .data import STSPairs, open_text, read_sts_pairs, resolve_path
 from .evaluate import evaluate_sts
 
 __all__ = ["TASKS", "find_tasks", "evaluate_suite", "format_suite", "add_arguments", "run_suite"]
@@ -72,7 +72,7 @@ _CANDIDATES: dict[str, list[tuple[str, str, str | None]]] = {
 
 def _stsb_format(path: str) -> str:
     """stsb-csv (``s1,s2,score``) or SentEval's tab-separated STS-B file."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         first = fh.readline()
     return "senteval" if "\t" in first else "stsb-csv"
 
