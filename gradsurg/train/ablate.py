@@ -37,6 +37,7 @@ from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_modified, parse_overrides, parse_value, preset, preset_names
 from .data import PACKAGED_WAS
+from .models import ModelLoadError
 from .store import RESULTS, SET_ASIDE, ResultsStore, StoreError, parse, strict
 #: config fields that do not change what a run computes (left out of its identity)
 _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device", "eval_batch_size", "log_every"}
@@ -554,11 +555,14 @@ def run(args: argparse.Namespace) -> int:
             resolve_path(base.eval_data, "config field 'eval_data'", STS_INSTEAD)
         if not args.dry_run and not args.table_only:
             _check_device(base.device)
+            from .models import resolve_model
+
+            resolve_model(base.model, "config field 'model'")  # a hub id that cannot load: one line, now
             read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,
                         base.max_train_sentences)
             if base.eval_data is not None:
                 read_sts_pairs(base.eval_data, base.eval_format, base.eval_split).subset(base.eval_max_pairs)
-    except ConfigError as exc:
+    except (ConfigError, ModelLoadError) as exc:
         print(f"gradsurg ablate: {exc}", file=sys.stderr)
         return 2
     for note in notes:

@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
             print("gradsurg evaluate: give --data (one file) or --suite (a folder), not both", file=sys.stderr)
             return 2
         try:
-            encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+            encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device,
+                                   what="--model")
         except (ConfigError, ModelLoadError, ValueError) as exc:
             print(f"gradsurg evaluate: {exc}", file=sys.stderr)
             return 2
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         pairs = read_sts_pairs(data, args.fmt, args.split).subset(args.max_pairs)
         check_pairs(pairs, f"--data {data!r}")
-        encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+        encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device,
+                               what="--model")
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"gradsurg evaluate: {exc}", file=sys.stderr)
         return 2
