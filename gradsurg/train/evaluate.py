@@ -1,10 +1,15 @@
 """STS evaluation: Spearman and Pearson correlation (x100) of cosine similarity with gold scores.
 
-Library use::
+Library use (the packaged model and data: offline)::
 
-    from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
-    enc = load_encoder("minilm")
-    print(evaluate_sts(enc, read_sts_pairs("packaged:stsb-dev")))  # STS-B dev, shipped with gradsurg
+    >>> from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
+    >>> enc = load_encoder("minilm")                  # all-MiniLM-L6-v2, shipped on PyPI
+    >>> pairs = read_sts_pairs("packaged:stsb-dev")   # STS-B dev, shipped with gradsurg
+    >>> len(pairs), enc.pooler                        # its sentence-transformers pooling: the mean
+    (1500, 'avg')
+    >>> result = evaluate_sts(enc, pairs.subset(200))  # 200 pairs spread over the file
+    >>> result["n_pairs"], result["spearman"] > 80
+    (200, True)
 
 Command line (the last line printed is one JSON object)::
 
