@@ -1,4 +1,4 @@
-"""The per-switch ablation table of docs/training.md from one or more ``gradsurg ablate`` stores.
+"""The per-switch ablation table of docs/reports/per-switch-ablation.md from one or more ``gradsurg ablate`` stores.
 
 Reads ``results.jsonl`` files (the resumable stores of ``gradsurg ablate --out``),
 groups the runs by (objective, form, switch set) and writes

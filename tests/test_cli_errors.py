@@ -115,7 +115,7 @@ def test_04_evaluate_batch_size(tiny, capsys, value):
 
 
 def test_04_library_batch_size(tiny):
-    from gradsurg.train.evaluate import evaluate_sts
+    from gradsurg.train.sts import evaluate_sts
     from gradsurg.train.models import load_encoder
 
     enc = load_encoder(tiny["model"], pooler="avg")
@@ -175,7 +175,7 @@ def test_05_evaluate_prints_strict_json(tiny, tmp_path, capsys):
 
 def test_05_constant_similarities_are_undefined_not_zero():
     from gradsurg.train.data import STSPairs
-    from gradsurg.train.evaluate import evaluate_sts
+    from gradsurg.train.sts import evaluate_sts
 
     class Flat:
         def encode(self, texts, **kw):

@@ -8,7 +8,7 @@ import pytest
 
 from gradsurg.train import ConfigError
 from gradsurg.train.data import read_sts_pairs
-from gradsurg.train.evaluate import pearson, spearman
+from gradsurg.train.sts import pearson, spearman
 
 
 

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
 from gradsurg.train import ConfigError, TrainConfig, preset
 from gradsurg.train.config import parse_overrides
 from gradsurg.train.data import read_corpus, read_sts_pairs
-from gradsurg.train.losses import available_losses, build_loss
+from gradsurg.registry import available_losses, build_loss
 from gradsurg.train.models import load_encoder
 from gradsurg.train.testing import make_tiny_model, tiny_sentences, tiny_workspace, write_tiny_sts
 from gradsurg.train.trainer import Trainer

@@ -62,10 +62,10 @@ def run_key(config: TrainConfig) -> str:
 
 def accepts_modified(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``modified`` parameter (the non-contrastive objectives)."""
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     try:
-        build_loss(loss, {}, "w_gd")
+        loss_from_fields(loss, {}, "w_gd")
         return True
     except ConfigError:
         return False
@@ -73,10 +73,10 @@ def accepts_modified(loss: str) -> bool:
 
 def accepts_form(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``form`` parameter (non-contrastive objectives, sg)."""
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     try:
-        build_loss(loss, {}, None, "default")
+        loss_from_fields(loss, {}, None, "default")
         return True
     except ConfigError:
         return False
@@ -101,7 +101,7 @@ def expand_grid(
     that accept ``modified``; a parameter a loss does not take raises
     :class:`ConfigError` naming it (checked by building the loss once).
     """
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     losses = list(losses or [base.loss])
     mods = list(modified) if modified else [base.modified or "none"]
@@ -121,7 +121,7 @@ def expand_grid(
             for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
                 loss_params = dict(base.loss_params)
                 loss_params.update(dict(zip(keys, values)))
-                build_loss(loss, loss_params, norm, form)  # fail fast, naming the bad parameter
+                loss_from_fields(loss, loss_params, norm, form)  # fail fast, naming the bad parameter
                 for seed in seeds:
                     configs.append(base.replace(loss=loss, modified=norm, form=form, loss_params=loss_params,
                                                 seed=int(seed)))
@@ -474,7 +474,7 @@ def build_base(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 
 def _grid_axes(args: argparse.Namespace, base: TrainConfig, explicit: set[str]):
     """Losses, modifications, swept parameters and seeds of the grid, with notes on repeats."""
-    from .losses import available_losses
+    from ..registry import available_losses
 
     losses, mods = args.loss, args.modified
     if losses is None:

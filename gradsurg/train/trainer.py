@@ -32,7 +32,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
-from .evaluate import evaluate_sts
+from .sts import evaluate_sts
 from .losses import loss_from_config
 from .stats import StepLogger, make_collector
 
