@@ -34,12 +34,12 @@ from . import distributed
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
+from .engine.torch_backend import check_options as check_backend_options
 from .engine.validation import autocast_inputs, check_embeddings, check_options
 from .paradigm import Paradigm
 
 __all__ = ["paradigm_loss"]
 
-_GATHER = "paradigm_loss(gather_across_devices=True)"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -56,6 +56,7 @@ def paradigm_loss(
     gather_across_devices: bool = False,
     group=None,
     learn: dict | None = None,
+    caller: str = "paradigm_loss",
     **options,
 ) -> Tensor:
     r"""A contrastive loss whose gradient is set from GD, W and R.
@@ -99,6 +100,9 @@ def paradigm_loss(
             whose exact gradient is returned (:attr:`Paradigm.learnable` lists
             what a paradigm accepts; torch backend). Values are checked inside
             the operator (temperature and scale > 0, all finite).
+        caller: the name errors start with: the function the user called
+            (``gradsurg.info_nce`` passes ``"info_nce"``, a module its class name);
+            a wrapper of its own passes its name.
         **options: backend options, e.g. ``chunk_bytes`` for the torch
             backend; an option the chosen backend does not know raises.
 
@@ -106,7 +110,9 @@ def paradigm_loss(
         The reduced loss (a scalar) or, for ``reduction='none'``, shape
         ``(N,)``; in the inputs' dtype, or float32 under ``torch.autocast``.
     """
-    where = "paradigm_loss"
+    if not isinstance(caller, str) or not caller:
+        raise TypeError(f"paradigm_loss: caller must be a non-empty str (the name errors give), got {caller!r}")
+    where = caller
     if not isinstance(paradigm, Paradigm):
         raise TypeError(
             f"{where}: paradigm must be a gradsurg.Paradigm (e.g. gradsurg.paradigm.info_nce()), "
@@ -114,7 +120,7 @@ def paradigm_loss(
         )
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
-    check_options(reduction, backend)
+    check_options(reduction, backend, where)
     if group is not None and not gather_across_devices:
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
     names, hyper = _learnable(paradigm, learn, anchors, where)
@@ -124,10 +130,11 @@ def paradigm_loss(
     (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
     if gather_across_devices and distributed.gather_active(group):
         x, c, reverse, weight, n_pos = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
-                                                 group)
+                                                 group, where)
         check = ""  # checked on every rank before the collectives
     else:
-        negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False)
+        negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False,
+                                     where=where)
         x = anchors
         c = positives if negatives is None else torch.cat([positives, negatives], dim=0)
         reverse, weight = None, 1.0 / x.shape[0]
@@ -137,7 +144,8 @@ def paradigm_loss(
         weight = 1.0
     # detached negatives (a queue) on every rank: only the positives' rows of dc need a product
     grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
-    impl, _ = dispatch.choose(backend, x, paradigm)
+    impl, _ = dispatch.choose(backend, x, paradigm, where)
+    check_backend_options(options, impl.OPTIONS, impl.NAME, where)
     call = paradigm_call(paradigm, impl.NAME, options, names)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)
@@ -167,11 +175,13 @@ def _learnable(paradigm: Paradigm, learn, anchors, where: str):
     return tuple(learn), torch.stack(values)
 
 
-def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group):
+def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group, where="paradigm_loss"):
     """``(anchors, candidates, reverse candidates or None, mean weight, n_pos)`` over every rank's batch;
-    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None."""
+    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None.
+    Errors start with ``<where>(gather_across_devices=True)``."""
+    gather = f"{where}(gather_across_devices=True)"
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-    err = _local_error(anchors, positives, negatives, check_finite)
+    err = _local_error(anchors, positives, negatives, check_finite, gather)
     if negatives is not None and err is None and negatives.shape[0] == 0:
         negatives = None
     leaves = [t for t in (anchors, positives, negatives) if isinstance(t, Tensor)]
@@ -191,25 +201,25 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     if bad:
         if err is not None:
             raise err
-        raise ValueError(f"{_GATHER}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+        raise ValueError(f"{gather}: the inputs of rank(s) {bad} are invalid (their own error says why)")
     n_r = [row[0] for row in table]
     k_r = [row[1] for row in table]
     if len({row[2] for row in table}) > 1:
-        raise ValueError(f"{_GATHER}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
+        raise ValueError(f"{gather}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
     if len({row[3] for row in table}) > 1:
         raise ValueError(
-            f"{_GATHER}: dtypes differ between ranks: {[str(_DTYPES[row[3]]) for row in table]}; use one dtype"
+            f"{gather}: dtypes differ between ranks: {[str(_DTYPES[row[3]]) for row in table]}; use one dtype"
         )
     if len({row[5] for row in table}) > 1:
         raise ValueError(
-            f"{_GATHER}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
+            f"{gather}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
             f"{[bool(row[5]) for row in table]}); the backward pass is collective, so every rank must agree"
         )
     n_total, k_total = sum(n_r), sum(k_r)
     if n_total + k_total < 2:
-        raise ValueError(f"{_GATHER}: the global batch has no negative (N = {n_total}, K = {k_total})")
+        raise ValueError(f"{gather}: the global batch has no negative (N = {n_total}, K = {k_total})")
     if symmetric and n_total < 2:
-        raise ValueError(f"{_GATHER}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
+        raise ValueError(f"{gather}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
 
     n_max, k_max = max(n_r), max(k_r)
     pad = distributed.pad_rows
@@ -229,13 +239,13 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
 
 
-def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:
+def _local_error(anchors, positives, negatives, check_finite: bool, where: str) -> Exception | None:
     """Validate this rank's tensors; the "at least one negative" rule is global, not checked here."""
     try:
         n = anchors.shape[0] if isinstance(anchors, Tensor) else None
         if n == 1 and (negatives is None or (isinstance(negatives, Tensor) and negatives.shape[0] == 0)):
             negatives = positives  # one local row is fine: the negatives come from the other ranks
-        check_embeddings(anchors, positives, negatives, symmetric=False, check_finite=check_finite, where=_GATHER)
+        check_embeddings(anchors, positives, negatives, symmetric=False, check_finite=check_finite, where=where)
     except (TypeError, ValueError) as err:
         return err
     return None

@@ -58,12 +58,13 @@ def supports(x: Tensor, paradigm: Paradigm, d: int | None = None) -> str | None:
     return None
 
 
-def check_options(options: dict, accepted=OPTIONS, backend: str = "torch") -> None:
-    """Unknown options raise ``ValueError`` naming them and the accepted ones (every backend alike)."""
+def check_options(options: dict, accepted=OPTIONS, backend: str = "torch", where: str = "paradigm_loss") -> None:
+    """Unknown options raise ``ValueError`` naming them and the accepted ones (every backend alike);
+    the message starts with ``where`` (the front door passes the function the user called)."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
-            f"paradigm_loss: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
+            f"{where}: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
 
