@@ -1,9 +1,15 @@
 """gradsurg: gradient surgery for contrastive representation learning."""
+import re
+
 from setuptools import find_packages, setup
+
+# the version is written once, in gradsurg/__init__.py (read here without importing the package)
+with open("gradsurg/__init__.py", encoding="utf-8") as fh:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', fh.read(), re.M).group(1)
 
 setup(
     name="gradsurg",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Set the gradient of contrastive and non-contrastive sentence-embedding "
         "objectives from its three parts: dissipation (GD), weight (W), ratio (R)."

@@ -73,6 +73,9 @@ def test_the_wheel_holds_gradsurg_and_gradsurg_kernels_only(tmp_path):
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("gradsurg-*.whl")
+    import gradsurg
+
+    assert wheel.name.startswith(f"gradsurg-{gradsurg.__version__}-"), wheel.name  # setup.py reads __init__.py
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"gradsurg", "gradsurg_kernels"}, tops

@@ -409,7 +409,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON file of config fields (over the preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field for every run (repeatable), e.g. --set lr=1e-5 "
-                             "or --set loss_params.temperature=0.1")
+                             "or --set loss_params.temperature=0.1; every field with its type and default: "
+                             "--list-fields")
+    parser.add_argument("--list-fields", action="store_true",
+                        help="list every config field (--set KEY=VALUE, --config file) with its type and its "
+                             "value in the chosen --preset (after --config and --set), and exit")
+    parser.epilog = ("Config fields: `gradsurg ablate --list-fields` lists every field with its type and default "
+                     "(`--preset paper --list-fields`: that preset's values).")
     parser.add_argument("--loss", nargs="+", default=None,
                         help=f"loss name(s) (grid axis); default {' '.join(DEFAULT_LOSSES)}")
     parser.add_argument("--modified", nargs="+", default=None,
@@ -539,10 +545,27 @@ def _check_store(args: argparse.Namespace) -> int:
     return 1 if notes and not args.repair else 0
 
 
+def _list_fields(args: argparse.Namespace) -> int:
+    """Print every config field with its type and its value in the base config (``--list-fields``)."""
+    from .config import format_fields
+
+    try:
+        base, _ = build_base(args)
+    except ConfigError as exc:
+        print(f"gradsurg ablate: {exc}", file=sys.stderr)
+        return 2
+    source = f"preset {args.preset}" + (f" + {args.config}" if args.config else "") + (" + --set" if args.set else "")
+    print(format_fields(base, f"Config fields (name: type = value in {source}); set one with --set KEY=VALUE "
+                              "(loss_params.NAME=VALUE for a loss parameter) or in a --config YAML/JSON file."))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Expand the grid, run what is missing, print the table (last lines of stdout)."""
     if args.check or args.repair:
         return _check_store(args)
+    if getattr(args, "list_fields", False):
+        return _list_fields(args)
     try:
         base, explicit = build_base(args)
         losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
