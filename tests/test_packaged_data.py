@@ -126,6 +126,7 @@ def test_the_packaged_default_keeps_the_run_identity_of_the_shared_files():
     assert run_key(preset("quick").replace(eval_data="other.csv")) != run_key(old)
 
 
+@pytest.mark.slow
 def test_the_main_job_needs_nothing_beside_a_copy_of_the_repository(tmp_path):
     """A copy of the tracked tree with no ../shared beside it: the quick preset's data checks pass
     (``--dry-run`` resolves the data and prints the runs without loading a model)."""

@@ -64,8 +64,9 @@ STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
 
 #: the STS-B train and dev splits shipped inside the package (gradsurg/data/, resolved by
 #: gradsurg.train.data): the default data of every preset and of ``gradsurg evaluate``
-STSB_TRAIN = "packaged:stsb-train"
-STSB_DEV = "packaged:stsb-dev"
+PACKAGED_PREFIX = "packaged:"
+STSB_TRAIN = PACKAGED_PREFIX + "stsb-train"
+STSB_DEV = PACKAGED_PREFIX + "stsb-dev"
 
 #: the longest :meth:`TrainConfig.run_name` (longer names are shortened in the middle)
 RUN_NAME_MAX = 100

@@ -38,9 +38,7 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from .config import STSB_DEV, STSB_TRAIN, ConfigError
-
-PACKAGED_PREFIX = "packaged:"
+from .config import PACKAGED_PREFIX, STSB_DEV, STSB_TRAIN, ConfigError
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
