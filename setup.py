@@ -1,9 +1,15 @@
 """gradsurg: gradient surgery for contrastive representation learning."""
+import re
+
 from setuptools import find_packages, setup
+
+# the version is written once, in gradsurg/__init__.py (read here without importing the package)
+with open("gradsurg/__init__.py", encoding="utf-8") as fh:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', fh.read(), re.M).group(1)
 
 setup(
     name="gradsurg",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Set the gradient of contrastive and non-contrastive sentence-embedding "
         "objectives from its three parts: dissipation (GD), weight (W), ratio (R)."
@@ -16,6 +22,10 @@ setup(
     # `kernels` distribution, which transformers imports, whenever the repository root is on sys.path).
     packages=find_packages(include=["gradsurg", "gradsurg.*"]) + ["gradsurg_kernels"],
     package_dir={"gradsurg_kernels": "kernels/gradsurg_kernels"},
+    # the STS-B train/dev splits, gzip'd, with their README (source, license, attribution): the default data
+    # of the main job, so that an install runs offline with nothing beside it (gradsurg/data/README.md)
+    package_data={"gradsurg": ["data/*.csv.gz", "data/README.md"]},
+    include_package_data=True,
     install_requires=[
         "torch>=2.4",
         "numpy",

@@ -47,8 +47,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DATA = os.path.join(ROOT, "..", "shared", "data", "stsb", "stsb-en-train.csv")
+DATA = "packaged:stsb-train"  # the STS-B train split shipped with gradsurg (gradsurg/data/)
 METHODS = ("cmnrl", "gradsurg_cached", "mnrl", "gradsurg")
 MAX_LEN = 32
 
@@ -59,10 +58,15 @@ def _rss_now_mb() -> float:
 
 
 def _pairs(path: str, n: int) -> tuple[list[str], list[str]]:
-    if not os.path.exists(path):
-        sys.exit(f"bench_st_cached: the STS-B train file {path!r} is missing (pass --data)")
+    from gradsurg.train.config import ConfigError
+    from gradsurg.train.data import open_text, resolve_path
+
+    try:
+        path = resolve_path(path, "bench_st_cached: --data")
+    except ConfigError as exc:
+        sys.exit(str(exc))
     anchors, positives = [], []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path, newline="") as fh:
         for row in csv.reader(fh):
             if len(row) >= 2:
                 anchors.append(row[0])

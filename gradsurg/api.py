@@ -35,13 +35,12 @@ from . import distributed as comm  # paradigm_loss's argument ``distributed`` sh
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
-from .engine.validation import autocast_inputs, check_embeddings, check_reduction_and_backend
+from .engine.validation import autocast_inputs, check_backend_options, check_embeddings, check_reduction_and_backend
 from .paradigm import Paradigm
 from .vocabulary import FLOAT_DTYPES
 
 __all__ = ["paradigm_loss"]
 
-_GATHER = "paradigm_loss(gather_across_devices=True)"
 
 
 def paradigm_loss(
@@ -58,6 +57,7 @@ def paradigm_loss(
     group=None,
     learn: dict | None = None,
     distributed: str | None = None,
+    caller: str = "paradigm_loss",
     **options,
 ) -> Tensor:
     r"""A contrastive loss whose gradient is set from GD, W and R.
@@ -109,6 +109,9 @@ def paradigm_loss(
             InfoNCE, ArcCon and SigLIP, learnable hyper-parameters included;
             options ``chunk_bytes``, ``normalize``). Same values and gradients
             as ``'gather'``. No effect without a process group.
+        caller: the name errors start with: the function the user called
+            (``gradsurg.info_nce`` passes ``"info_nce"``, a module its class name);
+            a wrapper of its own passes its name.
         **options: backend options, e.g. ``chunk_bytes`` for the torch
             backend; an option the chosen backend does not know raises.
 
@@ -116,7 +119,9 @@ def paradigm_loss(
         The reduced loss (a scalar) or, for ``reduction='none'``, shape
         ``(N,)``; in the inputs' dtype, or float32 under ``torch.autocast``.
     """
-    where = "paradigm_loss"
+    if not isinstance(caller, str) or not caller:
+        raise TypeError(f"paradigm_loss: caller must be a non-empty str (the name errors give), got {caller!r}")
+    where = caller
     if not isinstance(paradigm, Paradigm):
         raise TypeError(
             f"{where}: paradigm must be a gradsurg.Paradigm (e.g. gradsurg.paradigm.info_nce()), "
@@ -124,7 +129,7 @@ def paradigm_loss(
         )
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
-    check_reduction_and_backend(reduction, backend)
+    check_reduction_and_backend(reduction, backend, where)
     if distributed not in (None, "gather", "ring"):
         raise ValueError(f"{where}: distributed must be None, 'gather' or 'ring', got {distributed!r}")
     gather_across_devices = gather_across_devices or distributed == "gather"
@@ -137,14 +142,15 @@ def paradigm_loss(
     (anchors, positives, negatives), value_dtype = autocast_inputs([anchors, positives, negatives])
     if distributed == "ring" and comm.gather_active(group):
         loss = _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend, check_finite, group,
-                     names, hyper, options)
+                     names, hyper, options, where)
         return loss.to(value_dtype or anchors.dtype)
     if gather_across_devices and comm.gather_active(group):
         x, c, reverse, weight, n_pos = _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
-                                                 group)
+                                                 group, where)
         check = ""  # checked on every rank before the collectives
     else:
-        negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False)
+        negatives = check_embeddings(anchors, positives, negatives, symmetric=symmetric, check_finite=False,
+                                     where=where)
         x = anchors
         c = positives if negatives is None else torch.cat([positives, negatives], dim=0)
         reverse, weight = None, 1.0 / x.shape[0]
@@ -154,7 +160,8 @@ def paradigm_loss(
         weight = 1.0
     # detached negatives (a queue) on every rank: only the positives' rows of dc need a product
     grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
-    impl, _ = dispatch.choose(backend, x, paradigm)
+    impl, _ = dispatch.choose(backend, x, paradigm, where)
+    check_backend_options(options, impl.OPTIONS, impl.NAME, where)
     call = paradigm_call(paradigm, impl.NAME, options, names)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)
@@ -184,11 +191,13 @@ def _learnable(paradigm: Paradigm, learn, anchors, where: str):
     return tuple(learn), torch.stack(values)
 
 
-def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group):
+def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite, group, where="paradigm_loss"):
     """``(anchors, candidates, reverse candidates or None, mean weight, n_pos)`` over every rank's batch;
-    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None."""
+    ``n_pos``: the number of gathered positives when no rank's negatives need a gradient, else None.
+    Errors start with ``<where>(gather_across_devices=True)``."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-    negatives, n_r, k_r, table = _agree(anchors, positives, negatives, symmetric, check_finite, group)
+    negatives, n_r, k_r, table = _agree(anchors, positives, negatives, symmetric, check_finite, group,
+                                        f"{where}(gather_across_devices=True)")
     n_total, k_total = sum(n_r), sum(k_r)
     n_max, k_max = max(n_r), max(k_r)
     pad = distributed.pad_rows
@@ -209,12 +218,12 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
 
 
 def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend, check_finite, group, names,
-          hyper, options):
+          hyper, options, caller="paradigm_loss"):
     """``distributed='ring'``: the loss of this rank's anchors over every rank's candidates, one block at a
     time (:mod:`gradsurg.engine.ring`), reduced as the gather path reduces."""
     from .engine import ring
 
-    where = "paradigm_loss(distributed='ring')"
+    where = f"{caller}(distributed='ring')"
     why = ring.supports(paradigm)
     if why:
         raise ValueError(f"{where}: {why}")
@@ -224,7 +233,7 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
     if unknown:
         raise ValueError(f"{where}: option(s) {', '.join(unknown)} not accepted; accepted: {', '.join(ring.OPTIONS)}")
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-    negatives, n_r, k_r, _ = _agree(anchors, positives, negatives, symmetric, check_finite, group)
+    negatives, n_r, k_r, _ = _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
     if negatives is None:
         negatives = anchors.new_zeros((0, anchors.shape[1]))
     spec = dict(group=group, world=world, rank=rank, n_r=n_r, k_r=k_r, paradigm=paradigm, names=names,
@@ -242,11 +251,11 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
     return ring.ring_loss(anchors, positives, negatives, hyper, spec)
 
 
-def _agree(anchors, positives, negatives, symmetric, check_finite, group):
+def _agree(anchors, positives, negatives, symmetric, check_finite, group, where):
     """Validate every rank's inputs together (an error on one rank is raised on all): ``(negatives or None,
-    rows per rank, negatives per rank, the exchanged table)``."""
+    rows per rank, negatives per rank, the exchanged table)``; errors start with ``where``."""
     world = torch.distributed.get_world_size(group)
-    err = _local_error(anchors, positives, negatives, check_finite)
+    err = _local_error(anchors, positives, negatives, check_finite, where)
     if negatives is not None and err is None and negatives.shape[0] == 0:
         negatives = None
     leaves = [t for t in (anchors, positives, negatives) if isinstance(t, Tensor)]
@@ -266,35 +275,35 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group):
     if bad:
         if err is not None:
             raise err
-        raise ValueError(f"{_GATHER}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+        raise ValueError(f"{where}: the inputs of rank(s) {bad} are invalid (their own error says why)")
     n_r = [row[0] for row in table]
     k_r = [row[1] for row in table]
     if len({row[2] for row in table}) > 1:
-        raise ValueError(f"{_GATHER}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
+        raise ValueError(f"{where}: embedding sizes differ between ranks: d = {[row[2] for row in table]}")
     if len({row[3] for row in table}) > 1:
         raise ValueError(
-            f"{_GATHER}: dtypes differ between ranks: {[str(FLOAT_DTYPES[row[3]]) for row in table]}; use one dtype"
+            f"{where}: dtypes differ between ranks: {[str(FLOAT_DTYPES[row[3]]) for row in table]}; use one dtype"
         )
     if len({row[5] for row in table}) > 1:
         raise ValueError(
-            f"{_GATHER}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
+            f"{where}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
             f"{[bool(row[5]) for row in table]}); the backward pass is collective, so every rank must agree"
         )
     n_total, k_total = sum(n_r), sum(k_r)
     if n_total + k_total < 2:
-        raise ValueError(f"{_GATHER}: the global batch has no negative (N = {n_total}, K = {k_total})")
+        raise ValueError(f"{where}: the global batch has no negative (N = {n_total}, K = {k_total})")
     if symmetric and n_total < 2:
-        raise ValueError(f"{_GATHER}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
+        raise ValueError(f"{where}: symmetric=True needs N >= 2 anchors in the global batch, got {n_total}")
     return negatives, n_r, k_r, table
 
 
-def _local_error(anchors, positives, negatives, check_finite: bool) -> Exception | None:
+def _local_error(anchors, positives, negatives, check_finite: bool, where: str) -> Exception | None:
     """Validate this rank's tensors; the "at least one negative" rule is global, not checked here."""
     try:
         n = anchors.shape[0] if isinstance(anchors, Tensor) else None
         if n == 1 and (negatives is None or (isinstance(negatives, Tensor) and negatives.shape[0] == 0)):
             negatives = positives  # one local row is fine: the negatives come from the other ranks
-        check_embeddings(anchors, positives, negatives, symmetric=False, check_finite=check_finite, where=_GATHER)
+        check_embeddings(anchors, positives, negatives, symmetric=False, check_finite=check_finite, where=where)
     except (TypeError, ValueError) as err:
         return err
     return None

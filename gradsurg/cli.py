@@ -36,11 +36,27 @@ def int_at_least(low: int):
     return parse
 
 
+def version_line() -> str:
+    """``gradsurg X.Y.Z (PATH; Python A.B.C, torch D.E.F)``: what ``gradsurg --version`` prints."""
+    import os
+    import platform
+
+    import torch
+
+    from . import __file__ as package_file
+    from . import __version__
+
+    return (f"gradsurg {__version__} ({os.path.dirname(os.path.abspath(package_file))}; "
+            f"Python {platform.python_version()}, torch {torch.__version__})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradsurg",
         description="Gradient surgery for contrastive representation learning.",
     )
+    parser.add_argument("-V", "--version", action="store_true",
+                        help="print the version of gradsurg (and where it is imported from, Python, torch) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
@@ -50,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] in ("-V", "--version"):
+        print(version_line())
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help") and argv[0] not in COMMANDS:
             parser.error(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}")

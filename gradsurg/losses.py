@@ -100,7 +100,8 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     tau, learn = _temperature(temperature, scale, "info_nce")
     if normalizer != "batch" or state is not None or index is not None:
         return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, caller="info_nce",
+                         **kwargs)
 
 
 def _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, where):
@@ -136,7 +137,8 @@ def arccon(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, 
     """ArcCon: InfoNCE with the positive's logit ``cos(arccos(s_ii) + margin) / tau``
     (``temperature`` / ``scale`` as for :func:`info_nce`, learnable too)."""
     tau, learn = _temperature(temperature, scale, "arccon")
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.arccon(tau, margin), learn=learn, **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.arccon(tau, margin), learn=learn,
+                         caller="arccon", **kwargs)
 
 
 def siglip(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
@@ -160,25 +162,26 @@ def siglip(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, 
         else:
             fixed[name] = value
     paradigm = _p.siglip(fixed["scale"], fixed["bias"])
-    return paradigm_loss(anchors, positives, negatives, paradigm=paradigm, learn=learn or None, **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=paradigm, learn=learn or None, caller="siglip",
+                         **kwargs)
 
 
 def mpt(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
         margin: float = 0.23, **kwargs) -> Tensor:
     """Margin triplet on cosine similarities: ``relu(max_{j!=i} s_ij - s_ii + margin)``."""
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.mpt(margin), **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.mpt(margin), caller="mpt", **kwargs)
 
 
 def met(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
         margin: float = 0.45, **kwargs) -> Tensor:
     """Margin triplet on Euclidean distances of unit vectors, ``d = sqrt(max(2 - 2s, 1e-4))``."""
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.met(margin), **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.met(margin), caller="met", **kwargs)
 
 
 def mat(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
         margin: float = 0.15 * math.pi, **kwargs) -> Tensor:
     """Margin triplet on angles ``theta = arccos(s)``."""
-    return paradigm_loss(anchors, positives, negatives, paradigm=_p.mat(margin), **kwargs)
+    return paradigm_loss(anchors, positives, negatives, paradigm=_p.mat(margin), caller="mat", **kwargs)
 
 
 class ParadigmLoss(nn.Module):
@@ -207,7 +210,8 @@ class ParadigmLoss(nn.Module):
             raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True or distributed=")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
-        return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, **self.kwargs)
+        return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, caller=type(self).__name__,
+                             **self.kwargs)
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -236,7 +240,8 @@ class _Learnable(ParadigmLoss):
         if learn is None:
             return super().forward(anchors, positives, negatives)
         learn = {k: v.to(anchors.device) for k, v in learn.items()}
-        return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, learn=learn, **self.kwargs)
+        return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, caller=type(self).__name__,
+                             learn=learn, **self.kwargs)
 
 
 class _Softmax(_Learnable):

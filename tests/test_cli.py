@@ -28,14 +28,18 @@ def test_cuda_without_cuda_is_refused_by_every_command(tiny, tmp_path, capsys):
         Trainer(TrainConfig(model=tiny["model"], train_data=tiny["corpus"], eval_data=None, device="cuda:0"))
 
 
-def test_without_the_default_data_the_commands_say_how_to_get_data(tmp_path, monkeypatch, capsys):
+def test_default_data_is_packaged_and_a_missing_file_says_what_to_pass(tmp_path, monkeypatch, capsys):
     from gradsurg.train import data
 
-    monkeypatch.setattr(data, "_REPO_ROOT", str(tmp_path / "clone"))
+    monkeypatch.setattr(data, "_REPO_ROOT", str(tmp_path / "clone"))  # a checkout with nothing beside it
     monkeypatch.chdir(tmp_path)
-    assert main(["ablate", "--loss", "info_nce", "--dry-run"]) == 2
+    assert main(["ablate", "--loss", "info_nce", "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    missing = str(tmp_path / "stsb" / "train.csv")
+    assert main(["ablate", "--loss", "info_nce", "--dry-run", "--train-data", missing]) == 2
     err = capsys.readouterr().err
-    assert "--train-data" in err and "--eval-data" in err and "eval_format=hf" in err
-    assert main(["evaluate"]) == 2
+    assert repr(missing) in err and "does not exist either" in err and "pass packaged:stsb-train" in err
+    assert main(["evaluate", "--data", "dev.csv"]) == 2
     err = capsys.readouterr().err
-    assert "--data is required" in err and "--format hf" in err
+    assert "'dev.csv' does not exist" in err and repr(str(tmp_path / "dev.csv")) in err
+    assert "pass packaged:stsb-dev" in err and "format hf" in err

@@ -73,18 +73,25 @@ def test_the_wheel_holds_gradsurg_and_gradsurg_kernels_only(tmp_path):
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("gradsurg-*.whl")
+    import gradsurg
+
+    assert wheel.name.startswith(f"gradsurg-{gradsurg.__version__}-"), wheel.name  # setup.py reads __init__.py
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"gradsurg", "gradsurg_kernels"}, tops
     for module in ("launch", "fused", "chunked", "tiles", "inspect"):
         assert f"gradsurg_kernels/{module}.py" in names
+    for data in ("stsb-en-train.csv.gz", "stsb-en-dev.csv.gz", "README.md"):  # the main job's default data
+        assert f"gradsurg/data/{data}" in names, data
     # installed from the wheel alone (no editable finder, no repository on the path), run from the root
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                            str(wheel)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     code = ("import sys; sys.path.insert(1, %r); import gradsurg_kernels, gradsurg, transformers.integrations.hub_kernels;"
-            "print(gradsurg_kernels.__file__)" % str(target))
+            "print(gradsurg_kernels.__file__); from gradsurg.train.data import read_sts_pairs, PACKAGED_DIR;"
+            "print(len(read_sts_pairs('packaged:stsb-dev')), PACKAGED_DIR)" % str(target))
     proc = _run(code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(target) in proc.stdout
+    assert proc.stdout.splitlines()[1] == f"1500 {target / 'gradsurg' / 'data'}"  # read from the wheel's copy

@@ -44,29 +44,30 @@ def triton_problem() -> str:
     return ""
 
 
-def module(name: str):
-    """The backend module called ``name`` ('torch' or 'triton')."""
+def module(name: str, where: str = "paradigm_loss"):
+    """The backend module called ``name`` ('torch' or 'triton'); errors start with ``where``."""
     if name == "torch":
         return torch_backend
     problem = triton_problem()
     if problem:
-        raise ValueError(f"paradigm_loss: backend='triton' is unavailable: {problem}")
+        raise ValueError(f"{where}: backend='triton' is unavailable: {problem}")
     return sys.modules[_TRITON_MODULE]
 
 
-def choose(backend: str, x: Tensor, paradigm: Paradigm):
+def choose(backend: str, x: Tensor, paradigm: Paradigm, where: str = "paradigm_loss"):
     """``(module, reason)``: the backend that runs ``x`` with ``paradigm``, and why it was picked.
-    Both backends take learnable hyper-parameters (their gradient comes from the row statistics)."""
+    Both backends take learnable hyper-parameters (their gradient comes from the row statistics).
+    Errors start with ``where`` (the function the user called)."""
     if backend == "torch":
         return torch_backend, "backend='torch' was asked for"
     if backend == "triton":
-        mod = module("triton")
+        mod = module("triton", where)
         why = mod.supports(x, paradigm, x.shape[-1])
         if why:
-            raise ValueError(f"paradigm_loss: backend='triton' cannot run these inputs: {why}")
+            raise ValueError(f"{where}: backend='triton' cannot run these inputs: {why}")
         return mod, "backend='triton' was asked for"
     if backend != "auto":
-        raise ValueError(f"paradigm_loss: backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
     if not _on_cuda(x):
         return torch_backend, f"the tensors are on {x.device.type}, not CUDA: the Triton kernels need a GPU"
     problem = triton_problem()

@@ -122,13 +122,13 @@ def autocast_inputs(tensors):
     return out, compute_dtype(target)
 
 
-def check_backend_options(options: dict, accepted, backend: str) -> None:
+def check_backend_options(options: dict, accepted, backend: str, where: str = "paradigm_loss") -> None:
     """A backend's ``options``: unknown ones raise ``ValueError`` naming them and the accepted ones
-    (every backend alike)."""
+    (every backend alike); the message starts with ``where`` (the function the user called)."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
-            f"paradigm_loss: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
+            f"{where}: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
 

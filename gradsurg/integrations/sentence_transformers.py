@@ -1,13 +1,20 @@
 """A sentence-transformers loss that trains with any gradsurg loss.
 
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from gradsurg.integrations.sentence_transformers import GradsurgLoss
+    >>> from sentence_transformers import SentenceTransformer
+    >>> from gradsurg.integrations.sentence_transformers import GradsurgLoss
+    >>> from gradsurg.train.models import packaged_minilm_path
+    >>> model = SentenceTransformer(packaged_minilm_path())  # all-MiniLM-L6-v2 from PyPI: no network
+    >>> loss = GradsurgLoss(model, "info_nce", temperature=0.05)
+    >>> # or: GradsurgLoss(model, "vicreg", modified="w_gd,w_w,w_r")
+    >>> #     GradsurgLoss(model, my_module)   # any nn.Module (anchors, positives, negatives) -> scalar
+    >>> anchors = model.tokenize(["A man plays a guitar.", "A dog runs in a park.", "Rain is falling."])
+    >>> positives = model.tokenize(["Someone plays music.", "An animal is running.", "It is raining."])
+    >>> value = loss([anchors, positives], labels=None)  # what the trainer computes at each step
+    >>> value.backward()
+    >>> bool(value > 0), model[0].auto_model.embeddings.word_embeddings.weight.grad is not None
+    (True, True)
 
-    model = SentenceTransformer("all-MiniLM-L6-v2")
-    loss = GradsurgLoss(model, "vicreg", modified="w_gd,w_w,w_r")
-    # or: GradsurgLoss(model, "info_nce", temperature=0.05)
-    #     GradsurgLoss(model, my_module)   # any nn.Module (anchors, positives, negatives) -> scalar
-    trainer = SentenceTransformerTrainer(model=model, train_dataset=ds, loss=loss)
+Train with ``SentenceTransformerTrainer(model=model, train_dataset=ds, loss=loss).train()``.
 
 Columns of the dataset (in order): ``(anchor, positive)`` or
 ``(anchor, positive, negative_1, ...)``; the extra columns become the loss's

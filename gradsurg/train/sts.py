@@ -2,7 +2,7 @@
 
     from gradsurg.train import load_encoder, read_sts_pairs, evaluate_sts
     enc = load_encoder("minilm")
-    print(evaluate_sts(enc, read_sts_pairs("../shared/data/stsb/stsb-en-dev.csv")))
+    print(evaluate_sts(enc, read_sts_pairs("packaged:stsb-dev")))  # STS-B dev, shipped with gradsurg
 
 Any encoder exposing ``encode(texts) -> array`` can be scored by
 :func:`evaluate_sts`, e.g. a ``SentenceTransformer``. The seven STS tasks are

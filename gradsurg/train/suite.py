@@ -3,10 +3,10 @@
     from gradsurg.train import load_encoder
     from gradsurg.train.suite import evaluate_suite, format_suite
     result = evaluate_suite(load_encoder("minilm"), "../shared/data/senteval",
-                            stsb="../shared/data/stsb/stsb-en-dev.csv")
+                            stsb="packaged:stsb-dev")
     print(format_suite([("minilm", result)]))
 
-    gradsurg evaluate --suite ../shared/data/senteval --stsb ../shared/data/stsb/stsb-en-dev.csv
+    gradsurg evaluate --suite ../shared/data/senteval --stsb packaged:stsb-dev
 
 Every task is the Spearman correlation (x100) of the cosine similarity with the
 gold scores. STS12-16 use the "all" setting (SimCSE's): the Spearman over the
@@ -41,7 +41,7 @@ import sys
 import time
 
 from .config import ConfigError
-from .data import STSPairs, read_sts_pairs, resolve_path
+from .data import STSPairs, open_text, read_sts_pairs, resolve_path
 from .sts import evaluate_sts
 
 __all__ = ["TASKS", "find_tasks", "evaluate_suite", "format_suite", "add_arguments", "run_suite"]
@@ -72,7 +72,7 @@ _CANDIDATES: dict[str, list[tuple[str, str, str | None]]] = {
 
 def _stsb_format(path: str) -> str:
     """stsb-csv (``s1,s2,score``) or SentEval's tab-separated STS-B file."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         first = fh.readline()
     return "senteval" if "\t" in first else "stsb-csv"
 
@@ -199,7 +199,7 @@ def add_arguments(parser) -> None:
                         help="score the seven STS tasks found under DIR (STS12-16 'all', STS-B, SICK-R): "
                              "a table x100 with the average; missing tasks are reported and skipped")
     parser.add_argument("--stsb", default=None, metavar="FILE",
-                        help="with --suite: the STS-B file (e.g. ../shared/data/stsb/stsb-en-dev.csv)")
+                        help="with --suite: the STS-B file (e.g. packaged:stsb-dev, shipped with gradsurg)")
     parser.add_argument("--sick", default=None, metavar="FILE", help="with --suite: the SICK-R file")
     parser.add_argument("--json", default=None, metavar="FILE", dest="json_out",
                         help="with --suite: also write the result as JSON to FILE")

@@ -138,7 +138,7 @@ class Trainer:
         set_seed(cfg.seed)
         if encoder is None:
             encoder = load_encoder(cfg.model, pooler=cfg.pooler, max_len=cfg.max_len,
-                                   mlp_only_train=cfg.mlp_only_train)
+                                   mlp_only_train=cfg.mlp_only_train, what="config field 'model'")
         self.encoder = encoder.to(self.device)
         self.loss = self.loss.to(self.device)
 
