@@ -26,7 +26,8 @@ from .store import ResultsStore
 _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device", "eval_batch_size", "log_every"}
 #: fields added to TrainConfig after results files existed: left out of a run's identity while at
 #: these values, so older results.jsonl files stay resumable (add every new field here)
-_ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None}
+_ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None,
+                "precision": "fp32", "compile": False}
 
 
 def run_key(config: TrainConfig) -> str:
