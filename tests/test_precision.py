@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover
 
 from gradsurg.train import ConfigError, TrainConfig
 from gradsurg.train import precision as P
-from gradsurg.train.losses import available_losses, build_loss
+from gradsurg.registry import available_losses
+from gradsurg.train.losses import loss_from_config
 from gradsurg.train.models import load_encoder
 from gradsurg.train.testing import make_tiny_model, tiny_sentences
 
@@ -132,7 +133,7 @@ def test_every_loss_under_autocast_matches_fp32(spread_bert, name, modified, for
     encoder = load_encoder(spread_bert, pooler="cls", mlp_only_train=False).eval()
     texts = tiny_sentences(24, seed=1)
     a_texts, b_texts = texts[:12], texts[12:]
-    loss = build_loss(name, params, modified, form)
+    loss = loss_from_config(TrainConfig(loss=name, loss_params=params, modified=modified, form=form))
     ref_value, ref = _param_grads(encoder, loss, a_texts, b_texts, "fp32")
     for precision, (rel_tol, cos_tol) in TOLERANCES.items():
         value, got = _param_grads(encoder, loss, a_texts, b_texts, precision)
