@@ -245,7 +245,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="CPU: torch paths on small shapes")
     ap.add_argument("--matrix", default=None, help="quick | check | full (default: full on GPU, quick on CPU)")
     ap.add_argument("--methods", default=None, help="comma list of " + ",".join(METHODS))
-    ap.add_argument("--paradigm", default="info_nce", help="preset of gradsurg.paradigms (the eager and "
+    ap.add_argument("--paradigm", default="info_nce", help="preset of gradsurg.paradigm (the eager and "
                     "compile rows: SigLIP for siglip, else InfoNCE)")
     ap.add_argument("--allow-tf32", action="store_true", help="fp32: let cuBLAS use TF32 (torch's matmul setting)")
     ap.add_argument("--reps", type=int, default=None)
@@ -263,7 +263,7 @@ def main(argv=None):
         methods = [mt for mt in methods if not mt.startswith("triton")]
     reps = args.reps or (100 if cuda else 3)
     torch.backends.cuda.matmul.allow_tf32 = bool(args.allow_tf32)
-    paradigm = getattr(gradsurg.paradigms, args.paradigm)
+    paradigm = getattr(gradsurg.paradigm, args.paradigm)
 
     card = card_name(cuda)
     os.makedirs(args.out, exist_ok=True)

@@ -24,7 +24,7 @@ torch.cuda.synchronize()
 torch.cuda.reset_peak_memory_stats()
 base = torch.cuda.memory_allocated()
 t = time.perf_counter()
-loss = gradsurg.paradigm_loss(x, y, paradigm=gradsurg.paradigms.info_nce(), backend="triton", check_finite=False)
+loss = gradsurg.paradigm_loss(x, y, paradigm=gradsurg.paradigm.info_nce(), backend="triton", check_finite=False)
 loss.backward()
 torch.cuda.synchronize()
 print(json.dumps(dict(n=n, d=d, dtype="bf16", path=launch.choose_path(torch.bfloat16, d)[0],

@@ -62,7 +62,7 @@ def load(paths):
     """The finished (``ok``) runs of the stores ``paths`` (results folders or ``results.jsonl`` files),
     read through gradsurg.train.store (every line checked; what is not a usable row is named on
     stderr and left out); a run key stored in several files: the last file's row."""
-    from gradsurg.train.store import read_results
+    from gradsurg.train.store import UNTRAINED, read_results
 
     runs = {}
     for path in paths:
@@ -70,7 +70,7 @@ def load(paths):
             raise SystemExit(f"perswitch_report: {path!r} does not exist (expected a results.jsonl of gradsurg ablate)")
         notes: list[str] = []
         for r in read_results(path, notes):
-            if r["status"] == "ok":
+            if r["status"] == "ok" and r["config"]["loss"] != UNTRAINED:  # the grid's baseline row: no cell
                 runs[r["key"]] = r
         for note in notes:
             print(f"warning: {note} (left out)", file=sys.stderr)

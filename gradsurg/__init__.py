@@ -11,7 +11,7 @@ the gradient from those parts instead of differentiating a loss.
     ...                       gradsurg.weight.Softmax(0.05), gradsurg.ratio.Constant(1.5))
     >>> loss = gradsurg.paradigm_loss(x, y, paradigm=p)   # any new combination
 """
-from . import paradigms
+from . import paradigm
 from .components import dissipation, ratio, weight
 from .api import paradigm_loss
 from .losses import (
@@ -37,7 +37,7 @@ from .analysis import Decomposition, StatsCollector, decompose
 __version__ = "0.1.0"
 
 __all__ = [
-    "Paradigm", "paradigms", "dissipation", "weight", "ratio", "paradigm_loss",
+    "Paradigm", "paradigm", "dissipation", "weight", "ratio", "paradigm_loss",
     "info_nce", "arccon", "mpt", "met", "mat", "siglip", "NegativeQueue",
     "ParadigmLoss", "InfoNCELoss", "ArcConLoss", "MPTLoss", "METLoss", "MATLoss", "SigLIPLoss",
     "objectives", "decompose", "Decomposition", "StatsCollector",

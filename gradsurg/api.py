@@ -79,7 +79,7 @@ def paradigm_loss(
         negatives: optional ``(K, d)`` extra (hard) negatives shared by all anchors.
             Without ``requires_grad`` (a queue, :class:`gradsurg.NegativeQueue`)
             they cost no gradient product.
-        paradigm: a :class:`gradsurg.Paradigm` (e.g. ``gradsurg.paradigms.info_nce()``).
+        paradigm: a :class:`gradsurg.Paradigm` (e.g. ``gradsurg.paradigm.info_nce()``).
         symmetric: average the anchor->candidates and positive->anchors
             directions (CLIP style); the second uses the anchors as candidates.
         reduction: ``'mean'`` | ``'sum'`` | ``'none'`` (per-anchor losses, shape (N,)).
@@ -109,7 +109,7 @@ def paradigm_loss(
     where = "paradigm_loss"
     if not isinstance(paradigm, Paradigm):
         raise TypeError(
-            f"{where}: paradigm must be a gradsurg.Paradigm (e.g. gradsurg.paradigms.info_nce()), "
+            f"{where}: paradigm must be a gradsurg.Paradigm (e.g. gradsurg.paradigm.info_nce()), "
             f"got {type(paradigm).__name__}"
         )
     if not isinstance(symmetric, bool):

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report(dtypes, dims, loss: str = "info_nce") -> list[str]:
     """The lines ``gradsurg doctor`` prints."""
-    from . import __version__, paradigms
+    from . import __version__, paradigm as presets
     from .engine import dispatch
 
     lines = [f"gradsurg {__version__}, Python {platform.python_version()}, torch {torch.__version__}"]
@@ -38,7 +38,7 @@ def report(dtypes, dims, loss: str = "info_nce") -> list[str]:
     else:
         lines.append(f"CUDA: not available (torch built with CUDA {torch.version.cuda})")
         device = "cpu"
-    paradigm = getattr(paradigms, loss)()
+    paradigm = getattr(presets, loss)()
     lines.append(f"{loss} = {paradigm!r}")
     for dev in ([device] if device == "cuda" else [device, "cuda"]):
         lines.append(f"backend='auto' on {dev} tensors" + ("" if dev == device else " (on a machine with a GPU)") + ":")

@@ -151,8 +151,20 @@ def available_losses() -> list[str]:
     return sorted(_factories())
 
 
+def accepts(name: str, parameter: str) -> bool:
+    """Whether the loss ``name`` has a keyword ``parameter`` of its own (False for an unknown name)."""
+    factory = _factories().get(name)
+    if factory is None:
+        return False
+    allowed = _accepted_parameters(factory)
+    return allowed is not None and parameter in allowed
+
+
 def build_loss(name: str, **params) -> nn.Module:
-    """Build the loss module ``name`` with hyper-parameters ``params``.
+    """Build the loss module ``name`` with hyper-parameters ``params``: the one builder by name.
+
+    Configs and the trainer reach it through :func:`gradsurg.train.losses.loss_from_config`
+    (which names the config field in its errors), the sentence-transformers integration directly.
 
     Raises ``ValueError`` (``TypeError`` for a wrong type) naming the loss or
     the parameter when either is unknown, when a parameter would have no effect

@@ -52,12 +52,12 @@ def test_cached_negative_statistics_are_reused_correctly():
     """set_positive must not leave a stale positive behind (guards the fast path of gd_surface)."""
     s = torch.rand(6, 5, dtype=torch.float64)
     rows = FirstColumnRows(s.clone())
-    p = gradsurg.paradigms.arccon()
+    p = gradsurg.paradigm.arccon()
     _ = gate(p.dissipation, rows)  # fill the caches
     new = torch.rand(6, dtype=torch.float64)
     rows.set_positive(new)
     fresh = FirstColumnRows(torch.cat([new[:, None], s[:, 1:]], dim=1))
-    for d in (p.dissipation, gradsurg.paradigms.met().dissipation, gradsurg.paradigms.mpt().dissipation):
+    for d in (p.dissipation, gradsurg.paradigm.met().dissipation, gradsurg.paradigm.mpt().dissipation):
         assert torch.allclose(gate(d, rows), gate(d, fresh))
 
 
@@ -116,7 +116,7 @@ def test_stats_collector_default_is_info_nce_and_values_are_right():
     u, v = F.normalize(x, dim=1), F.normalize(y, dim=1)
     s = u @ v.T
     n = x.shape[0]
-    gd, w, r = gradsurg.reference.components(gradsurg.paradigms.info_nce(0.05), s)
+    gd, w, r = gradsurg.reference.components(gradsurg.paradigm.info_nce(0.05), s)
     assert math.isclose(out["gd_mean"], float(gd.mean()), rel_tol=1e-5)
     assert math.isclose(out["hardest_weight"], float(w.max(1).values.mean()), rel_tol=1e-5)
     assert out["ratio_mean"] == 1.0
@@ -132,7 +132,7 @@ def test_stats_collector_default_is_info_nce_and_values_are_right():
 def test_stats_collector_reads_paradigms_modules_and_objectives():
     x, y = views(seed=1)
     z = torch.randn(4, x.shape[1])
-    mpt = StatsCollector(gradsurg.paradigms.mpt())(x, y, z)
+    mpt = StatsCollector(gradsurg.paradigm.mpt())(x, y, z)
     assert 0.0 <= mpt["dissipated_share"] <= 1.0 and mpt["hardest_weight"] == 1.0
     loss = gradsurg.MPTLoss()
     assert StatsCollector(loss)(x, y, z) == mpt

@@ -58,7 +58,7 @@ def test_01_config_loss_is_honoured(tiny, tmp_path, capsys):
     cfg.write_text("loss: mpt\n")
     assert main(["ablate", "--config", str(cfg), *_data_args(tiny), "--dry-run"]) == 0
     runs = capsys.readouterr().out.split("\n")
-    assert [line.split()[1].split("_")[0] for line in runs if line] == ["mpt"]
+    assert [line.split()[1].split("_")[0] for line in runs if line] == ["untrained", "mpt"]
     assert main(["ablate", "--set", "loss=mpt", *_data_args(tiny), "--dry-run"]) == 0
     assert "mpt_seed1" in capsys.readouterr().out
     # the cfg.yaml example of docs/training.md
@@ -67,10 +67,10 @@ def test_01_config_loss_is_honoured(tiny, tmp_path, capsys):
                    "temperature: 0.05, ratio: 1.5}\nlr: 1.0e-5\n")
     assert main(["ablate", "--config", str(doc), *_data_args(tiny), "--dry-run"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].split()[1].startswith("paradigm_dissipation=margin")
+    assert len(out) == 2 and out[1].split()[1].startswith("paradigm_dissipation=margin")
     # no loss anywhere: the default grid
     assert main(["ablate", *_data_args(tiny), "--dry-run"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3  # untrained, then the default grid
 
 
 # -------------------------------------------- 3. a grid is a set (see also test_store)
@@ -79,7 +79,7 @@ def test_03_repeated_values_collapse_with_a_note(tiny, tmp_path, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "--seeds repeats 1 (2 times)" in captured.err and "--loss repeats" in captured.err
-    assert len(captured.out.strip().splitlines()) == 1
+    assert len(captured.out.strip().splitlines()) == 2  # untrained, info_nce
     # --table-only counts each stored run once
     out = tmp_path / "grid"
     base, _ = ablate.build_base(ablate_args(tiny, out))
@@ -115,7 +115,7 @@ def test_04_evaluate_batch_size(tiny, capsys, value):
 
 
 def test_04_library_batch_size(tiny):
-    from gradsurg.train.evaluate import evaluate_sts
+    from gradsurg.train.sts import evaluate_sts
     from gradsurg.train.models import load_encoder
 
     enc = load_encoder(tiny["model"], pooler="avg")
@@ -175,7 +175,7 @@ def test_05_evaluate_prints_strict_json(tiny, tmp_path, capsys):
 
 def test_05_constant_similarities_are_undefined_not_zero():
     from gradsurg.train.data import STSPairs
-    from gradsurg.train.evaluate import evaluate_sts
+    from gradsurg.train.sts import evaluate_sts
 
     class Flat:
         def encode(self, texts, **kw):
@@ -352,7 +352,7 @@ def test_10_ctrl_c_ends_a_grid_with_one_line(tiny, tmp_path, capsys, monkeypatch
             "--out", str(tmp_path / "g"), "--no-progress"]
     assert main(argv) == 130
     err = capsys.readouterr().err
-    assert "interrupted; 1 of 3 runs of this grid are kept" in err and "Traceback" not in err
+    assert "interrupted; 4 of 6 runs of this grid are kept" in err  # untrained (3 seeds) and seed 1 and "Traceback" not in err
 
 
 def test_10_long_parameter_value_gives_a_short_folder_name(tmp_path, monkeypatch):

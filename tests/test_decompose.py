@@ -16,11 +16,11 @@ from conftest import rel_err
 
 TOL = 1e-10
 PRESETS = {
-    "info_nce": (reference.info_nce_rows, gradsurg.paradigms.info_nce()),
-    "arccon": (reference.arccon_rows, gradsurg.paradigms.arccon()),
-    "mpt": (reference.mpt_rows, gradsurg.paradigms.mpt()),
-    "met": (reference.met_rows, gradsurg.paradigms.met()),
-    "mat": (reference.mat_rows, gradsurg.paradigms.mat()),
+    "info_nce": (reference.info_nce_rows, gradsurg.paradigm.info_nce()),
+    "arccon": (reference.arccon_rows, gradsurg.paradigm.arccon()),
+    "mpt": (reference.mpt_rows, gradsurg.paradigm.mpt()),
+    "met": (reference.met_rows, gradsurg.paradigm.met()),
+    "mat": (reference.mat_rows, gradsurg.paradigm.mat()),
 }
 
 

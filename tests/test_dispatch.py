@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import gradsurg
-from gradsurg import paradigms
+from gradsurg import paradigm
 from gradsurg.cli import main
 from gradsurg.engine import dispatch, torch_backend
 
 
 def test_auto_on_cpu_is_torch_with_the_reason():
-    mod, why = dispatch.choose("auto", torch.randn(3, 4), paradigms.info_nce())
+    mod, why = dispatch.choose("auto", torch.randn(3, 4), paradigm.info_nce())
     assert mod is torch_backend and "not CUDA" in why
-    mod, why = dispatch.choose("torch", torch.randn(3, 4), paradigms.info_nce())
+    mod, why = dispatch.choose("torch", torch.randn(3, 4), paradigm.info_nce())
     assert mod is torch_backend and "asked for" in why
 
 
@@ -26,13 +26,13 @@ def test_broken_triton_is_reported_once_and_refused_when_asked_for(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", False)
     x = torch.randn(3, 4)
     with pytest.warns(RuntimeWarning, match="ImportError: boom"):
-        mod, why = dispatch.choose("auto", x, paradigms.info_nce())
+        mod, why = dispatch.choose("auto", x, paradigm.info_nce())
     assert mod is torch_backend and "boom" in why
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
-        dispatch.choose("auto", x, paradigms.info_nce())
+        dispatch.choose("auto", x, paradigm.info_nce())
     with pytest.raises(ValueError, match="backend='triton' is unavailable: .*boom"):
-        dispatch.choose("triton", x, paradigms.info_nce())
+        dispatch.choose("triton", x, paradigm.info_nce())
     with pytest.raises(ValueError, match="boom"):
         gradsurg.info_nce(x, torch.randn(3, 4), backend="triton")
 
@@ -43,7 +43,7 @@ def test_triton_missing_is_not_a_warning(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mod, why = dispatch.choose("auto", torch.randn(3, 4), paradigms.info_nce())
+        mod, why = dispatch.choose("auto", torch.randn(3, 4), paradigm.info_nce())
     assert mod is torch_backend and "not installed" in why
 
 
@@ -53,9 +53,9 @@ def test_unsupported_inputs_explain_themselves():
         pytest.skip(dispatch.triton_problem())
     x = torch.randn(3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="cannot run these inputs: the Triton kernels take"):
-        dispatch.choose("triton", x, paradigms.info_nce())
-    assert "float64" in dispatch.explain(torch.float64, 64, paradigms.info_nce(), "cuda")
-    assert dispatch.explain(torch.float32, 64, paradigms.info_nce(), "cuda").startswith("triton")
+        dispatch.choose("triton", x, paradigm.info_nce())
+    assert "float64" in dispatch.explain(torch.float64, 64, paradigm.info_nce(), "cuda")
+    assert dispatch.explain(torch.float32, 64, paradigm.info_nce(), "cuda").startswith("triton")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -86,6 +86,6 @@ def test_explain_for_cuda_does_not_depend_on_this_machine(monkeypatch):
 
     launch = triton_backend._kernels()
     monkeypatch.setattr(launch, "interpreted", lambda: False)  # as on a GPU machine
-    text = dispatch.explain(torch.bfloat16, 768, paradigms.info_nce(), "cuda")
+    text = dispatch.explain(torch.bfloat16, 768, paradigm.info_nce(), "cuda")
     assert text.startswith("triton") and "chunked" in text
-    assert "fused" in dispatch.explain(torch.bfloat16, 128, paradigms.info_nce(), "cuda")
+    assert "fused" in dispatch.explain(torch.bfloat16, 128, paradigm.info_nce(), "cuda")

@@ -49,7 +49,7 @@ DTYPE_CASE = ("info_nce", True, True, "mean", "uneven")
 def make_paradigm(name):
     if name == "custom":
         return gradsurg.Paradigm(D.Margin(0.3), W.Softmax(0.1), R.Constant(1.5))
-    return getattr(gradsurg.paradigms, name)()
+    return getattr(gradsurg.paradigm, name)()
 
 
 def global_batch(world, case):

@@ -9,7 +9,7 @@ import pytest
 
 from gradsurg.train import ConfigError
 from gradsurg.train.data import read_sts_pairs
-from gradsurg.train.evaluate import pearson, spearman
+from gradsurg.train.sts import pearson, spearman
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STSB_DEV = os.path.join(REPO, "..", "shared", "data", "stsb", "stsb-en-dev.csv")

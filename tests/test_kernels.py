@@ -35,7 +35,8 @@ if DEVICE == "cpu" and "triton" not in sys.modules:
 
 pytest.importorskip("triton")
 
-from gradsurg import Paradigm, paradigms  # noqa: E402
+from gradsurg import Paradigm  # noqa: E402
+from gradsurg import paradigm as presets  # noqa: E402
 from gradsurg import dissipation as D  # noqa: E402
 from gradsurg import ratio as R  # noqa: E402
 from gradsurg import weight as W  # noqa: E402
@@ -131,7 +132,7 @@ def test_every_combination(index):
 def test_presets_loss_only(name, path):
     """Value only (row_weights None): the true loss of each preset, no gradient buffers."""
     x, c = batch(seed=1)
-    check(*both(x, c, getattr(paradigms, name)(), None, path=path), TOL[torch.float32], name)
+    check(*both(x, c, getattr(presets, name)(), None, path=path), TOL[torch.float32], name)
 
 
 @kernel_test
@@ -149,7 +150,7 @@ def test_surrogate_value_and_weight_temperature(path):
 
 # -- dtypes ---------------------------------------------------------------------------------------------------
 
-HALF_CASES = [paradigms.info_nce(), paradigms.mat(), Paradigm(D.Constant(1.0), W.Power(5.0), R.Constant(1.5)),
+HALF_CASES = [presets.info_nce(), presets.mat(), Paradigm(D.Constant(1.0), W.Power(5.0), R.Constant(1.5)),
               Paradigm(D.ArcCon(0.1), W.Uniform(), R.Euclidean())]
 
 
@@ -203,7 +204,7 @@ def test_confident_positive_keeps_its_gradient(dtype, path):
     x = torch.randn(N, DIM, generator=g)
     c = torch.cat([x, torch.randn(M - N, DIM, generator=g)])  # s_ii = 1
     x, c = gpu_inputs(x.to(DEVICE, dtype), c.to(DEVICE, dtype), path)
-    p = paradigms.info_nce(tau)
+    p = presets.info_nce(tau)
     s = torch.nn.functional.normalize(x.float(), dim=1) @ torch.nn.functional.normalize(c.float(), dim=1).T
     p_ii = torch.softmax(s / tau, dim=1).diagonal()
     confident = (p_ii > 0.998) & (p_ii < 0.9999)
@@ -226,7 +227,7 @@ def test_large_logit_offsets(path):
     x = e + 0.25 * torch.randn(N, DIM, generator=g) * e.norm() / math.sqrt(DIM)
     c = -e + 0.25 * torch.randn(M, DIM, generator=g) * e.norm() / math.sqrt(DIM)
     x, c = x.to(DEVICE), c.to(DEVICE)
-    out, ref = both(x, c, paradigms.info_nce(0.01), path=path, **SMALL)
+    out, ref = both(x, c, presets.info_nce(0.01), path=path, **SMALL)
     assert (ref[0] > 0).all()
     check(out, ref, 1e-4, "tau = 0.01, s ~ -0.9")  # logits amplify s's rounding 100x (floor: the dtype's)
 
@@ -238,7 +239,7 @@ def test_hardest_ties_go_to_the_lowest_index(path):
     hard = torch.nn.functional.normalize(x.float(), dim=1).mean(0)
     c[N + 2] = hard.to(c.dtype) * 3
     c[N + 7] = hard.to(c.dtype) * 3  # an exact duplicate: tied for every anchor
-    out, ref = both(x, c, paradigms.mpt(0.9), path=path, **SMALL)
+    out, ref = both(x, c, presets.mpt(0.9), path=path, **SMALL)
     check(out, ref, TOL[torch.float32], "ties")
     assert out[2][N + 2].abs().sum() > 0
     assert out[2][N + 7].abs().sum() == 0
@@ -250,7 +251,7 @@ def test_zero_rows_get_zero_gradient(path):
     x, c = batch(seed=12)
     x[3] = 0
     c[N + 1] = 0
-    out, ref = both(x, c, paradigms.info_nce(), path=path)
+    out, ref = both(x, c, presets.info_nce(), path=path)
     check(out, ref, TOL[torch.float32], "zero rows")
     assert out[1][3].abs().sum() == 0 and out[2][N + 1].abs().sum() == 0
 
@@ -260,18 +261,18 @@ def test_zero_rows_get_zero_gradient(path):
 def test_deterministic_and_chunk_independent(path):
     x, c = gpu_inputs(*batch(seed=13), path)
     _USED[0] = x.dtype
-    first = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
-    second = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path)
+    first = tb.direction(x, c, presets.info_nce(), 0.1, path=path)
+    second = tb.direction(x, c, presets.info_nce(), 0.1, path=path)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     if path == "chunked":  # 1 chunk vs 5 chunks: the same numbers up to summation order
-        many = tb.direction(x, c, paradigms.info_nce(), 0.1, path=path, chunk_bytes=8 * M * 12)
+        many = tb.direction(x, c, presets.info_nce(), 0.1, path=path, chunk_bytes=8 * M * 12)
         check(many, first, TOL[torch.float32], "chunks")
 
 
 # -- SigLIP (the sigmoid weight kind), learnable hyper-parameters, candidates without gradient ---------------
 
-SIGMOID_CASES = [paradigms.siglip(), paradigms.siglip(3.0, 1.0),
+SIGMOID_CASES = [presets.siglip(), presets.siglip(3.0, 1.0),
                  Paradigm(D.InfoNCE(0.05), W.Sigmoid(10.0, -10.0), R.Constant(1.5)),
                  Paradigm(D.Margin(0.3), W.Sigmoid(5.0, -2.0), R.Angular()),
                  Paradigm(D.Sigmoid(5.0, -3.0), W.Sigmoid(5.0, -3.0), R.Constant(1.0))]
@@ -296,7 +297,7 @@ def test_sigmoid_at_extreme_scales(path):
     weights stay finite and the pull sigmoid(-(t s_ii + b)) is exact. t = 0.5: every sigmoid ~ 1/2.
     Against the torch backend in float64."""
     x, c = batch(seed=18)
-    for p in (paradigms.siglip(300.0, -300.0), paradigms.siglip(0.5, 0.0)):
+    for p in (presets.siglip(300.0, -300.0), presets.siglip(0.5, 0.0)):
         check(*both(x, c, p, ref_dtype=torch.float64, path=path), TOL[torch.float32], repr(p))
 
 
@@ -305,7 +306,7 @@ def test_sigmoid_at_extreme_scales(path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_sigmoid_half_precision(dtype, path):
     x, c = batch(n=70, m=150, d=64, dtype=dtype, seed=19)
-    for p in (paradigms.siglip(), paradigms.siglip(30.0, -5.0)):
+    for p in (presets.siglip(), presets.siglip(30.0, -5.0)):
         check(*both(x, c, p, 1.0 / 70, path=path, chunk_bytes=40 * 150 * 12), TOL[dtype], f"{p!r} {dtype}")
 
 
@@ -316,8 +317,8 @@ def test_hyper_gradients_and_partial_candidates_match_the_torch_backend(path):
     and ``grad_rows`` (only the first r candidates need a gradient), against the torch backend."""
     x, c = batch(seed=20)
     rw = torch.linspace(0.5, 2.0, N, device=DEVICE) / N
-    for p, names in ((paradigms.info_nce(0.07), ("temperature",)), (paradigms.arccon(0.05), ("temperature",)),
-                     (paradigms.siglip(7.0, -3.0), ("scale", "bias"))):
+    for p, names in ((presets.info_nce(0.07), ("temperature",)), (presets.arccon(0.05), ("temperature",)),
+                     (presets.siglip(7.0, -3.0), ("scale", "bias"))):
         for r in (None, N + 5, N, 0):
             opts = {} if r is None else dict(grad_rows=r)
             x2, c2 = gpu_inputs(x, c, path)
@@ -404,7 +405,7 @@ def test_sigmoid_dissipation_needs_the_matching_sigmoid_weight():
     assert "Sigmoid(10.0, -10.0)" in why and "Softmax" in why
     assert "only with the weight" in tb.covers(torch.float32, Paradigm(D.InfoNCE(0.05), W.Sigmoid(5.0, 0.0),
                                                                       R.Sigmoid(10.0, -10.0)))
-    assert tb.covers(torch.float32, paradigms.siglip(3.0, 1.0)) is None
+    assert tb.covers(torch.float32, presets.siglip(3.0, 1.0)) is None
     with pytest.raises(ValueError, match="only with the weight"):
         dispatch.choose("triton", x, Paradigm(D.Sigmoid(10.0, -10.0), W.Uniform(), R.Constant(1.0)))
 
@@ -413,7 +414,7 @@ def test_sigmoid_dissipation_needs_the_matching_sigmoid_weight():
 
 def test_dispatch():
     x = torch.randn(4, 8)
-    p = paradigms.info_nce()
+    p = presets.info_nce()
     assert dispatch.choose("auto", x, p)[0] is torch_backend  # CPU tensors: the torch backend
     assert dispatch.choose("triton", x, p)[0] is triton_backend
     assert dispatch.choose("torch", x, p)[0] is torch_backend
@@ -426,35 +427,35 @@ def test_edge_shapes_and_layouts():
     """M = N, N = 1, column-major anchors."""
     x, c = batch(n=29, m=29, seed=6)
     for path in PATHS:
-        check(*both(x, c, paradigms.info_nce(), 1.0 / 29, path=path), TOL[torch.float32], f"M = N {path}")
+        check(*both(x, c, presets.info_nce(), 1.0 / 29, path=path), TOL[torch.float32], f"M = N {path}")
     x, c = batch(n=1, m=5, seed=7)
     for path in PATHS:
-        check(*both(x, c, paradigms.mpt(), 1.0, path=path), TOL[torch.float32], f"N = 1 {path}")
+        check(*both(x, c, presets.mpt(), 1.0, path=path), TOL[torch.float32], f"N = 1 {path}")
     x, c = batch(seed=15)
     xt = x.t().contiguous().t()
-    check(*both(xt, c, paradigms.met()), TOL[torch.float32], "column-major anchors")
+    check(*both(xt, c, presets.met()), TOL[torch.float32], "column-major anchors")
 
 
 # -- the dispatcher-facing functions and the layering -------------------------------------------------------------
 
 def test_supports_describe_and_options():
     x = torch.randn(4, 8)
-    assert "float64" in tb.supports(x.double(), paradigms.info_nce())
+    assert "float64" in tb.supports(x.double(), presets.info_nce())
 
     class Odd(W.Softmax):
         pass
 
     assert "Odd" in tb.supports(x, Paradigm(D.InfoNCE(), Odd(0.05), R.Constant(1.0)))
     if not _RERUN and DEVICE == "cpu":
-        assert tb.supports(x, paradigms.info_nce()) is None
-    assert "fused" in tb.describe(torch.bfloat16, 128, paradigms.info_nce())
-    assert "chunked" in tb.describe(torch.bfloat16, 768, paradigms.info_nce())
-    assert "BLOCK_N" in tb.describe(torch.float16, 64, paradigms.mpt())
-    assert "chunked" in tb.describe(torch.float32, 64, paradigms.mpt())
+        assert tb.supports(x, presets.info_nce()) is None
+    assert "fused" in tb.describe(torch.bfloat16, 128, presets.info_nce())
+    assert "chunked" in tb.describe(torch.bfloat16, 768, presets.info_nce())
+    assert "BLOCK_N" in tb.describe(torch.float16, 64, presets.mpt())
+    assert "chunked" in tb.describe(torch.float32, 64, presets.mpt())
     with pytest.raises(ValueError, match="does not accept option.*bogus.*accepted"):
-        tb.direction(x, x, paradigms.info_nce(), 1.0, bogus=1)
+        tb.direction(x, x, presets.info_nce(), 1.0, bogus=1)
     with pytest.raises(ValueError, match="path must be"):
-        tb.direction(x.to(DEVICE), x.to(DEVICE), paradigms.info_nce(), 1.0, path="fast")
+        tb.direction(x.to(DEVICE), x.to(DEVICE), presets.info_nce(), 1.0, path="fast")
 
 
 def test_paths_by_dtype_and_d():
@@ -501,7 +502,7 @@ def test_row_stats_feed_the_components_and_nothing_else():
     rows = Rows(s.clone(), 0)
     stats = RowStats(pos=rows.pos, hardest_value=rows.hardest_value, hardest_index=rows.hardest_index,
                      lses={0.1: rows.lse(0.1)})
-    for p in (paradigms.info_nce(0.1), paradigms.mat(), Paradigm(D.ArcCon(0.1), W.Hardest(), R.Euclidean())):
+    for p in (presets.info_nce(0.1), presets.mat(), Paradigm(D.ArcCon(0.1), W.Hardest(), R.Euclidean())):
         assert torch.allclose(p.dissipation(stats), p.dissipation(Rows(s.clone(), 0)))
         assert torch.allclose(p.pull(stats, p.dissipation(stats)), p.pull(Rows(s.clone(), 0), p.dissipation(rows)))
     with pytest.raises(AttributeError):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import gradsurg
-from gradsurg import paradigms
+from gradsurg import paradigm
 
 D64 = dict(dtype=torch.float64)
 
@@ -171,7 +171,7 @@ def test_siglip_decomposition_matches_its_components():
     x, y, z = _data(n=6, seed=6)
     t, b = 10.0, -10.0
     dec = gradsurg.decompose(lambda s: ref_siglip_from_s(s, t, b), x, y, z)
-    p = paradigms.siglip(t, b)
+    p = paradigm.siglip(t, b)
     u, c = _cos(x.detach(), y.detach(), z.detach())
     s = u @ c.T
     n = 6
@@ -360,9 +360,9 @@ def test_modules_take_tensor_hyper_parameters_and_sentence_transformers_adapter(
 
 
 def test_trainer_config_builds_siglip():
-    from gradsurg.train.losses import build_loss
+    from gradsurg.train.losses import loss_from_fields
 
-    m = build_loss("siglip", {"learnable": True, "scale": 10.0, "bias": -10.0})
+    m = loss_from_fields("siglip", {"learnable": True, "scale": 10.0, "bias": -10.0})
     assert isinstance(m, gradsurg.SigLIPLoss) and {n for n, _ in m.named_parameters()} == {"logit_scale", "logit_bias"}
 
 

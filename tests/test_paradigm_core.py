@@ -196,7 +196,7 @@ def test_presets_components_equal_decomposed_autograd(name):
     off = G.clone()
     off[idx, idx] = 0
     gd_auto = off.sum(1)
-    p = getattr(gradsurg.paradigms, name)()
+    p = getattr(gradsurg.paradigm, name)()
     gd, w, r = ref.components(p, s)
     assert rel_err(gd, gd_auto) <= 1e-9
     live = gd_auto > 0
@@ -233,7 +233,7 @@ def test_near_parallel_vectors_match_autograd(name):
 
 def test_chunking_does_not_change_results():
     leaves = batch(33, 7, 9, seed=8)
-    p = gradsurg.paradigms.arccon()
+    p = gradsurg.paradigm.arccon()
     _, g_big = grads(lambda *t: gradsurg.paradigm_loss(*t, paradigm=p), leaves)
     _, g_small = grads(lambda *t: gradsurg.paradigm_loss(*t, paradigm=p, chunk_bytes=1), leaves)
     for a, b in zip(g_big, g_small):
@@ -268,10 +268,10 @@ def test_no_grad_inputs_give_value_only():
 
 
 def test_loss_name_detection():
-    assert gradsurg.paradigms.info_nce(0.1).loss_name == "info_nce"
+    assert gradsurg.paradigm.info_nce(0.1).loss_name == "info_nce"
     assert gradsurg.Paradigm(D.InfoNCE(0.1), W.Softmax(0.2), R.Constant(1.0)).loss_name is None
     assert gradsurg.Paradigm(D.Margin(0.1), W.Hardest(), R.Constant(1.0)).loss_name == "mpt"
-    assert gradsurg.paradigms.mat().loss_name == "mat"
+    assert gradsurg.paradigm.mat().loss_name == "mat"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -303,7 +303,7 @@ def test_modules_pass_gather_options_through():
         gradsurg.InfoNCELoss(group=object())
 
 
-@pytest.mark.parametrize("p", [gradsurg.paradigms.arccon(), gradsurg.paradigms.met(),
+@pytest.mark.parametrize("p", [gradsurg.paradigm.arccon(), gradsurg.paradigm.met(),
                                gradsurg.Paradigm(D.Constant(0.7), W.Power(3.0), R.Arc(0.3))], ids=repr)
 def test_primitive_encoding_round_trips(p):
     names, values = p.encode()

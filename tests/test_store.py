@@ -159,6 +159,77 @@ def test_a_second_process_is_refused_or_waits(tmp_path):
         holder.join(10)
 
 
+_HOLDER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("store", sys.argv[2])  # stdlib only: no torch to import
+store = sys.modules["store"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(store)
+with store.ResultsStore(sys.argv[1]).lock():
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGKILL"])
+def test_no_stale_lock_after_ctrl_c_or_kill(tmp_path, signame):
+    """Ctrl-C (SIGINT) releases the lock and removes its file; a killed holder (SIGKILL) cannot,
+    but the OS drops its flock: the next grid takes the lock at once and leaves no file behind."""
+    import signal
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "out")
+    from gradsurg.train import store
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, out, store.__file__], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked", proc.stderr.read()
+        lock = os.path.join(out, ".gradsurg.lock")
+        assert f"pid {proc.pid}" in open(lock).read()
+        with pytest.raises(StoreBusy, match=f"pid {proc.pid}"):  # held while the process lives
+            with ResultsStore(out).lock():
+                pass
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if signame == "SIGINT":
+        assert "KeyboardInterrupt" in proc.stderr.read()
+        assert not os.path.exists(lock)  # released and removed on the way out
+    else:
+        assert os.path.exists(lock)  # nobody could remove it ...
+    started = time.monotonic()
+    with ResultsStore(out).lock():  # ... but it holds no lock: taken at once, not after a wait
+        assert f"pid {os.getpid()}" in open(lock).read()
+    assert time.monotonic() - started < 2.0
+    assert not os.path.exists(lock)
+
+
+def test_a_waiter_never_locks_a_removed_lock_file(tmp_path):
+    """A holder removes the file as it releases; a process that opened the old file and gets its
+    flock after that must lock the file now at the path, or two grids would hold 'the' lock."""
+    out = str(tmp_path / "out")
+    store = ResultsStore(out)
+    with store.lock():
+        lock = os.path.join(out, ".gradsurg.lock")
+        stale = open(lock, "a+")  # a waiter's handle on the file of this holder
+    try:
+        from gradsurg.train.store import _is_file_at, _try_lock, _unlock
+
+        assert _try_lock(stale)  # the old file's flock is free once it is released ...
+        assert not _is_file_at(stale, lock)  # ... but it is no longer the lock file: lock() retries
+        _unlock(stale)
+    finally:
+        stale.close()
+    with ResultsStore(out).lock():
+        with pytest.raises(StoreBusy):
+            with ResultsStore(out).lock():
+                pass
+
+
 # ------------------------------------------------------------------- the grid
 def _stub_train(calls):
     from gradsurg.train.trainer import TrainResult
@@ -296,3 +367,30 @@ def test_perswitch_report_reads_stores_through_the_store(tmp_path, capsys):
     assert [r["key"] for r in module.load([out])] == ["a"]  # the folder works as well as its results.jsonl
     with pytest.raises(SystemExit, match="does not exist"):
         module.load([str(tmp_path / "nope.jsonl")])
+
+
+def test_skipped_failed_runs_point_to_retry_failed(base, tmp_path, monkeypatch, capsys):
+    from gradsurg.train import trainer
+
+    calls = []
+    good = _stub_train(calls)
+
+    def sometimes(cfg, **kw):
+        if cfg.seed == 2 and not any("seed2" in c for c in calls):
+            calls.append(cfg.run_name())
+            raise FloatingPointError("loss became nan at step 3")
+        return good(cfg, **kw)
+
+    monkeypatch.setattr(trainer, "train", sometimes)
+    out = str(tmp_path / "grid")
+    configs = grid.expand_grid(base, ["info_nce"], None, {}, [1, 2])
+    grid.run_grid(configs, out, progress=False)
+    capsys.readouterr()
+    rows = grid.run_grid(configs, out, progress=False)  # the failed run is skipped, with the hint
+    err = capsys.readouterr().err
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "1 of them failed" in err and "--retry-failed" in err
+    rows = grid.run_grid(configs, out, retry_failed=True, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and "--retry-failed" not in capsys.readouterr().err
+    grid.run_grid(configs, out, progress=False)
+    assert "--retry-failed" not in capsys.readouterr().err  # nothing failed: no hint

@@ -11,7 +11,7 @@ import pytest
 
 from gradsurg.train.config import ConfigError
 from gradsurg.train.data import read_sts_pairs
-from gradsurg.train.evaluate import spearman
+from gradsurg.train.sts import spearman
 from gradsurg.train.suite import TASKS, evaluate_suite, find_tasks, format_suite
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "senteval")

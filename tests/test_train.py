@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
 from gradsurg.train import ConfigError, TrainConfig, preset
 from gradsurg.train.config import parse_overrides
 from gradsurg.train.data import read_corpus, read_sts_pairs
-from gradsurg.train.losses import available_losses, build_loss
+from gradsurg.registry import available_losses, build_loss
 from gradsurg.train.models import load_encoder
 from gradsurg.train.testing import make_tiny_model, tiny_sentences, tiny_workspace, write_tiny_sts
 from gradsurg.train.trainer import Trainer
@@ -250,13 +250,14 @@ def test_ablate_cli_end_to_end(tiny, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| info_nce temperature=0.05 | 2 |" in printed and "| info_nce temperature=0.1 | 2 |" in printed
+    assert printed.split("|---|---|---|---|---|---|\n")[1].startswith("| untrained | 2 |")  # the first row
     assert (out / "sts_vs_temperature.png").exists() and (out / "results.csv").exists()
-    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2 + 4  # untrained per seed, then the runs
     assert main(argv) == 0  # resume: nothing left to run
-    assert "resuming: 4 of 4" in capsys.readouterr().err
+    assert "resuming: 6 of 6" in capsys.readouterr().err
     assert main(argv + ["--seeds", "1", "2", "3", "--table-only"]) == 0  # tabulate what is there, train nothing
     captured = capsys.readouterr()
-    assert "4 of 6 runs" in captured.err and "| info_nce temperature=0.1 | 2 |" in captured.out
+    assert "6 of 9 runs" in captured.err and "| info_nce temperature=0.1 | 2 |" in captured.out
 
 
 def test_ablate_cli_bad_arguments(tiny, capsys):

@@ -76,7 +76,7 @@ def test_paradigm_argument_type():
         (lambda: W.Power(0), "p must be > 0"),
         (lambda: R.Constant(-0.5), "value must be >= 0"),
         (lambda: R.Arc(-0.1), "margin must be in"),
-        (lambda: gradsurg.paradigms.info_nce(temperature=-1), "temperature"),
+        (lambda: gradsurg.paradigm.info_nce(temperature=-1), "temperature"),
         (lambda: gradsurg.InfoNCELoss(temperature=0), "temperature"),
     ],
 )

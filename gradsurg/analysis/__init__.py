@@ -8,6 +8,6 @@
 * :mod:`gradsurg.analysis.plots` -- matplotlib figures (imported on demand).
 """
 from .decompose import Decomposition, decompose
-from .stats import StatsCollector
+from .collector import StatsCollector
 
 __all__ = ["Decomposition", "decompose", "StatsCollector"]

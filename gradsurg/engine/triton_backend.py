@@ -13,7 +13,7 @@ two kernel paths, chosen by dtype and d (:func:`gradsurg_kernels.launch.choose_p
              ``S`` plus O((N + M) d); never N x M.
 
 Between the kernels, the O(N) statistics reach the components as a
-:class:`~gradsurg.components.stats.RowStats`: the dissipation gives ``GD_i``,
+:class:`~gradsurg.components.row_stats.RowStats`: the dissipation gives ``GD_i``,
 the ratio ``GD_i R_i`` (``Paradigm.pull``), the paradigm the loss row. The
 gradient ``G = GD (W - [j==i] R)`` is applied as ``diag(GD/l) W^ - diag(GD R)``:
 the weights ``W^ = exp(z - max)`` (in [0, 1]) are the only N x M operand, and the
@@ -45,7 +45,7 @@ from torch import Tensor
 from ..components import dissipation as D
 from ..components import ratio as R
 from ..components import weight as W
-from ..components.stats import RowStats
+from ..components.row_stats import RowStats
 from ..paradigm import Paradigm
 from . import torch_backend
 from .normalize import inverse_norm, normalize_backward

@@ -5,7 +5,9 @@
 - :mod:`gradsurg.train.models`   -- offline model loading, poolers, :class:`Encoder`
 - :mod:`gradsurg.train.losses`   -- the loss of a config, through ``gradsurg.registry``
 - :mod:`gradsurg.train.trainer`  -- the SimCSE-style unsupervised trainer
-- :mod:`gradsurg.train.evaluate` -- STS Spearman/Pearson, ``gradsurg evaluate``
+- :mod:`gradsurg.train.sts`      -- STS Spearman/Pearson of an encoder on a set of pairs
+- :mod:`gradsurg.train.suite`    -- the seven STS tasks from one folder
+- :mod:`gradsurg.train.evaluate` -- ``gradsurg evaluate`` (one file, or the seven tasks)
 - :mod:`gradsurg.train.steplog`  -- per-step statistics to CSV / TensorBoard
 - :mod:`gradsurg.train.grid`     -- ablation grids: expansion, run keys, training every run
 - :mod:`gradsurg.train.store`    -- the results store of a grid (``results.jsonl``) and its reader
@@ -16,7 +18,7 @@ Heavy imports (transformers) happen only when a model is loaded.
 """
 from .config import ConfigError, TrainConfig, preset, preset_names
 from .data import Corpus, STSPairs, read_corpus, read_sts_pairs
-from .evaluate import evaluate_sts, pearson, spearman
+from .sts import evaluate_sts, pearson, spearman
 
 __all__ = [
     "ConfigError", "TrainConfig", "preset", "preset_names",

@@ -35,8 +35,8 @@ import sys
 from typing import Any
 
 from .config import ConfigError, TrainConfig, parse_modified, parse_overrides, parse_value, preset, preset_names
-from .grid import accepts_modified, expand_grid, repeated, run_grid, run_key
-from .report import flag, format_table, plot_results, summarize
+from .grid import accepts_modified, expand_grid, repeated, run_grid, run_key, with_untrained
+from .report import flag, format_table, header, plot_results, plot_title, summarize
 from .store import RESULTS, SET_ASIDE, ResultsStore, StoreError, strict
 
 #: preferred default grid: InfoNCE vs the non-contrastive objectives, original and modified
@@ -118,7 +118,7 @@ def build_base(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 
 def _grid_axes(args: argparse.Namespace, base: TrainConfig, explicit: set[str]):
     """Losses, modifications, swept parameters and seeds of the grid, with notes on repeats."""
-    from .losses import available_losses
+    from ..registry import available_losses
 
     losses, mods = args.loss, args.modified
     if losses is None:
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         base, explicit = build_base(args)
         losses, mods, params, seeds, notes = _grid_axes(args, base, explicit)
-        configs = expand_grid(base, losses, mods, params, seeds)
+        configs = with_untrained(expand_grid(base, losses, mods, params, seeds))  # the baseline rows first
         # the data and the device are checked before any model is loaded
         from .data import read_corpus, read_sts_pairs, resolve_path
 
@@ -239,18 +239,15 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(rows)
     flagged = [r for r in rows if flag(r)]
     table = format_table(summary, flagged)
-    plots = plot_results(rows, args.out)
-    n_pairs = summary[0]["n_pairs"] if summary else None
-    header = (f"STS Spearman x100 of the best checkpoint on {base.eval_data} ({n_pairs} pairs), "
-              f"mean +- std over seeds; model {base.model}, pooler {base.pooler}, batch {base.batch_size}, "
-              f"lr {base.lr}, {base.max_steps} steps"
-              + (f" at most, stopping after {base.patience} evaluations without a new best" if base.patience else ""))
+    setting = f"preset {args.preset}" + (f" + {os.path.basename(args.config)}" if args.config else "")
+    plots = plot_results(rows, args.out, title=plot_title(setting, base))
+    head = header(base, rows, setting)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
-        fh.write(header + "\n\n" + table + "\n")
+        fh.write(head + "\n\n" + table + "\n")
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(strict(summary), fh, indent=2, allow_nan=False)
     for p in plots:
         print(f"plot: {p}", file=sys.stderr)
-    print(header)
+    print(head)
     print(table)
     return 0 if not any(r.get("status") != "ok" for r in rows) else 1

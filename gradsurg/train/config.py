@@ -399,8 +399,9 @@ def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {},
+    "quick": {"save_best": True},  # the docs evaluate <run>/best
     "report": {
+        "save_best": True,
         "epochs": 3,
         "max_steps": 160,
         "eval_every": 8,

@@ -2,6 +2,7 @@
 
 - :func:`expand_grid` -- the configs of a grid (a set: each run once, by :func:`run_key`)
 - :func:`run_key`     -- a run's identity: a hash of the config fields that change its result
+- :func:`with_untrained` -- the grid with its ``untrained`` rows first (the encoder before training)
 - :func:`run_grid`    -- train every run not yet in ``OUT/results.jsonl`` (the store of
   :mod:`gradsurg.train.store`: resumable, one writer per folder), rewriting ``OUT/results.csv``
 
@@ -20,7 +21,7 @@ from typing import Any, Iterable
 
 from .config import ConfigError, TrainConfig, parse_modified
 from .report import flag, write_csv
-from .store import ResultsStore
+from .store import UNTRAINED, ResultsStore
 
 #: config fields that do not change what a run computes (left out of its identity)
 _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device", "eval_batch_size", "log_every"}
@@ -40,10 +41,10 @@ def run_key(config: TrainConfig) -> str:
 
 def accepts_modified(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``modified`` parameter (the non-contrastive objectives)."""
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     try:
-        build_loss(loss, {}, "w_gd")
+        loss_from_fields(loss, {}, "w_gd")
         return True
     except ConfigError:
         return False
@@ -51,10 +52,10 @@ def accepts_modified(loss: str) -> bool:
 
 def accepts_form(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``form`` parameter (non-contrastive objectives, sg)."""
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     try:
-        build_loss(loss, {}, None, "default")
+        loss_from_fields(loss, {}, None, "default")
         return True
     except ConfigError:
         return False
@@ -74,7 +75,7 @@ def expand_grid(
     that accept ``modified``; a parameter a loss does not take raises
     :class:`ConfigError` naming it (checked by building the loss once).
     """
-    from .losses import build_loss
+    from .losses import loss_from_fields
 
     losses = list(losses or [base.loss])
     mods = list(modified) if modified else [base.modified or "none"]
@@ -94,7 +95,7 @@ def expand_grid(
             for values in itertools.product(*(params[k] for k in keys)) if keys else [()]:
                 loss_params = dict(base.loss_params)
                 loss_params.update(dict(zip(keys, values)))
-                build_loss(loss, loss_params, norm, form)  # fail fast, naming the bad parameter
+                loss_from_fields(loss, loss_params, norm, form)  # fail fast, naming the bad parameter
                 for seed in seeds:
                     configs.append(base.replace(loss=loss, modified=norm, form=form, loss_params=loss_params,
                                                 seed=int(seed)))
@@ -121,6 +122,19 @@ def repeated(name: str, values: Iterable[Any]) -> str | None:
     return f"note: {name} repeats {', '.join(twice)}; a grid is a set, each run is trained and counted once"
 
 
+def untrained_config(config: TrainConfig) -> TrainConfig:
+    """The ``untrained`` run of ``config``: the same encoder, pooler, data, evaluation and seed,
+    no loss (its row is the encoder before training, scored as the trained runs are)."""
+    return config.replace(loss=UNTRAINED, loss_params={}, modified=None, form=None)
+
+
+def with_untrained(configs: Iterable[TrainConfig]) -> list[TrainConfig]:
+    """``configs`` after their ``untrained`` runs (one per distinct base and seed; none for a
+    config without dev data): the grid's first rows, stored and resumed like any run."""
+    configs = list(configs)
+    return unique_runs([untrained_config(c) for c in configs if c.eval_data is not None] + configs)
+
+
 def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retry_failed: bool = False,
              progress: bool = True, stream=None, wait: float = 0.0) -> list[dict]:
     """Train every config not yet in ``out_dir/results.jsonl``; return all rows for this grid.
@@ -128,12 +142,14 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
     The folder is locked for the whole grid (:class:`~gradsurg.train.store.StoreBusy`
     if another process holds it, after ``wait`` seconds); lines of the results
     file that are not usable rows are set aside first, with a message. A run's
-    folder ``runs/<run>-<key>`` is emptied before the run is (re)trained.
+    folder ``runs/<run>-<key>`` is emptied before the run is (re)trained. An
+    ``untrained`` config (:func:`with_untrained`) is scored, not trained. Runs
+    recorded as failed are skipped unless ``retry_failed`` (a message says so).
     Ctrl-C (``KeyboardInterrupt``) propagates after the finished runs are stored.
     """
     import shutil
 
-    from .trainer import train
+    from .trainer import score_untrained, train
 
     stream = sys.stderr if stream is None else stream
     configs = unique_runs(configs)
@@ -157,6 +173,10 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
         if len(todo) < len(configs):
             print(f"resuming: {len(configs) - len(todo)} of {len(configs)} runs already in {store.path}",
                   file=stream)
+        failed = 0 if retry_failed else sum(k in done and done[k].get("status") != "ok" for k in keys)
+        if failed:
+            print(f"{failed} of them failed and are skipped (flagged in the table); rerun with --retry-failed "
+                  f"to train them again", file=stream)
         takes_mod: dict[str, bool] = {}
         outer = None
         if progress:
@@ -166,7 +186,7 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
         try:
             for key, cfg in todo:
                 if cfg.loss not in takes_mod:
-                    takes_mod[cfg.loss] = accepts_modified(cfg.loss)
+                    takes_mod[cfg.loss] = cfg.loss != UNTRAINED and accepts_modified(cfg.loss)
                 run_dir = os.path.join(out_dir, "runs", f"{cfg.run_name()}-{key}")
                 if os.path.isdir(run_dir):  # a rerun: no file of the old attempt survives
                     shutil.rmtree(run_dir)
@@ -174,7 +194,7 @@ def run_grid(configs: list[TrainConfig], out_dir: str, resume: bool = True, retr
                 row: dict[str, Any] = {"key": key, "takes_modified": takes_mod[cfg.loss]}
                 started = time.time()
                 try:
-                    result = train(run_cfg)
+                    result = score_untrained(run_cfg) if cfg.loss == UNTRAINED else train(run_cfg)
                     row.update(result.to_dict())
                     row["status"] = "ok"
                 except (FloatingPointError, RuntimeError, ValueError) as exc:  # a failing run must not stop the grid

@@ -1,58 +1,51 @@
-"""The loss of a training config, built through :mod:`gradsurg.registry`.
+"""The loss of a training config, built by :func:`gradsurg.registry.build_loss`.
 
 Every name the registry knows works: the presets (``info_nce``, ``arccon``,
 ``mpt``, ``met``, ``mat``), custom paradigms (``paradigm`` with
 ``dissipation=...``, ``weight=...``, ``ratio=...``), and the non-contrastive
-objectives with their ``modified`` switches (``w_gd``, ``w_w``, ``w_r``). Errors from the registry (unknown
-name, unknown or bad parameter) are re-raised as
+objectives with their ``modified`` switches (``w_gd``, ``w_w``, ``w_r``). This
+module only maps the config fields onto the registry's keywords and re-raises
+its errors (unknown name, unknown or bad parameter) as
 :class:`~gradsurg.train.config.ConfigError` naming the config field.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from ..registry import available_losses
-from ..registry import build_loss as registry_build
+from ..registry import accepts, available_losses, build_loss
 from .config import ConfigError, TrainConfig
 
-__all__ = ["available_losses", "build_loss", "loss_from_config"]
+__all__ = ["loss_from_config", "loss_from_fields"]
 
 
-def build_loss(name: str, params: dict | None = None, modified: str | None = None,
-               form: str | None = None) -> nn.Module:
-    """``gradsurg.registry.build_loss(name, **params)`` with errors naming the config fields.
+def loss_from_fields(loss: str, loss_params: dict | None = None, modified: str | None = None,
+                     form: str | None = None) -> nn.Module:
+    """The loss of the config fields ``loss``, ``loss_params``, ``modified`` and ``form``.
 
-    ``modified`` and ``form`` (the config fields of those names) are passed on when set.
+    ``build_loss(loss, **loss_params)`` with ``modified`` and ``form`` passed on when set; a null
+    ``modified`` is the original objective. Errors name the config field (:class:`ConfigError`).
     """
-    kwargs = dict(params or {})
+    kwargs = dict(loss_params or {})
     if modified:
         kwargs["modified"] = modified
     if form:
         kwargs["form"] = form
     names = available_losses()
-    if name not in names:
-        raise ConfigError(f"config field 'loss': unknown loss {name!r}; available: {', '.join(names)}")
-    if not modified and "modified" not in kwargs and _takes("modified", name):
+    if loss not in names:
+        raise ConfigError(f"config field 'loss': unknown loss {loss!r}; available: {', '.join(names)}")
+    if not modified and "modified" not in kwargs and accepts(loss, "modified"):
         # a null ``modified`` is the original objective (the "(ori)" row of an ablation), also for
         # losses whose own default switches something on (sg)
         kwargs["modified"] = ""
     try:
-        return registry_build(name, **kwargs)
+        return build_loss(loss, **kwargs)
     except (ValueError, TypeError) as exc:
         where = ("'modified'" if modified and "modified" in str(exc)
                  else "'form'" if form and "form" in str(exc) else "'loss_params'")
-        raise ConfigError(f"config field {where} for loss {name!r}: {exc}") from exc
-
-
-def _takes(parameter: str, name: str) -> bool:
-    """Whether the registry's factory ``name`` has a keyword ``parameter``."""
-    from ..registry import _accepted_parameters, _factories
-
-    allowed = _accepted_parameters(_factories()[name])
-    return allowed is not None and parameter in allowed
+        raise ConfigError(f"config field {where} for loss {loss!r}: {exc}") from exc
 
 
 def loss_from_config(config: TrainConfig) -> nn.Module:
     """The loss module described by ``config.loss``, ``config.loss_params``, ``config.modified``
     and ``config.form``."""
-    return build_loss(config.loss, config.loss_params, config.modified, config.form)
+    return loss_from_fields(config.loss, config.loss_params, config.modified, config.form)

@@ -6,7 +6,9 @@ trains nothing:
 - :func:`summarize`     -- runs grouped by variant (everything but the seed): mean +- std
 - :func:`flag`          -- why a run needs a look (failed, not scored, collapsed)
 - :func:`format_table`  -- the Markdown table (``OUT/table.md``)
-- :func:`plot_results`  -- STS vs every swept knob (``OUT/sts_vs_<knob>.png``)
+- :func:`plot_results`  -- STS vs every swept knob (``OUT/sts_vs_<knob>.png``), the
+  ``untrained`` row (the encoder before training) as the baseline
+- :func:`header`        -- the line above the table (data, setting, the steps actually run)
 - :func:`write_csv`     -- one flat line per run (``OUT/results.csv``)
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import math
 import os
 from typing import Any
+
+from .store import UNTRAINED
 
 def variant_label(row: dict) -> str:
     """``loss``, ``loss (m: w_gd+w_w+w_r)`` or ``loss (ori)`` plus swept parameters."""
@@ -67,7 +71,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             continue
         groups.setdefault(variant_label(r), []).append(r)
     out = []
-    for label, rs in groups.items():
+    for label, rs in sorted(groups.items(), key=lambda item: item[0] != UNTRAINED):  # the baseline first
         sp = [r["spearman"] for r in rs]
         pe = [float("nan") if r.get("pearson") is None else r["pearson"] for r in rs]
         mean, std = _mean_std(sp)
@@ -113,13 +117,36 @@ def format_table(summary: list[dict], flagged: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_results(rows: list[dict], out_dir: str) -> list[str]:
+#: points of Spearman x100 left free above and below the plotted values and the baseline
+PLOT_MARGIN = 2.0
+
+
+def y_range(values: list[tuple[float, float]], baseline: float | None = None) -> tuple[float, float]:
+    """The y axis of a grid plot: every ``mean +- std`` and the baseline, with :data:`PLOT_MARGIN`
+    points either side, within Spearman's [-100, 100].
+
+    The plots draw points with error bars, not bars: a bar's length reads as an
+    amount from zero, and an axis from 0 would squeeze the one-point differences a
+    grid is about into a line; the untrained baseline is always inside the range,
+    so a run below it shows as below it.
+    """
+    lows = [m - s for m, s in values] + ([baseline] if baseline is not None else [])
+    highs = [m + s for m, s in values] + ([baseline] if baseline is not None else [])
+    return max(-100.0, min(lows) - PLOT_MARGIN), min(100.0, max(highs) + PLOT_MARGIN)
+
+
+def plot_results(rows: list[dict], out_dir: str, title: str | None = None) -> list[str]:
     """Plots of STS Spearman (mean +- std over seeds) vs every swept knob; returns the files written.
 
-    A knob is a loss parameter that takes several values, or ``modified`` /
-    ``loss`` when they vary (drawn as bars).
+    A knob is a loss parameter that takes several values (``sts_vs_<knob>.png``,
+    a line per other setting), and the variants themselves (``sts_vs_variant.png``,
+    a point per variant). The ``untrained`` rows are the dashed horizontal
+    baseline of every plot, not a point; ``title`` (preset and data) heads each
+    plot; the y axis is :func:`y_range`'s.
     """
     ok = [r for r in rows if r.get("status") == "ok" and r.get("spearman") is not None]
+    untrained = [r["spearman"] for r in ok if r["config"]["loss"] == UNTRAINED]
+    ok = [r for r in ok if r["config"]["loss"] != UNTRAINED]
     if not ok:
         return []
     try:
@@ -129,6 +156,23 @@ def plot_results(rows: list[dict], out_dir: str) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    baseline = _mean_std(untrained)[0] if untrained else None
+
+    def finish(fig, ax, points: list[tuple[float, float]], name: str) -> str:
+        if baseline is not None:
+            ax.axhline(baseline, color="k", lw=1, ls="--", label=f"untrained ({baseline:.2f})")
+        ax.set_ylim(*y_range(points, baseline))
+        ax.set_ylabel("STS Spearman x100 (mean +- std over seeds)", fontsize=8)
+        if title:
+            ax.set_title(title, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
     written = []
     param_keys = sorted({k for r in ok for k in (r["config"].get("loss_params") or {})})
     for key in param_keys:
@@ -144,40 +188,64 @@ def plot_results(rows: list[dict], out_dir: str) -> list[str]:
             if other:
                 name += " " + " ".join(f"{k}={v}" for k, v in sorted(other.items()))
             lines.setdefault(name, {}).setdefault(cfg["loss_params"].get(key), []).append(r["spearman"])
+        points = []
         for name, pts in lines.items():
             xs = sorted(pts, key=lambda v: (isinstance(v, str), v))
             numeric = all(isinstance(x, (int, float)) for x in xs)
             pos = xs if numeric else list(range(len(xs)))
             means = [_mean_std(pts[x])[0] for x in xs]
             stds = [0.0 if math.isnan(_mean_std(pts[x])[1]) else _mean_std(pts[x])[1] for x in xs]
+            points += list(zip(means, stds))
             ax.errorbar(pos, means, yerr=stds, marker="o", capsize=3, label=name)
             if not numeric:
                 ax.set_xticks(pos, [str(x) for x in xs])
         ax.set_xlabel(key)
-        ax.set_ylabel("STS Spearman x100")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"sts_vs_{key}.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(finish(fig, ax, points, f"sts_vs_{key}.png"))
     summary = summarize(ok)
-    if len(summary) > 1:
+    if len(summary) > 1 or (summary and baseline is not None):
         fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(summary) + 2), 4.0))
         names = [s["variant"] for s in summary]
         means = [s["spearman_mean"] for s in summary]
         stds = [0.0 if math.isnan(s["spearman_std"]) else s["spearman_std"] for s in summary]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=3,
-               color=["tab:orange" if "(m:" in n else ("tab:gray" if "(ori)" in n else "tab:blue") for n in names])
+        for i, (n, m, sd) in enumerate(zip(names, means, stds)):
+            color = "tab:orange" if "(m:" in n else ("tab:gray" if "(ori)" in n else "tab:blue")
+            ax.errorbar([i], [m], yerr=[sd], fmt="o", color=color, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
-        lo = min(m - s for m, s in zip(means, stds))
-        ax.set_ylim(max(0.0, lo - 5), max(m + s for m, s in zip(means, stds)) + 2)
-        ax.set_ylabel("STS Spearman x100")
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "sts_vs_variant.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        written.append(finish(fig, ax, list(zip(means, stds)), "sts_vs_variant.png"))
     return written
+
+
+def steps_text(base, rows: list[dict]) -> str:
+    """The steps the trained runs of ``rows`` actually took (``24 steps``, ``40-96 steps``), with
+    the cap when they stopped early or the corpus gave fewer steps than ``max_steps``."""
+    steps = sorted({r.get("steps") for r in rows if r.get("status") == "ok" and isinstance(r.get("steps"), int)
+                    and r["config"]["loss"] != UNTRAINED})
+    cap = base.max_steps
+    if not steps:
+        return f"{cap} steps configured" if cap is not None else f"{base.epochs} epoch(s) configured"
+    text = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps"
+    if base.patience:
+        return text + (f" (at most {cap}, stopping after {base.patience} evaluations without a new best)"
+                       if cap is not None else f" (stopping after {base.patience} evaluations without a new best)")
+    if cap is not None and steps[-1] < cap:
+        return text + f" (max_steps {cap}: the corpus gives fewer in {base.epochs} epoch(s) of batch {base.batch_size})"
+    return text
+
+
+def header(base, rows: list[dict], setting: str) -> str:
+    """The line above the table: what is scored, on which data, and how the runs were trained
+    (``setting`` names the preset and config file; the steps are those actually run)."""
+    summary = summarize(rows)
+    n_pairs = summary[0]["n_pairs"] if summary else None
+    return (f"STS Spearman x100 of the best checkpoint on {base.eval_data} ({n_pairs} pairs), "
+            f"mean +- std over seeds; {setting}, model {base.model}, pooler {base.pooler}, "
+            f"batch {base.batch_size}, lr {base.lr}, {steps_text(base, rows)}"
+            + ("; 'untrained' is the encoder before training, scored the same way"
+               if any(r["config"]["loss"] == UNTRAINED for r in rows if r.get("status") == "ok") else ""))
+
+
+def plot_title(setting: str, base) -> str:
+    """``setting`` (preset, config file) and the data of a grid, for its plots."""
+    return (f"{setting}; train {os.path.basename(str(base.train_data))}, "
+            f"dev {os.path.basename(str(base.eval_data))}")

@@ -8,7 +8,7 @@ the largest negative cosine), ``alignment`` (mean ``|u_i - v_i|^2``) and
 
 The paradigm's GD / W / R statistics (share of anchors dissipated, mean GD,
 weight of the hardest negative, mean R) come from
-``gradsurg.analysis.stats.StatsCollector`` through :func:`make_collector`,
+``gradsurg.analysis.collector.StatsCollector`` through :func:`make_collector`,
 which returns the statistics above too; should the collector fail, only the
 statistics above are logged.
 """
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..analysis.stats import StatsCollector, embedding_statistics
+from ..analysis.collector import StatsCollector, embedding_statistics
 
 
 @torch.no_grad()
 def embedding_stats(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None) -> dict:
     """Cosine / alignment / uniformity statistics of one batch of raw embeddings
-    (the formulas of :func:`gradsurg.analysis.stats.embedding_statistics`)."""
+    (the formulas of :func:`gradsurg.analysis.collector.embedding_statistics`)."""
     u = F.normalize(anchors.detach().float(), dim=-1)
     v = F.normalize(positives.detach().float(), dim=-1)
     cand = v if negatives is None else torch.cat([v, F.normalize(negatives.detach().float(), dim=-1)])
@@ -37,7 +37,7 @@ def embedding_stats(anchors: torch.Tensor, positives: torch.Tensor, negatives: t
 def make_collector(loss_module: torch.nn.Module | None = None):
     """A callable ``(anchors, positives, negatives) -> dict`` of the step's statistics.
 
-    It wraps :class:`gradsurg.analysis.stats.StatsCollector` (GD / W / R of the
+    It wraps :class:`gradsurg.analysis.collector.StatsCollector` (GD / W / R of the
     loss being trained, plus the embedding statistics); a failure disables it
     (once, with a warning) and the step logs :func:`embedding_stats` instead,
     rather than stopping training.

@@ -22,11 +22,16 @@ What it guarantees:
   file is always either the old or the new one. A file written by hand or by
   an older version with the same key twice keeps the last row; the earlier one
   is reported and set aside like a problem.
-- **One writer per folder.** :meth:`ResultsStore.lock` holds an exclusive
-  ``flock`` on ``OUT/.gradsurg.lock`` for the whole grid; a second process on
-  the same folder is refused with a message naming the holder (or waits, given
-  ``wait`` seconds). The lock goes with its process, so a killed grid leaves
-  no stale lock behind.
+- **One writer per folder, no stale lock.** :meth:`ResultsStore.lock` holds an
+  exclusive ``flock`` on ``OUT/.gradsurg.lock`` (which names the holder's pid)
+  for the whole grid; a second process on the same folder is refused with a
+  message naming the holder (or waits, given ``wait`` seconds). A grid that
+  ends, fails or is interrupted (Ctrl-C) removes the file as it releases the
+  lock. A killed process (``kill``, ``kill -9``, a crash) cannot remove it, but
+  the operating system drops an ``flock`` with its process, so the file it
+  leaves holds no lock: the next grid takes it at once, writes its own pid and
+  removes it at its end. (A file removed by its holder while another process
+  waited on it is noticed: the waiter locks the new file, never the removed one.)
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ RESULTS = "results.jsonl"
 SET_ASIDE = "results.set-aside.jsonl"
 LOCK = ".gradsurg.lock"
 STATUSES = ("ok", "failed")
+#: the ``config.loss`` of the row that scores the encoder before training (the grid's baseline)
+UNTRAINED = "untrained"
 
 
 class StoreError(Exception):
@@ -190,36 +197,48 @@ class ResultsStore:
 
     @contextlib.contextmanager
     def lock(self, wait: float = 0.0) -> Iterator["ResultsStore"]:
-        """Hold the folder's exclusive lock (refuse, or wait up to ``wait`` seconds, if it is held)."""
+        """Hold the folder's exclusive lock (refuse, or wait up to ``wait`` seconds, if it is held);
+        the lock file is removed when the lock is released."""
         self.prepare()
         path = os.path.join(self.folder, LOCK)
-        try:
-            fh = open(path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise StoreError(f"--out {self.folder!r}: cannot open the lock file {LOCK}: {exc.strerror or exc}") from None
         deadline = time.monotonic() + max(0.0, wait)
-        try:
-            while not _try_lock(fh):
+        while True:
+            try:
+                fh = open(path, "a+", encoding="utf-8")
+            except OSError as exc:
+                raise StoreError(f"--out {self.folder!r}: cannot open the lock file {LOCK}: "
+                                 f"{exc.strerror or exc}") from None
+            try:
+                if _try_lock(fh):
+                    if _is_file_at(fh, path):
+                        break
+                    _unlock(fh)  # its holder removed it on release: lock the file now at ``path``
+                    fh.close()
+                    continue
                 if time.monotonic() >= deadline:
                     fh.seek(0)
                     holder = fh.read().strip() or "another process"
                     raise StoreBusy(f"{self.folder!r} is in use by {holder}; wait for it to finish or use "
                                     f"another --out (two grids on one folder would train the same runs twice)")
-                time.sleep(0.2)
+            except BaseException:
+                fh.close()
+                raise
+            fh.close()
+            time.sleep(0.2)
+        try:
             fh.seek(0)
             fh.truncate()
             fh.write(f"gradsurg ablate (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
             fh.flush()
         except BaseException:
-            fh.close()
+            _release(fh, path)
             raise
         self._lock_fh = fh
         try:
             yield self
         finally:
             self._lock_fh = None
-            _unlock(fh)
-            fh.close()
+            _release(fh, path)
 
     # ---------------------------------------------------------------- read
     def load(self, repair: bool = False) -> dict[str, dict]:
@@ -308,6 +327,28 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _is_file_at(fh, path: str) -> bool:
+    """Whether the open file ``fh`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        now, mine = os.stat(path), os.fstat(fh.fileno())
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _release(fh, path: str) -> None:
+    """Remove the lock file, then drop the lock (a waiter that opened the removed file notices
+    and locks the path afresh: :func:`_is_file_at`)."""
+    try:
+        os.unlink(path)
+    except OSError:  # pragma: no cover - already gone, or Windows (an open file cannot be removed)
+        pass
+    try:
+        _unlock(fh)
+    finally:
+        fh.close()
 
 
 try:  # POSIX

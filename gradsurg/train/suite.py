@@ -42,7 +42,7 @@ import time
 
 from .config import ConfigError
 from .data import STSPairs, read_sts_pairs, resolve_path
-from .evaluate import evaluate_sts
+from .sts import evaluate_sts
 
 __all__ = ["TASKS", "find_tasks", "evaluate_suite", "format_suite", "add_arguments", "run_suite"]
 

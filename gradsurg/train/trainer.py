@@ -11,7 +11,12 @@ Every ``eval_every`` steps the encoder is scored on the dev pairs (Spearman of
 cosine) and the best state is kept (in memory, and on disk under
 ``output_dir/best`` when ``save_best``); at the end the best state is restored
 and, if only a subset of the dev pairs was used for selection, scored on all
-of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, logged, never selected).
+of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, logged, never selected);
+:func:`score_untrained` scores it alone, as the trained runs are (an ablation grid's first row).
+
+``Trainer.train`` is the loop: :meth:`Trainer.train_step` (forward, loss,
+backward, optimiser step), :meth:`Trainer.evaluate_and_checkpoint` every
+``eval_every`` steps, :meth:`Trainer.finish` at the end.
 
     from gradsurg.train import TrainConfig, train
     result = train(TrainConfig(loss="vicreg", modified="w_gd,w_w,w_r", seed=1))
@@ -32,7 +37,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
-from .evaluate import evaluate_sts
+from .sts import evaluate_sts
 from .losses import loss_from_config
 from .steplog import StepLogger, make_collector
 
@@ -351,22 +356,53 @@ class Trainer:
                 json.dump(result.to_dict(with_curves=True), fh, indent=2)
         return result
 
+    def _final_pairs(self) -> STSPairs | None:
+        """The pairs the selected state is scored on at the end (``final_eval_data``, or all the dev
+        pairs when selection used a subset), or None: the selection's own score is the final one."""
+        cfg = self.config
+        if cfg.final_eval_data:
+            return read_sts_pairs(cfg.final_eval_data, cfg.final_eval_format or cfg.eval_format, cfg.eval_split)
+        if self.eval_full is not None and len(self.eval_full) > len(self.eval_pairs):
+            return self.eval_full
+        return None
+
     def _final_scores(self, result: TrainResult) -> None:
         """``spearman``/``pearson``/``n_pairs`` of the restored best state: scored again on all the dev
         pairs (or ``final_eval_data``) when selection used fewer, else the best evaluation's."""
-        cfg = self.config
-        final_pairs = None
-        if cfg.final_eval_data:
-            final_pairs = read_sts_pairs(cfg.final_eval_data, cfg.final_eval_format or cfg.eval_format,
-                                         cfg.eval_split)
-        elif self.eval_full is not None and len(self.eval_full) > len(self.eval_pairs):
-            final_pairs = self.eval_full
+        final_pairs = self._final_pairs()
         if final_pairs is not None:
             metrics = self.evaluate(final_pairs)
             result.spearman, result.pearson, result.n_pairs = metrics["spearman"], metrics["pearson"], metrics["n_pairs"]
         elif self.eval_pairs is not None and result.best_dev is not None:
             last = max((e for e in result.evals if e["step"] > 0), key=lambda e: e["spearman"])
             result.spearman, result.pearson, result.n_pairs = last["spearman"], last["pearson"], len(self.eval_pairs)
+
+    def score_untrained(self) -> TrainResult:
+        """The encoder before training, scored as a trained run's selected state is.
+
+        The same dev pairs (a step-0 evaluation, recorded as ``initial_dev`` and
+        ``best_dev`` at ``best_step`` 0), then the same final scores (all dev pairs or
+        ``final_eval_data``; the suite with ``suite_data``); no step is taken and
+        nothing is written. ``steps`` is 0 and ``train_seconds`` the scoring time.
+        """
+        cfg = self.config
+        if self.eval_pairs is None:
+            raise ConfigError("the untrained encoder is scored on the dev pairs: config field 'eval_data' is not set")
+        result = TrainResult(config=cfg.to_dict())
+        start = time.time()
+        metrics = self.evaluate()
+        result.evals.append({"step": 0, "spearman": metrics["spearman"], "pearson": metrics["pearson"]})
+        result.initial_dev = result.best_dev = metrics["spearman"]
+        result.best_step = 0
+        final_pairs = self._final_pairs()
+        if final_pairs is not None:
+            metrics = self.evaluate(final_pairs)
+        result.spearman, result.pearson = metrics["spearman"], metrics["pearson"]
+        result.n_pairs = len(final_pairs if final_pairs is not None else self.eval_pairs)
+        if cfg.suite_data:
+            result.suite = self.evaluate_suite(cfg.suite_data)
+        result.train_seconds = round(time.time() - start, 2)
+        return result
 
 
 @dataclass
@@ -427,6 +463,14 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 def _scalar(loss: torch.Tensor) -> torch.Tensor:
     return loss.mean() if loss.dim() != 0 else loss
+
+
+def score_untrained(config: TrainConfig, **kwargs) -> TrainResult:
+    """The encoder of ``config`` before training, scored as its trained runs are
+    (:meth:`Trainer.score_untrained`); the config's loss is not built (the
+    ``untrained`` row of an ablation has none)."""
+    kwargs.setdefault("loss", torch.nn.Identity())  # never called: no step is taken
+    return Trainer(config, **kwargs).score_untrained()
 
 
 def train(config: TrainConfig, **kwargs) -> TrainResult:
