@@ -37,6 +37,7 @@ from gradsurg.registry import available_losses
 from gradsurg.train.losses import loss_from_config
 from gradsurg.train.models import load_encoder
 from gradsurg.train.testing import make_tiny_model, tiny_sentences
+from gradsurg.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 TOLERANCES = {"bf16": (0.15, 0.995), "fp16": (1e-2, 0.99999)}  # (relative, cosine)
@@ -145,3 +146,211 @@ def test_every_loss_under_autocast_matches_fp32(spread_bert, name, modified, for
             assert cos >= NONSMOOTH_COS, (precision, rel, cos)
             continue
         assert cos >= cos_tol and rel <= rel_tol, (precision, rel, cos)
+
+
+# ------------------------------------------------------------------ the trainer
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from gradsurg.train.testing import tiny_workspace
+
+    return tiny_workspace(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_config(tiny, **kw) -> TrainConfig:
+    base = dict(model=tiny["model"], train_data=tiny["corpus"], eval_data=tiny["sts"], max_train_sentences=None,
+                batch_size=8, max_steps=3, epochs=5, eval_every=3, eval_max_pairs=None, lr=1e-3, progress=False,
+                tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.encoder.state_dict().items()}
+
+
+def _changed(before, after) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_trainer_trains_in_each_precision(tiny, precision):
+    # fp16: the scaler starts at torch's 2^16, where InfoNCE's gradients (entries ~ 1/(N tau) > 1 at
+    # batch 8, tau 0.05) overflow float16's 65504: the first steps are skipped until the scale fits
+    trainer = Trainer(tiny_config(tiny, precision=precision, max_steps=4, eval_every=4))
+    before = _weights(trainer)
+    result = trainer.train()
+    assert result.steps == 4 and len(result.losses) == 4
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.spearman is not None and result.spearman == result.spearman
+    after = _weights(trainer)  # the best state (step 4: the only evaluation) is the trained one
+    assert _changed(before, after)
+    assert all(v.dtype == before[k].dtype for k, v in after.items())  # the weights stay float32
+    if precision == "fp16":
+        assert 0 <= result.skipped_steps < 4 and result.loss_scale == 2.0 ** (16 - result.skipped_steps)
+    else:
+        assert result.skipped_steps == 0 and result.loss_scale is None
+    assert result.config["precision"] == precision
+
+
+def test_mixed_precision_reaches_the_encoder_and_the_loss(tiny):
+    """Inside the step the embeddings are bfloat16 and the loss sees autocast on; outside it
+    (evaluation) everything is float32."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, a, p, n=None):
+            seen.append((a.dtype, torch.is_autocast_enabled("cpu")))
+            return -torch.nn.functional.cosine_similarity(a.float(), p.float()).mean()
+
+    trainer = Trainer(tiny_config(tiny, precision="bf16", max_steps=2, eval_every=1), loss=Spy())
+    trainer.train()
+    assert seen == [(torch.bfloat16, True)] * 2
+    assert trainer.encoder.encode(["a man plays guitar"]).dtype == torch.float32
+
+
+def test_mini_batch_size_under_autocast_and_fp16(tiny):
+    """The cached (GradCache) step: chunks and loss under autocast, the fp16 scale applied to the
+    loss before its backward: the same steps are skipped as without chunks, then the weights change."""
+    for precision in ("bf16", "fp16"):
+        plain = Trainer(tiny_config(tiny, precision=precision, max_steps=4, eval_data=None)).train()
+        trainer = Trainer(tiny_config(tiny, precision=precision, mini_batch_size=3, max_steps=4, eval_data=None))
+        before = _weights(trainer)
+        result = trainer.train()
+        assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+        assert _changed(before, _weights(trainer))
+        assert result.skipped_steps == plain.skipped_steps < 4
+
+
+def test_resume_a_grid_of_mixed_precision_runs(tiny, tmp_path, monkeypatch):
+    from gradsurg.train import grid, trainer
+
+    configs = [tiny_config(tiny, precision=p, max_steps=2, eval_every=2) for p in ("fp32", "bf16")]
+    out = str(tmp_path / "grid")
+    rows = grid.run_grid(configs, out, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["key"] != rows[1]["key"]
+    calls = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kw: calls.append(cfg) or pytest.fail("retrained"))
+    rows = grid.run_grid(configs, out, progress=False)  # the second call finds both runs done
+    assert calls == [] and len(rows) == 2
+
+
+class _Overflow(torch.nn.Module):
+    """InfoNCE times ``factor`` on the first ``n`` calls: its fp16 backward overflows under the
+    initial loss scale 2^16; a finite value, so only the scaler can catch it."""
+
+    def __init__(self, n=1, factor=1e8):
+        super().__init__()
+        self.n, self.factor, self.calls = n, factor, 0
+
+    def forward(self, a, p, n=None):
+        import gradsurg
+
+        self.calls += 1
+        loss = gradsurg.info_nce(a, p)
+        return loss * self.factor if self.calls <= self.n else loss
+
+
+def _fp16_run(trainer, init_scale=2.0**10):
+    """A run whose scaler starts at ``init_scale`` (where plain InfoNCE does not overflow)."""
+    run = trainer._start_run()
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    trainer.encoder.train()
+    return run
+
+
+def test_fp16_skips_and_counts_overflowing_steps(tiny):
+    trainer = Trainer(tiny_config(tiny, precision="fp16", eval_data=None), loss=_Overflow(n=1))
+    run = _fp16_run(trainer)
+    before = _weights(trainer)
+    lr = run.scheduler.get_last_lr()[0]
+    trainer.train_step(run, 1, next(run.batches))
+    assert run.result.skipped_steps == 1 and run.result.loss_scale == 2.0**9  # the scale halved
+    assert not _changed(before, _weights(trainer))  # the weights stayed where they were
+    assert run.scheduler.get_last_lr()[0] == lr  # and so did the schedule
+    trainer.train_step(run, 2, next(run.batches))
+    assert run.result.skipped_steps == 1 and run.skipped_in_a_row == 0
+    assert _changed(before, _weights(trainer))
+
+
+def test_fp16_gradients_that_stay_non_finite_stop_the_run(tiny, monkeypatch):
+    from gradsurg.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_SKIPPED_IN_A_ROW", 3)
+    trainer = Trainer(tiny_config(tiny, precision="fp16", eval_data=None, max_steps=10),
+                      loss=_Overflow(n=100, factor=1e30))
+    with pytest.raises(FloatingPointError, match="stayed non-finite for 3 steps in a row up to step 3 under fp16"):
+        trainer.train()
+    # fp32 and bf16 have no scaler: a non-finite gradient stops the run at once
+    with pytest.raises(FloatingPointError, match="non-finite at step 1"):
+        Trainer(tiny_config(tiny, precision="bf16", eval_data=None), loss=_Overflow(n=100, factor=1e38)).train()
+
+
+def test_fp16_scaler_state_round_trip(tiny):
+    """The scaler's state (scale, growth tracker) survives torch.save / torch.load into a new run's
+    scaler; the next step of both runs (same weights, optimiser state and batch) is then the same."""
+    import copy
+    import io
+
+    trainer = Trainer(tiny_config(tiny, precision="fp16", eval_data=None), loss=_Overflow(n=1))
+    run = _fp16_run(trainer)
+    for step in (1, 2):
+        trainer.train_step(run, step, next(run.batches))
+    buffer = io.BytesIO()
+    torch.save({"scaler": run.scaler.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "encoder": trainer.encoder.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    other = Trainer(tiny_config(tiny, precision="fp16", eval_data=None))
+    other_run = other._start_run()
+    other.encoder.load_state_dict(saved["encoder"])
+    other_run.optimizer.load_state_dict(saved["optimizer"])
+    other_run.scaler.load_state_dict(saved["scaler"])
+    assert other_run.scaler.state_dict() == run.scaler.state_dict()
+    assert other_run.scaler.get_scale() == 2.0**9  # not the fresh scaler's 2^16
+    other.encoder.train()
+    idx = next(run.batches)
+    rng = torch.get_rng_state()
+    trainer.train_step(run, 3, idx)
+    torch.set_rng_state(rng)  # the same dropout masks
+    other.train_step(other_run, 3, copy.copy(idx))
+    for k, v in trainer.encoder.state_dict().items():
+        torch.testing.assert_close(other.encoder.state_dict()[k], v, rtol=0, atol=0)
+    assert other_run.scaler.state_dict() == run.scaler.state_dict()
+
+
+@pytest.mark.slow
+def test_compile_trains_a_tiny_model_on_cpu(tiny, tmp_path):
+    """compile=true: the transformer goes through torch.compile (inductor; a C++ compiler on CPU).
+    Without dropout (inductor draws its own random numbers) the compiled run's losses and weights
+    equal the eager run's (losses 1e-4 relative: fused kernels reorder sums; the weights' whole update
+    1e-2 relative, see below); the state-dict keys stay the eager ones. max_len 6 < the shortest
+    sentence: one input shape, one compilation (~55 s on 2 busy cores with a cold inductor cache,
+    ~11 s warm)."""
+    import json
+    import shutil
+
+    model = str(tmp_path / "bert-nodrop")
+    shutil.copytree(tiny["model"], model)
+    with open(f"{model}/config.json") as fh:
+        config = json.load(fh)
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with open(f"{model}/config.json", "w") as fh:
+        json.dump(config, fh)
+    runs = {}
+    for comp in (False, True):
+        trainer = Trainer(tiny_config(tiny, model=model, compile=comp, max_steps=2, eval_data=None, max_len=6))
+        keys, before = list(trainer.encoder.state_dict()), _weights(trainer)
+        result = trainer.train()
+        assert list(trainer.encoder.state_dict()) == keys
+        runs[comp] = (result, before, _weights(trainer))
+    (eager, start, eager_end), (compiled, _, compiled_end) = runs[False], runs[True]
+    assert compiled.steps == 2 and compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    # AdamW's first steps move each weight by about lr whatever its gradient's size, so a near-zero
+    # gradient's rounding can change a single weight by a part of lr: compare the whole update,
+    # |w_compiled - w_eager| / |w_eager - w_start| over all weights (measured 3.8e-3)
+    update, diff = _distance(eager_end, start), _distance(compiled_end, eager_end)
+    assert update > 0 and diff / update <= 1e-2, (diff, update)
+
+
+def _distance(a: dict, b: dict) -> float:
+    return sum(float((a[k].double() - b[k].double()).norm() ** 2) for k in a) ** 0.5
