@@ -12,10 +12,16 @@ Protocol (one process, so that the ratios compare like with like on a shared mac
 1. each variant is built and runs ``--warmup`` steps (its first step, which compiles, is timed
    separately as ``first_step_s``);
 2. timed rounds: one step of every variant per round, variants interleaved, until ``--rounds``
-   rounds or the time budget is spent; the time per step is the median over rounds.
+   rounds or the time budget is spent (but at least ``--min-rounds``); the time per step is the
+   median over rounds.
 
 A variant whose warm-up would start after 70% of ``--budget-s`` is not run (recorded with the
 reason in the JSON), so the whole run stays near the budget.
+
+Time per step: wall clock (``step_ms``, median; on CUDA after synchronising), its fastest round
+(``step_ms_min``: the least disturbed by other jobs) and, since a shared CPU machine's wall clock
+mostly measures the other jobs, the process's CPU time (``cpu_ms``, median of
+``time.process_time``: all its threads; spin-waiting threads count too).
 
 Peak memory per step: on CUDA ``torch.cuda.max_memory_allocated()`` during the step minus the
 memory allocated when it starts (the activations, the gradients and the temporaries of one
@@ -122,6 +128,7 @@ class Variant:
         self.device = device
         self.step_no = 0
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.mems: list[float] = []
         self.losses: list[float] = []
         self.first_step_s: float | None = None
@@ -135,7 +142,7 @@ class Variant:
             base = torch.cuda.memory_allocated(dev)
         else:
             _trim()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if dev.type == "cuda":
             value, _ = self.trainer.train_step(self.run, self.step_no, next(self.run.batches))
             torch.cuda.synchronize(dev)
@@ -144,10 +151,11 @@ class Variant:
             with _RssPeak() as rss:
                 value, _ = self.trainer.train_step(self.run, self.step_no, next(self.run.batches))
             mem = rss.peak - rss.start
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         self.losses.append(value)
         if measure:
             self.times.append(elapsed)
+            self.cpu_times.append(cpu)
             self.mems.append(mem / 2**20)
         return elapsed
 
@@ -181,25 +189,33 @@ def plot(results: dict, path: str) -> None:
     if not rows:
         return
     names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in ((axes[0], "step_ms", "time per step (ms, median)"),
-                           (axes[1], "peak_step_mb", "peak step memory (MiB, median)")):
+    panels = [("step_ms", "time_vs_fp32", "wall time per step (ms, median)"),
+              ("cpu_ms", "cpu_vs_fp32", "CPU time per step (ms, median)"),
+              ("peak_step_mb", "memory_vs_fp32", "peak step memory (MiB, median)")]
+    panels = [p for p in panels if all(r.get(p[0]) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.9), squeeze=False)
+    for ax, (key, ratio_key, label) in zip(axes[0], panels):
         vals = [r[key] for r in rows]
         colors = ["tab:blue" if "compile" not in n else "tab:orange" for n in names]
         bars = ax.bar(range(len(rows)), vals, color=colors)
         for bar, r in zip(bars, rows):
-            ratio = r.get(key.replace("step_ms", "time").replace("peak_step_mb", "memory") + "_vs_fp32")
-            if ratio is not None:
-                ax.annotate(f"x{ratio:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            if r.get(ratio_key) is not None:
+                ax.annotate(f"x{r[ratio_key]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
         ax.set_ylim(0, max(vals) * 1.18)
     fig.suptitle(f"Trainer step, {results['model']} ({results['batch']} x 2 views x {results['max_len']} tokens), "
                  f"{results['machine']}: ratios vs eager fp32", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(json_path: str) -> None:
+    """Redraw the PNG beside a results JSON."""
+    with open(json_path, encoding="utf-8") as fh:
+        plot(json.load(fh), json_path[: -len(".json")] + ".png")
 
 
 def main(argv=None) -> int:
@@ -212,9 +228,10 @@ def main(argv=None) -> int:
                         help="default: all on CUDA; on CPU all but fp16+compile")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (the first compiles)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of every variant each)")
+    parser.add_argument("--min-rounds", type=int, default=2, help="timed rounds run whatever the budget")
     parser.add_argument("--budget-s", type=float, default=100.0,
                         help="no new variant is warmed up after 70%% of this many seconds, and the timed rounds "
-                             "(at least 1) stop when it has passed")
+                             "(at least --min-rounds) stop when it has passed")
     parser.add_argument("--machine", default=None, help="results name (default cpu-<n>core or the GPU's name)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args(argv)
@@ -249,7 +266,7 @@ def main(argv=None) -> int:
         print(f"{name}: first step {v.first_step_s:.2f} s", flush=True)
         variants.append(v)
     rounds = 0
-    while rounds < args.rounds and (rounds == 0 or time.perf_counter() - start < args.budget_s):
+    while rounds < args.rounds and (rounds < args.min_rounds or time.perf_counter() - start < args.budget_s):
         for v in variants:
             v.step(measure=True)
         rounds += 1
@@ -257,6 +274,9 @@ def main(argv=None) -> int:
     for v in variants:
         rows.append({"variant": v.name, "step_ms": round(1e3 * statistics.median(v.times), 1),
                      "step_ms_all": [round(1e3 * t, 1) for t in v.times],
+                     "step_ms_min": round(1e3 * min(v.times), 1),
+                     "cpu_ms": round(1e3 * statistics.median(v.cpu_times), 1),
+                     "cpu_ms_all": [round(1e3 * t, 1) for t in v.cpu_times],
                      "peak_step_mb": round(statistics.median(v.mems), 1),
                      "first_step_s": v.first_step_s, "losses": [round(x, 5) for x in v.losses],
                      "skipped_steps": v.run.result.__dict__.get("skipped_steps", 0)})
@@ -264,6 +284,8 @@ def main(argv=None) -> int:
     for r in rows:
         if base is not None:
             r["time_vs_fp32"] = round(r["step_ms"] / base["step_ms"], 3)
+            r["cpu_vs_fp32"] = round(r["cpu_ms"] / base["cpu_ms"], 3)
+            r["min_vs_fp32"] = round(r["step_ms_min"] / base["step_ms_min"], 3)
             r["memory_vs_fp32"] = round(r["peak_step_mb"] / base["peak_step_mb"], 3) if base["peak_step_mb"] else None
     rows += [{"variant": n, "not_run": why} for n, why in skipped.items()]
     results = {"machine": args.machine, "model": args.model, "batch": args.batch, "max_len": args.max_len,
@@ -277,14 +299,17 @@ def main(argv=None) -> int:
     with open(stem + ".json", "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
     plot(results, stem + ".png")
-    print(f"| variant | ms/step (median of {rounds}) | x fp32 | peak step MiB | x fp32 | first step s |")
-    print("|---|---|---|---|---|---|")
+    print(f"| variant | ms/step (median of {rounds}) | x fp32 | fastest round ms | x fp32 | CPU ms/step | x fp32 "
+          "| peak step MiB | x fp32 | first step s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "not_run" in r:
-            print(f"| {r['variant']} | not run: {r['not_run']} | | | | |")
+            print(f"| {r['variant']} | not run: {r['not_run']} | | | | | | | | |")
         else:
-            print(f"| {r['variant']} | {r['step_ms']} | {r.get('time_vs_fp32', '')} | {r['peak_step_mb']} | "
-                  f"{r.get('memory_vs_fp32', '')} | {r['first_step_s']} |")
+            print(f"| {r['variant']} | {r['step_ms']:.0f} | {r.get('time_vs_fp32', '')} | {r['step_ms_min']:.0f} | "
+                  f"{r.get('min_vs_fp32', '')} | {r['cpu_ms']:.0f} | "
+                  f"{r.get('cpu_vs_fp32', '')} | {r['peak_step_mb']:.0f} | {r.get('memory_vs_fp32', '')} | "
+                  f"{r['first_step_s']} |")
     print(f"total {results['total_s']} s; wrote {stem}.json and .png")
     return 0
 
