@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                      "cpu_ms_all": [round(1e3 * t, 1) for t in v.cpu_times],
                      "peak_step_mb": round(statistics.median(v.mems), 1),
                      "first_step_s": v.first_step_s, "losses": [round(x, 5) for x in v.losses],
-                     "skipped_steps": v.run.result.__dict__.get("skipped_steps", 0)})
+                     "skipped_steps": v.run.result.skipped_steps})
     base = next((r for r in rows if r["variant"] == "fp32"), None)
     for r in rows:
         if base is not None:

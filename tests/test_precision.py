@@ -18,8 +18,15 @@ together (max |g - g32| / max |g32|, and the cosine between g and g32):
 
 The losses' own autocast policy (value and statistics in float32, gradients in the inputs'
 dtypes) is tested against float64 in tests/test_autocast.py.
+
+The trainer (tiny random BERT, 2-4 steps; on CPU, or on the GPU with GRADSURG_TEST_DEVICE=cuda):
+every precision trains (finite losses, weights change and stay float32), autocast reaches the
+encoder and the loss and not evaluation, the cached step, resuming a grid, fp16's skipped steps
+and its scaler state round trip, and compile=true against eager (slow: one compilation).
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -40,6 +47,10 @@ from gradsurg.train.testing import make_tiny_model, tiny_sentences
 from gradsurg.train.trainer import Trainer
 
 CPU = torch.device("cpu")
+#: the trainer tests' device (benchmarks/gpu_check.sh runs this file with GRADSURG_TEST_DEVICE=cuda)
+DEVICE = os.environ.get("GRADSURG_TEST_DEVICE", "cpu")
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("GRADSURG_TEST_DEVICE=cuda but no GPU", allow_module_level=True)
 TOLERANCES = {"bf16": (0.15, 0.995), "fp16": (1e-2, 0.99999)}  # (relative, cosine)
 NONSMOOTH_COS = 0.9  # the hardest-negative losses (see the module docstring)
 NONSMOOTH = ("mpt", "met", "mat")
@@ -159,7 +170,7 @@ def tiny(tmp_path_factory):
 def tiny_config(tiny, **kw) -> TrainConfig:
     base = dict(model=tiny["model"], train_data=tiny["corpus"], eval_data=tiny["sts"], max_train_sentences=None,
                 batch_size=8, max_steps=3, epochs=5, eval_every=3, eval_max_pairs=None, lr=1e-3, progress=False,
-                tensorboard=False)
+                tensorboard=False, device=DEVICE)
     base.update(kw)
     return TrainConfig(**base).validate()
 
@@ -199,7 +210,7 @@ def test_mixed_precision_reaches_the_encoder_and_the_loss(tiny):
 
     class Spy(torch.nn.Module):
         def forward(self, a, p, n=None):
-            seen.append((a.dtype, torch.is_autocast_enabled("cpu")))
+            seen.append((a.dtype, torch.is_autocast_enabled(DEVICE)))
             return -torch.nn.functional.cosine_similarity(a.float(), p.float()).mean()
 
     trainer = Trainer(tiny_config(tiny, precision="bf16", max_steps=2, eval_every=1), loss=Spy())
@@ -253,7 +264,7 @@ class _Overflow(torch.nn.Module):
 def _fp16_run(trainer, init_scale=2.0**10):
     """A run whose scaler starts at ``init_scale`` (where plain InfoNCE does not overflow)."""
     run = trainer._start_run()
-    run.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    run.scaler = torch.amp.GradScaler(DEVICE, init_scale=init_scale)
     trainer.encoder.train()
     return run
 
@@ -309,13 +320,14 @@ def test_fp16_scaler_state_round_trip(tiny):
     assert other_run.scaler.get_scale() == 2.0**9  # not the fresh scaler's 2^16
     other.encoder.train()
     idx = next(run.batches)
-    rng = torch.get_rng_state()
+    start = _weights(trainer)
+    torch.manual_seed(7)  # the same dropout masks in both steps
     trainer.train_step(run, 3, idx)
-    torch.set_rng_state(rng)  # the same dropout masks
+    torch.manual_seed(7)
     other.train_step(other_run, 3, copy.copy(idx))
-    for k, v in trainer.encoder.state_dict().items():
-        torch.testing.assert_close(other.encoder.state_dict()[k], v, rtol=0, atol=0)
     assert other_run.scaler.state_dict() == run.scaler.state_dict()
+    # equal on CPU; on CUDA the embedding's backward accumulates with atomics (any order)
+    assert _distance(_weights(other), _weights(trainer)) <= 1e-3 * _distance(_weights(trainer), start)
 
 
 @pytest.mark.slow
