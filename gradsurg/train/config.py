@@ -61,6 +61,10 @@ FORMS = ("default", "reference")
 #: Formats of an STS evaluation file (see :func:`gradsurg.train.data.read_sts_pairs`).
 STS_FORMATS = ("stsb-csv", "sick", "senteval", "hf")
 
+#: Training precisions (config field ``precision``): fp32 (no autocast), bf16 and fp16
+#: (``torch.autocast`` around the encoder forward and the loss; fp16 with a gradient scaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 #: the STS-B train and dev splits shipped inside the package (gradsurg/data/, resolved by
 #: gradsurg.train.data): the default data of every preset and of ``gradsurg evaluate``
@@ -123,6 +127,13 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     seed: int = 42
     device: str = "auto"
+    #: "fp32" (no autocast), "bf16" or "fp16": torch.autocast (CPU and CUDA) around the encoder
+    #: forward and the loss; the weights, the optimiser and evaluation stay float32; fp16 steps
+    #: go through a gradient scaler (torch.amp.GradScaler), unscaled before clipping
+    precision: str = "fp32"
+    #: compile the encoder's transformer with torch.compile (nn.Module.compile: same parameters and
+    #: state-dict keys; the first steps and each new sequence length pay the compilation)
+    compile: bool = False
     # evaluation
     eval_data: str | None = STSB_DEV
     eval_format: str = "stsb-csv"
@@ -187,7 +198,10 @@ class TrainConfig:
             raise ConfigError(f"config field 'warmup_steps' must be an integer >= 0, got {self.warmup_steps!r}")
         if self.grad_clip is not None and (not _real(self.grad_clip) or not (0 < self.grad_clip < math.inf)):
             raise ConfigError(f"config field 'grad_clip' must be a finite number > 0 or null, got {self.grad_clip!r}")
-        for name in ("mlp_only_train", "eval_at_start", "save_best", "tensorboard", "progress", "mask_duplicates"):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"config field 'precision' is {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        for name in ("mlp_only_train", "eval_at_start", "save_best", "tensorboard", "progress", "compile",
+                     "mask_duplicates"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("device", "train_data", "eval_data", "final_eval_data", "output_dir", "text_column",

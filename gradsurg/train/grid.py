@@ -29,7 +29,7 @@ _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device",
 #: fields added to TrainConfig after results files existed: left out of a run's identity while at
 #: these values, so older results.jsonl files stay resumable (add every new field here)
 _ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None,
-                "mask_duplicates": False}
+                "mask_duplicates": False, "precision": "fp32", "compile": False}
 
 
 def run_key(config: TrainConfig) -> str:

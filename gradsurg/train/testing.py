@@ -46,8 +46,13 @@ def write_tiny_sts(path: str, n: int = 40, seed: int = 0) -> str:
     return path
 
 
-def make_tiny_model(path: str, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
-    """Save a random tiny BERT plus the packaged MiniLM tokenizer to ``path``; return ``path``."""
+def make_tiny_model(path: str, hidden: int = 32, layers: int = 2, seed: int = 0,
+                    initializer_range: float = 0.02) -> str:
+    """Save a random tiny BERT plus the packaged MiniLM tokenizer to ``path``; return ``path``.
+
+    ``initializer_range`` is BERT's weight std (and that of the ``cls`` pooler's MLP): at BERT's
+    0.02 a random tiny model embeds every sentence almost alike (cosines near 1); 0.2 spreads them.
+    """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -56,7 +61,8 @@ def make_tiny_model(path: str, hidden: int = 32, layers: int = 2, seed: int = 0)
     tok = AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
+                        initializer_range=initializer_range)
     os.makedirs(path, exist_ok=True)
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)

@@ -18,6 +18,13 @@ of them. With ``eval_at_start`` the untrained encoder is scored too (step 0, log
 backward, optimiser step), :meth:`Trainer.evaluate_and_checkpoint` every
 ``eval_every`` steps, :meth:`Trainer.finish` at the end.
 
+Mixed precision (config ``precision``, :mod:`gradsurg.train.precision`): the
+encoder forward and the loss run under ``torch.autocast`` (bf16 or fp16), the
+backward, the optimiser and evaluation outside it in float32; fp16 scales the
+loss with a ``torch.amp.GradScaler``, unscales before clipping and skips
+(and counts) the steps whose gradients overflowed. ``compile`` compiles the
+encoder's transformer with ``torch.compile``.
+
     from gradsurg.train import TrainConfig, train
     result = train(TrainConfig(loss="vicreg", modified="w_gd,w_w,w_r", seed=1))
 """
@@ -39,7 +46,12 @@ from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
 from .sts import evaluate_sts
 from .losses import loss_from_config
+from .precision import autocast, check_compile, check_precision, compile_encoder, make_scaler
 from .steplog import StepLogger, make_collector
+
+#: precision fp16: this many skipped (overflowing) steps in a row stop the run: halving the loss
+#: scale that often (from 2^16 to 2^-9) no longer explains the inf/NaN gradient
+MAX_SKIPPED_IN_A_ROW = 25
 
 #: a run is flagged ``collapsed`` when its last dev Spearman (x100) falls this far below its first
 COLLAPSE_DROP = 20.0
@@ -80,6 +92,10 @@ class TrainResult:
     stopped_early: str | None = None
     #: the seven-task table of the best checkpoint (config ``suite_data``; gradsurg.train.suite)
     suite: dict | None = None
+    #: precision fp16: steps whose scaled gradients overflowed (inf/NaN), skipped by the gradient
+    #: scaler (weights and learning-rate schedule unchanged), and the loss scale at the end
+    skipped_steps: int = 0
+    loss_scale: float | None = None
 
     def to_dict(self, with_curves: bool = False) -> dict:
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
@@ -135,12 +151,22 @@ class Trainer:
             self.device = pick_device(cfg.device)
         except ValueError as exc:
             raise ConfigError(f"config field 'device': {exc}") from None
+        check_precision(cfg.precision, self.device)  # before the model is loaded
+        if cfg.compile:
+            check_compile(self.device)
         set_seed(cfg.seed)
         if encoder is None:
             encoder = load_encoder(cfg.model, pooler=cfg.pooler, max_len=cfg.max_len,
                                    mlp_only_train=cfg.mlp_only_train, what="config field 'model'")
         self.encoder = encoder.to(self.device)
+        if cfg.compile:
+            compile_encoder(self.encoder)
         self.loss = self.loss.to(self.device)
+
+    def autocast(self):
+        """The autocast region of the encoder forward and the loss (config ``precision``; a no-op
+        for fp32). Evaluation runs outside it, in float32."""
+        return autocast(self.config.precision, self.device)
 
     # ----------------------------------------------------------------- steps
     def _batches(self, generator: torch.Generator):
@@ -183,12 +209,14 @@ class Trainer:
             return self.loss(anchors, positives, negatives)
         return self.loss(anchors, positives, [] if negatives is None else [negatives], keys=keys)
 
-    def cached_step(self, idx: list[int]):
+    def cached_step(self, idx: list[int], scaler: "torch.amp.GradScaler | None" = None):
         """A GradCache-style step (``mini_batch_size``): gradients accumulated, loss detached.
 
         The columns (anchors, positives[, hard negatives]) are embedded in chunks of
         ``mini_batch_size`` sentences; dropout masks therefore differ from the
-        one-forward step of :meth:`step_embeddings`, as with any chunking.
+        one-forward step of :meth:`step_embeddings`, as with any chunking. Each chunk's
+        forward and the loss run under :meth:`autocast`; with a gradient ``scaler`` (fp16)
+        the loss is scaled before its backward, so the accumulated gradients are scaled.
         """
         from ..cached import cached_step
 
@@ -197,9 +225,19 @@ class Trainer:
         if self.corpus.hard_negatives is not None:
             columns.append([self.corpus.hard_negatives[i] for i in idx])
         keys = self._duplicate_keys(columns)
-        loss, embs = cached_step(self.encoder, columns, lambda *e: _scalar(self._call_loss(*e, keys=keys)),
-                                 mini_batch_size=self.config.mini_batch_size, return_embeddings=True)
+        loss, embs = cached_step(self._autocast_fn(self.encoder), columns,
+                                 self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys))),
+                                 mini_batch_size=self.config.mini_batch_size, return_embeddings=True,
+                                 scale_loss=scaler.scale if scaler is not None else None)
         return loss, embs[0], embs[1], (embs[2] if len(embs) > 2 else None)
+
+    def _autocast_fn(self, fn: Callable) -> Callable:
+        """``fn`` run inside :meth:`autocast` (the backward passes stay outside it)."""
+        def wrapped(*args):
+            with self.autocast():
+                return fn(*args)
+
+        return wrapped
 
     def evaluate(self, pairs: STSPairs | None = None) -> dict:
         pairs = pairs if pairs is not None else self.eval_pairs
@@ -264,7 +302,8 @@ class Trainer:
         logger = StepLogger(cfg.output_dir, tensorboard=cfg.tensorboard)
         run = _Run(total=total, params=params, optimizer=optimizer, scheduler=scheduler, logger=logger,
                    collector=make_collector(self.loss), result=TrainResult(config=cfg.to_dict()),
-                   batches=self._batches(torch.Generator().manual_seed(cfg.seed)))
+                   batches=self._batches(torch.Generator().manual_seed(cfg.seed)),
+                   scaler=make_scaler(cfg.precision, self.device))
         if cfg.output_dir:
             cfg.save(os.path.join(cfg.output_dir, "config.json"))
         if cfg.progress:
@@ -276,33 +315,58 @@ class Trainer:
     def train_step(self, run: "_Run", step: int, idx: list[int]):
         """One optimisation step on the batch ``idx``: forward, loss, backward, optimiser step.
 
-        Returns the loss value and the (anchors, positives, negatives) embeddings for
-        the step's statistics. A non-finite loss or gradient stops the run with the
-        step number before the weights change.
+        The encoder forward and the loss run under :meth:`autocast` (config ``precision``),
+        the backward outside it. Returns the loss value and the (anchors, positives,
+        negatives) embeddings for the step's statistics. A non-finite loss or gradient
+        stops the run with the step number before the weights change; with fp16's gradient
+        scaler a non-finite gradient is an overflow of the scaled loss instead: the step is
+        skipped (weights and schedule unchanged), counted in ``skipped_steps``, and the
+        scale halves; :data:`MAX_SKIPPED_IN_A_ROW` skips in a row stop the run.
         """
         cfg = self.config
+        scaler = run.scaler
         run.optimizer.zero_grad(set_to_none=True)
         if cfg.mini_batch_size:  # the gradients are accumulated chunk by chunk inside the cached step
-            loss, anchors, positives, negatives = self.cached_step(idx)
+            loss, anchors, positives, negatives = self.cached_step(idx, scaler)
         else:
-            anchors, positives, negatives = self.step_embeddings(idx)
-            texts = [self.corpus.sentences[i] for i in idx]
-            hard = [self.corpus.hard_negatives[i] for i in idx] if negatives is not None else None
-            keys = self._duplicate_keys([texts, texts] + ([hard] if hard is not None else []))
-            loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys))
+            with self.autocast():
+                anchors, positives, negatives = self.step_embeddings(idx)
+                texts = [self.corpus.sentences[i] for i in idx]
+                hard = [self.corpus.hard_negatives[i] for i in idx] if negatives is not None else None
+                keys = self._duplicate_keys([texts, texts] + ([hard] if hard is not None else []))
+                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
         if not cfg.mini_batch_size:
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(run.optimizer)  # clipping and the norm see the true gradients
         if cfg.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
         else:
             norm = _grad_norm(run.params)
-        if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
-            raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
-                                     f"(loss {value}, lr {cfg.lr})")
-        run.optimizer.step()
+        if scaler is None:
+            if not bool(torch.isfinite(norm)):  # before the step: the weights stay as they were
+                raise FloatingPointError(f"the gradient of loss {cfg.loss!r} became non-finite at step {step} "
+                                         f"(loss {value}, lr {cfg.lr})")
+            run.optimizer.step()
+        else:
+            scale = scaler.get_scale()
+            scaler.step(run.optimizer)  # skipped when unscale_ found an inf/NaN in any parameter's gradient
+            scaler.update()  # ... and then the scale halves: the sign of a skipped step
+            run.result.loss_scale = scaler.get_scale()
+            if run.result.loss_scale < scale:
+                run.result.skipped_steps += 1
+                run.skipped_in_a_row += 1
+                if run.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise FloatingPointError(
+                        f"the gradient of loss {cfg.loss!r} stayed non-finite for {run.skipped_in_a_row} steps in a "
+                        f"row up to step {step} under fp16 loss scaling (scale now {scaler.get_scale():g}, was "
+                        f"{scale:g}; loss {value}, lr {cfg.lr}): not an overflow of the scale; try precision=bf16 "
+                        "or fp32")
+                return value, (anchors, positives, negatives)  # the schedule waits for a step that was taken
+            run.skipped_in_a_row = 0
         run.scheduler.step()
         return value, (anchors, positives, negatives)
 
@@ -439,6 +503,9 @@ class _Run:
     best_state: dict | None = None
     #: evaluations in a row without a new best (for ``patience``)
     since_best: int = 0
+    #: the gradient scaler of precision fp16 (None otherwise) and its skipped steps in a row
+    scaler: Any = None
+    skipped_in_a_row: int = 0
 
 
 def _linear_schedule(total: int, warm: int) -> Callable[[int], float]:
