@@ -42,6 +42,9 @@ setup(
         # accelerate and datasets: what SentenceTransformerTrainer needs
         "integrations": ["sentence-transformers>=3.0", "accelerate", "datasets"],
         "test": ["pytest>=7", "pyyaml"],
+        # libraries whose own code the tests compare against (open-clip-torch's loss.py too: CI installs it
+        # with --no-deps, since the package pulls torchvision and timm)
+        "peers": ["pytorch-metric-learning"],
     },
     entry_points={"console_scripts": ["gradsurg=gradsurg.cli:main"]},
     classifiers=[
