@@ -36,8 +36,8 @@ from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import check_finite_values
-from .vocabulary import REDUCTIONS
+from .engine.validation import check_finite_values, check_reduction
+from .vocabulary import compute_dtype
 
 __all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
 
@@ -218,8 +218,7 @@ def _margin_options(margin_strategy, margin, where):
 
 def _finish(plan: Plan, aux: Aux, tensors, reduction: str, weight: float, check_finite: bool, names, where,
             row_weight: Tensor | None = None):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, where)
     if check_finite:
         check_finite_values(list(zip(names, tensors)), where)
     dtype = tensors[0].dtype
@@ -472,6 +471,7 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
             or features.shape[0] == 0:
         raise ValueError(f"{where}: features must be a floating (N, d) tensor with N >= 1, got "
                          f"{getattr(features, 'shape', type(features).__name__)}")
+    check_reduction(reduction, where)  # before the zero-loss shortcut, which skips _finish
     n = features.shape[0]
     lab = _labels(labels, n, features.device, where)
     _check_backend(backend, features, where)
@@ -487,9 +487,8 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
         return zero if reduction != "none" else (features * 0).sum(dim=1)
     row_weight = None
     if reduction == "mean":
-        row_weight = active.to(torch.float64 if features.dtype == torch.float64 else torch.float32) / n_active
-    return _finish(plan, aux, [features], reduction, 1.0, check_finite, ["features"], where,
-                   row_weight=row_weight if reduction == "mean" else None)
+        row_weight = active.to(compute_dtype(features.dtype)) / n_active
+    return _finish(plan, aux, [features], reduction, 1.0, check_finite, ["features"], where, row_weight=row_weight)
 
 
 # ---------------------------------------------------------------------------------------------

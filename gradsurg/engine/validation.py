@@ -88,10 +88,15 @@ def check_finite_values(named, where: str) -> None:
             )
 
 
-def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
-    """``reduction`` and ``backend`` are names of :data:`~gradsurg.vocabulary.REDUCTIONS` / ``BACKENDS``."""
+def check_reduction(reduction: str, where: str = "paradigm_loss") -> None:
+    """``reduction`` is a name of :data:`~gradsurg.vocabulary.REDUCTIONS`."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
+    """``reduction`` and ``backend`` are names of :data:`~gradsurg.vocabulary.REDUCTIONS` / ``BACKENDS``."""
+    check_reduction(reduction, where)
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
 
