@@ -35,7 +35,8 @@ from . import distributed as comm  # paradigm_loss's argument ``distributed`` sh
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
-from .engine.validation import autocast_inputs, check_backend_options, check_embeddings, check_reduction_and_backend
+from .engine.validation import (autocast_inputs, check_backend_options, check_embeddings, check_engine_options,
+                                check_reduction_and_backend)
 from .paradigm import Paradigm
 from .vocabulary import FLOAT_DTYPES
 
@@ -229,9 +230,7 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
         raise ValueError(f"{where}: {why}")
     if backend == "triton":
         raise ValueError(f"{where}: the ring runs on the torch engine; use backend='auto' or 'torch'")
-    unknown = sorted(set(options) - set(ring.OPTIONS))
-    if unknown:
-        raise ValueError(f"{where}: option(s) {', '.join(unknown)} not accepted; accepted: {', '.join(ring.OPTIONS)}")
+    check_backend_options(options, ring.OPTIONS, "torch", where)  # the ring runs on the torch engine
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     negatives, n_r, k_r, _ = _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
     if negatives is None:
@@ -239,8 +238,7 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
     spec = dict(group=group, world=world, rank=rank, n_r=n_r, k_r=k_r, paradigm=paradigm, names=names,
                 symmetric=symmetric, normalize=options.get("normalize", True),
                 chunk_bytes=options.get("chunk_bytes", ring.torch_backend.DEFAULT_CHUNK_BYTES))
-    if not isinstance(spec["normalize"], bool):
-        raise ValueError(f"{where}: normalize must be a bool, got {spec['normalize']!r}")
+    check_engine_options(spec["chunk_bytes"], spec["normalize"], where)
     if reduction == "none":
         first, second = ring.ring_rows(anchors, positives, negatives, hyper, spec)
         return 0.5 * (first + second) if symmetric else first

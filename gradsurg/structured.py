@@ -36,7 +36,7 @@ from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import check_finite_values, check_reduction
+from .engine.validation import check_engine_options, check_finite_values, check_reduction
 from .vocabulary import compute_dtype
 
 __all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
@@ -260,8 +260,7 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         dirs = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
         cs = _columns(anchors, positives, hard_negatives, where)
         _check_backend(backend, cs[0], where)
-        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+        check_engine_options(chunk_bytes, where=where)
         special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
         if special and dirs != ("query_to_doc",):
             raise ValueError(f"{where}: {special[0]}= is defined for directions=('query_to_doc',) only, got {dirs}")
@@ -410,6 +409,7 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
             raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
         cs = _columns(anchors, positives, hard_negatives, where)
         _check_backend(backend, cs[0], where)
+        check_engine_options(chunk_bytes, where=where)
         gc = _guide_columns(guide, len(cs), cs[0].shape[0], cs[0].device, where)
         if gc is None:
             raise ValueError(f"{where}: guide= (the guide model's embeddings of every column) is required")
@@ -472,6 +472,7 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
         raise ValueError(f"{where}: features must be a floating (N, d) tensor with N >= 1, got "
                          f"{getattr(features, 'shape', type(features).__name__)}")
     check_reduction(reduction, where)  # before the zero-loss shortcut, which skips _finish
+    check_engine_options(chunk_bytes, where=where)
     n = features.shape[0]
     lab = _labels(labels, n, features.device, where)
     _check_backend(backend, features, where)

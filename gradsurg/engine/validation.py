@@ -138,6 +138,15 @@ def check_backend_options(options: dict, accepted, backend: str, where: str = "p
         )
 
 
+def check_engine_options(chunk_bytes, normalize: bool = True, where: str = "paradigm_loss") -> None:
+    """The torch engine's options, wherever it runs (torch backend, ring, structured candidates):
+    ``chunk_bytes`` (bytes of one chunk's work buffers) a positive int, ``normalize`` a bool."""
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"{where}: normalize must be a bool, got {normalize!r}")
+
+
 def float32_under_autocast(fn, *tensors):
     """``fn(*tensors)`` for plain-autograd formulas (the original objectives): under
     autocast, on the promoted inputs in at least float32 with autocast off, so that
