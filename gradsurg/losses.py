@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import paradigm as _p
 from .api import paradigm_loss
 from .paradigm import Paradigm
-from .structured import STRUCTURED_OPTIONS, gist, mnrl, supcon
+from .structured import STRUCTURED_OPTIONS, _margin_options, check_mnrl_options, check_temperature, gist, mnrl, supcon
 
 __all__ = [
     "supcon", "gist", "GISTLoss", "SupConLoss",
@@ -305,8 +305,6 @@ class InfoNCELoss(_Softmax):
             raise TypeError("InfoNCELoss: a learnable temperature is not supported with sentence-transformers' "
                             "options (directions, hardness, ...); pass a float")
         if self.structured:  # checked now, not at the first batch
-            from .structured import check_mnrl_options
-
             check_mnrl_options(self.structured.get("directions", ("query_to_doc",)),
                                self.structured.get("partition_mode", "joint"), self.structured.get("hardness_mode"),
                                self.structured.get("hardness_strength", 0.0), "InfoNCELoss")
@@ -417,11 +415,8 @@ class GISTLoss(nn.Module):
     def __init__(self, temperature: float = 0.01, margin_strategy: str = "absolute", margin: float = 0.0,
                  contrast_anchors: bool = True, contrast_positives: bool = True, **kwargs):
         super().__init__()
-        from .structured import _margin_options
-
         _margin_options(margin_strategy, margin, "GISTLoss")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"GISTLoss: temperature must be a number > 0, got {temperature!r}")
+        check_temperature(temperature, "GISTLoss")
         self.options = dict(temperature=temperature, margin_strategy=margin_strategy, margin=margin,
                             contrast_anchors=contrast_anchors, contrast_positives=contrast_positives, **kwargs)
 

@@ -97,6 +97,12 @@ def _check_scale(scale, where):
     return float(scale)
 
 
+def check_temperature(temperature, where):
+    """GIST's and SupCon's ``temperature``: a number > 0 (not a tensor: no learnable temperature here)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+
+
 def _columns(anchors, positives, negatives, where):
     """The embedding columns ``[anchors, positives, *negatives]`` validated (2-D, one d, dtype, device)."""
     if negatives is None:
@@ -127,11 +133,6 @@ def _columns(anchors, positives, negatives, where):
             raise ValueError(f"{where}: {name} has dtype {t.dtype} on {t.device}, anchors {anchors.dtype} on "
                              f"{anchors.device}; use one dtype and device")
     return [t for _, t in cols]
-
-
-def _check_backend(backend, x, where):
-    impl, reason = dispatch.choose_structured(backend, x)
-    return impl, reason
 
 
 def _agree(err: Exception | None, group, like, where: str) -> None:
@@ -259,7 +260,7 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         sc = _check_scale(scale, where)
         dirs = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
         cs = _columns(anchors, positives, hard_negatives, where)
-        _check_backend(backend, cs[0], where)
+        dispatch.choose_structured(backend, cs[0], where)
         check_engine_options(chunk_bytes, where=where)
         special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
         if special and dirs != ("query_to_doc",):
@@ -405,10 +406,9 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     gathered = gather_across_devices and distributed.gather_active(group)
 
     def validate():
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+        check_temperature(temperature, where)
         cs = _columns(anchors, positives, hard_negatives, where)
-        _check_backend(backend, cs[0], where)
+        dispatch.choose_structured(backend, cs[0], where)
         check_engine_options(chunk_bytes, where=where)
         gc = _guide_columns(guide, len(cs), cs[0].shape[0], cs[0].device, where)
         if gc is None:
@@ -465,8 +465,7 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
     Gradient: ``dL_i/ds_ij = (1/tau)(p_ij - [j in P_i]/|P_i|)``, set chunk by chunk.
     """
     where = "supcon"
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+    check_temperature(temperature, where)
     if not isinstance(features, Tensor) or not features.is_floating_point() or features.dim() != 2 \
             or features.shape[0] == 0:
         raise ValueError(f"{where}: features must be a floating (N, d) tensor with N >= 1, got "
@@ -475,7 +474,7 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
     check_engine_options(chunk_bytes, where=where)
     n = features.shape[0]
     lab = _labels(labels, n, features.device, where)
-    _check_backend(backend, features, where)
+    dispatch.choose_structured(backend, features, where)
     counts = torch.bincount(lab)[lab] - 1  # positives per row
     active = counts > 0
     n_active = int(active.sum())
