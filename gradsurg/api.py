@@ -214,7 +214,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
     candidates = torch.cat(pos + neg)
     reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
-    detached = k_total > 0 and not any(row[6] for row in table)
+    detached = k_total > 0 and not any(row[5] for row in table)
     return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
 
 
@@ -252,7 +252,6 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
 def _agree(anchors, positives, negatives, symmetric, check_finite, group, where):
     """Validate every rank's inputs together (an error on one rank is raised on all): ``(negatives or None,
     rows per rank, negatives per rank, the exchanged table)``; errors start with ``where``."""
-    world = torch.distributed.get_world_size(group)
     err = _local_error(anchors, positives, negatives, check_finite, where)
     if negatives is not None and err is None and negatives.shape[0] == 0:
         negatives = None
@@ -264,16 +263,10 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
         negatives.shape[0] if ok and negatives is not None else 0,
         anchors.shape[1] if ok else 0,
         FLOAT_DTYPES.index(anchors.dtype) if ok and anchors.dtype in FLOAT_DTYPES else -1,
-        int(ok),
         int(want),
         int(ok and negatives is not None and negatives.requires_grad),
     ]
-    table = distributed.exchange_ints(info, group, anchors if isinstance(anchors, Tensor) else None)
-    bad = [r for r in range(world) if not table[r][4]]
-    if bad:
-        if err is not None:
-            raise err
-        raise ValueError(f"{where}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+    table = distributed.agree(err, info, group, anchors if isinstance(anchors, Tensor) else None, where)
     n_r = [row[0] for row in table]
     k_r = [row[1] for row in table]
     if len({row[2] for row in table}) > 1:
@@ -282,10 +275,10 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
         raise ValueError(
             f"{where}: dtypes differ between ranks: {[str(FLOAT_DTYPES[row[3]]) for row in table]}; use one dtype"
         )
-    if len({row[5] for row in table}) > 1:
+    if len({row[4] for row in table}) > 1:
         raise ValueError(
             f"{where}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
-            f"{[bool(row[5]) for row in table]}); the backward pass is collective, so every rank must agree"
+            f"{[bool(row[4]) for row in table]}); the backward pass is collective, so every rank must agree"
         )
     n_total, k_total = sum(n_r), sum(k_r)
     if n_total + k_total < 2:

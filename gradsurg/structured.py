@@ -135,17 +135,6 @@ def _columns(anchors, positives, negatives, where):
     return [t for _, t in cols]
 
 
-def _agree(err: Exception | None, group, like, where: str) -> None:
-    """Gathered calls: every rank learns whether any rank's inputs were invalid, and all raise (no hang)."""
-    table = distributed.exchange_ints([int(err is None)], group, like if isinstance(like, Tensor) else None)
-    bad = [r for r, row in enumerate(table) if not row[0]]
-    if bad:
-        if err is not None:
-            raise err
-        raise ValueError(f"{where}(gather_across_devices=True): the inputs of rank(s) {bad} are invalid "
-                         "(their own error says why)")
-
-
 def _checked(gathered: bool, group, like, where: str, fn):
     """``fn()`` (validation); when gathered, its error (or success) is agreed on by every rank first."""
     if not gathered:
@@ -154,7 +143,8 @@ def _checked(gathered: bool, group, like, where: str, fn):
         out, err = fn(), None
     except (TypeError, ValueError) as exc:
         out, err = None, exc
-    _agree(err, group, like, where)
+    distributed.agree(err, [], group, like if isinstance(like, Tensor) else None,
+                      f"{where}(gather_across_devices=True)")
     return out
 
 
