@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import paradigm as _p
 from .api import paradigm_loss
+from .engine.torch_backend import DEFAULT_CHUNK_BYTES
 from .paradigm import Paradigm
 from .structured import STRUCTURED_OPTIONS, _margin_options, check_mnrl_options, check_temperature, gist, mnrl, supcon
 
@@ -413,12 +414,16 @@ class GISTLoss(nn.Module):
     every column)."""
 
     def __init__(self, temperature: float = 0.01, margin_strategy: str = "absolute", margin: float = 0.0,
-                 contrast_anchors: bool = True, contrast_positives: bool = True, **kwargs):
+                 contrast_anchors: bool = True, contrast_positives: bool = True, *, reduction: str = "mean",
+                 backend: str = "auto", check_finite: bool = True, gather_across_devices: bool = False, group=None,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
         _margin_options(margin_strategy, margin, "GISTLoss")
         check_temperature(temperature, "GISTLoss")
         self.options = dict(temperature=temperature, margin_strategy=margin_strategy, margin=margin,
-                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives, **kwargs)
+                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives,
+                            reduction=reduction, backend=backend, check_finite=check_finite,
+                            gather_across_devices=gather_across_devices, group=group, chunk_bytes=chunk_bytes)
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives=None, guide=None) -> Tensor:
         if guide is None:
@@ -433,9 +438,11 @@ class GISTLoss(nn.Module):
 class SupConLoss(nn.Module):
     """Module form of :func:`gradsurg.supcon`: ``forward(features, labels)``."""
 
-    def __init__(self, temperature: float = 0.1, **kwargs):
+    def __init__(self, temperature: float = 0.1, *, reduction: str = "mean", backend: str = "auto",
+                 check_finite: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
-        self.temperature, self.kwargs = temperature, kwargs
+        self.temperature = temperature
+        self.kwargs = dict(reduction=reduction, backend=backend, check_finite=check_finite, chunk_bytes=chunk_bytes)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         return supcon(features, labels, temperature=self.temperature, **self.kwargs)
