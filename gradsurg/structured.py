@@ -36,7 +36,7 @@ from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import check_engine_options, check_finite_values, check_reduction
+from .engine.validation import check_engine_options, check_finite_values, check_reduction, check_rows_tensor
 from .vocabulary import compute_dtype
 
 __all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
@@ -116,12 +116,7 @@ def _columns(anchors, positives, negatives, where):
                         f"(sentence-transformers' columns), got {type(negatives).__name__}")
     cols = [("anchors", anchors), ("positives", positives)] + [(f"hard_negatives[{k}]", t) for k, t in enumerate(negs)]
     for name, t in cols:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{where}: {name} must have a floating dtype, got {t.dtype}")
-        if t.dim() != 2:
-            raise ValueError(f"{where}: {name} must be 2-D (N, d), got shape {tuple(t.shape)}")
+        check_rows_tensor(name, t, where)
     n, d = anchors.shape
     if n == 0 or d == 0:
         raise ValueError(f"{where}: anchors must have N >= 1 rows and d >= 1, got shape {tuple(anchors.shape)}")

@@ -26,18 +26,7 @@ def check_embeddings(
     if negatives is not None:
         named.append(("negatives", negatives))
     for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(
-                f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}"
-            )
-        if t.dim() != 2:
-            raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
-        if t.device.type == "meta":
-            raise ValueError(
-                f"{where}: {name} is on the 'meta' device (no data); pass tensors on a real device (cpu, cuda)"
-            )
+        check_rows_tensor(name, t, where)
     n, d = anchors.shape
     if n == 0:
         raise ValueError(f"{where}: anchors is an empty batch (shape {tuple(anchors.shape)}); need N >= 1 rows")
@@ -76,6 +65,22 @@ def check_embeddings(
     if check_finite:
         check_finite_values(named, where)
     return negatives
+
+
+def check_rows_tensor(name: str, t, where: str) -> None:
+    """``t`` is a floating 2-D ``(rows, d)`` tensor with data (not on the 'meta' device)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}"
+        )
+    if t.dim() != 2:
+        raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{where}: {name} is on the 'meta' device (no data); pass tensors on a real device (cpu, cuda)"
+        )
 
 
 def check_finite_values(named, where: str) -> None:
