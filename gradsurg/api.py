@@ -236,7 +236,7 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
     if negatives is None:
         negatives = anchors.new_zeros((0, anchors.shape[1]))
     spec = dict(group=group, world=world, rank=rank, n_r=n_r, k_r=k_r, paradigm=paradigm, names=names,
-                symmetric=symmetric, normalize=options.get("normalize", True),
+                symmetric=symmetric, normalize=options.get("normalize", True), where=where,
                 chunk_bytes=options.get("chunk_bytes", ring.torch_backend.DEFAULT_CHUNK_BYTES))
     check_engine_options(spec["chunk_bytes"], spec["normalize"], where)
     if reduction == "none":
