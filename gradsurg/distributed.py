@@ -116,17 +116,19 @@ def agree(err: Exception | None, values: list[int], group=None, like=None, where
     return [row[1:] for row in table]
 
 
-def all_gather_with_grad(tensor: Tensor, group=None) -> Tensor:
+def all_gather_with_grad(tensor: Tensor, group=None, counts: list[int] | None = None) -> Tensor:
     """``cat`` of every rank's ``tensor`` (rank order) with exact gradients.
 
-    Row counts may differ between ranks (the trailing shape must not). The
-    backward pass reduce-scatters the gradient (SUM over ranks): each rank
-    receives the sum of every rank's gradient for its own rows. Without an
-    initialised process group (or with one process) returns ``tensor``.
+    Row counts may differ between ranks (the trailing shape must not); ``counts``:
+    every rank's row count when the caller already has them (else one
+    :func:`exchange_ints`). The backward pass reduce-scatters the gradient (SUM
+    over ranks): each rank receives the sum of every rank's gradient for its own
+    rows. Without an initialised process group (or with one process) returns ``tensor``.
     """
     if not gather_active(group):
         return tensor
-    counts = [row[0] for row in exchange_ints([tensor.shape[0]], group, tensor)]
+    if counts is None:
+        counts = [row[0] for row in exchange_ints([tensor.shape[0]], group, tensor)]
     block = max(counts)
     g = all_gather_blocks(pad_rows(tensor, block), group)
     return torch.cat([g[r, : counts[r]] for r in range(len(counts))])

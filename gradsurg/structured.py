@@ -143,12 +143,14 @@ def _checked(gathered: bool, group, like, where: str, fn):
     return out
 
 
-def _gather(t: Tensor, group) -> Tensor:
-    return distributed.all_gather_with_grad(t, group)
+def _gather(t: Tensor, group, counts: list[int]) -> Tensor:
+    """Every rank's rows of ``t`` (each rank holds ``counts[rank]``: known from :func:`_gather_setup`)."""
+    return distributed.all_gather_with_grad(t, group, counts)
 
 
 def _gather_setup(n, ncols, d, group, where):
-    """``(offset, N_global)``: this rank's first row in the global batch and its size (checked across ranks)."""
+    """``(offset, N_global, world, rows per rank)``: this rank's first row in the global batch, its size
+    (checked across ranks), the world size and every rank's row count."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     table = distributed.exchange_ints([n, ncols, d], group)
     if len({row[1] for row in table}) > 1:
@@ -157,7 +159,7 @@ def _gather_setup(n, ncols, d, group, where):
     if len({row[2] for row in table}) > 1:
         raise ValueError(f"{where}: embedding sizes differ between ranks: {[row[2] for row in table]}")
     counts = [row[0] for row in table]
-    return sum(counts[:rank]), sum(counts), world
+    return sum(counts[:rank]), sum(counts), world, counts
 
 
 def _int_keys(keys, n_cols, n, device, where):
@@ -265,12 +267,12 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     ncols = len(cols) - 1
     device = x.device
     if gathered:
-        offset, n_global, world = _gather_setup(n, ncols, d, group, where)
-        q_all = _gather(cols[0], group)
-        docs = [_gather(c, group) for c in cols[1:]]
+        offset, n_global, world, counts = _gather_setup(n, ncols, d, group, where)
+        q_all = _gather(cols[0], group, counts)
+        docs = [_gather(c, group, counts) for c in cols[1:]]
         weight = world / n_global
     else:
-        offset, n_global, q_all, docs, weight = 0, n, cols[0], cols[1:], 1.0 / n
+        offset, n_global, q_all, docs, weight, counts = 0, n, cols[0], cols[1:], 1.0 / n, None
     docs_all = torch.cat(docs) if len(docs) > 1 else docs[0]
     m = docs_all.shape[0]
     if m + (n_global - 1 if "query_to_query" in directions else 0) < 2 and labels is None:
@@ -291,13 +293,13 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         blocks.append(Block(1, 1, offset, parts["doc_to_doc"], exclude_own=True))
     aux = Aux(row_ids=rows, owners=owners, pos_col=rows)
     if key_cols is not None:
-        kq = _gather(key_cols[0], group) if gathered else key_cols[0]
-        kd = [_gather(k, group) if gathered else k for k in key_cols[1:]]
+        kq = _gather(key_cols[0], group, counts) if gathered else key_cols[0]
+        kd = [_gather(k, group, counts) if gathered else k for k in key_cols[1:]]
         aux.cand_keys = [kq, torch.cat(kd)]
         aux.row_keys = torch.stack([key_cols[0], key_cols[1]], dim=1)
     if guide_cols is not None:
-        gq = _gather(guide_cols[0], group) if gathered else guide_cols[0]
-        gd = [_gather(g, group) if gathered else g for g in guide_cols[1:]]
+        gq = _gather(guide_cols[0], group, counts) if gathered else guide_cols[0]
+        gd = [_gather(g, group, counts) if gathered else g for g in guide_cols[1:]]
         aux.guides = [gq, torch.cat(gd)]
         aux.guide_pair = (0, offset, 1)
 
@@ -319,7 +321,7 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     target = "pair"
     if lab is not None:
         aux.row_labels = lab
-        lab_all = _gather(lab, group) if gathered else lab
+        lab_all = _gather(lab, group, counts) if gathered else lab
         aux.cand_labels = torch.cat([lab_all, lab_all.new_full((m - n_global,), -1)])
         target = "labels"
     if soft is not None:
@@ -405,9 +407,9 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     n, d = x.shape
     device = x.device
     if gathered:
-        offset, n_global, world = _gather_setup(n, len(cols) - 1, d, group, where)
-        docs = [_gather(c, group) for c in cols[1:]]
-        gdocs = [_gather(g, group) for g in guide_cols[1:]]
+        offset, n_global, world, counts = _gather_setup(n, len(cols) - 1, d, group, where)
+        docs = [_gather(c, group, counts) for c in cols[1:]]
+        gdocs = [_gather(g, group, counts) for g in guide_cols[1:]]
         weight = world / n_global
     else:
         offset, n_global, docs, gdocs, weight = 0, n, cols[1:], guide_cols[1:], 1.0 / n
