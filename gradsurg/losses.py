@@ -321,7 +321,9 @@ class InfoNCELoss(_Softmax):
                                  "options (directions, partition_mode, hardness)")
             self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
         elif normalizer != "batch":
-            raise ValueError(f"InfoNCELoss: normalizer must be 'batch' or 'global', got {normalizer!r}")
+            from .normalizer import NORMALIZERS
+
+            raise ValueError(f"InfoNCELoss: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives=None, index: Tensor | None = None,
                 **per_batch) -> Tensor:
