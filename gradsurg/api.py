@@ -35,8 +35,8 @@ from . import distributed as comm  # paradigm_loss's argument ``distributed`` sh
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
-from .engine.validation import (autocast_inputs, check_backend_options, check_embeddings, check_engine_options,
-                                check_reduction_and_backend)
+from .engine.validation import (autocast_inputs, check_backend_options, check_distributed, check_embeddings,
+                                check_engine_options, check_reduction_and_backend)
 from .paradigm import Paradigm
 from .vocabulary import FLOAT_DTYPES
 
@@ -131,8 +131,7 @@ def paradigm_loss(
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
     check_reduction_and_backend(reduction, backend, where)
-    if distributed not in (None, "gather", "ring"):
-        raise ValueError(f"{where}: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+    check_distributed(distributed, where)
     gather_across_devices = gather_across_devices or distributed == "gather"
     if group is not None and not (gather_across_devices or distributed == "ring"):
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True or distributed='ring'")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from . import paradigm as _p
 from .api import paradigm_loss
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
+from .engine.validation import check_distributed
 from .paradigm import Paradigm
 from .structured import STRUCTURED_OPTIONS, _margin_options, check_mnrl_options, check_temperature, gist, mnrl, supcon
 
@@ -201,14 +202,14 @@ class ParadigmLoss(nn.Module):
             raise TypeError(f"ParadigmLoss: paradigm must be a gradsurg.Paradigm, got {type(paradigm).__name__}")
         self.paradigm = paradigm
         self.kwargs = dict(symmetric=symmetric, reduction=reduction, backend=backend, check_finite=check_finite)
-        if distributed not in (None, "gather", "ring"):
-            raise ValueError(f"ParadigmLoss: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+        check_distributed(distributed, type(self).__name__)
         if gather_across_devices or distributed:  # only passed when on: keeps the repr and the common path plain
             self.kwargs.update(gather_across_devices=gather_across_devices or distributed == "gather", group=group)
             if distributed == "ring":
                 self.kwargs.update(distributed="ring")
         elif group is not None:
-            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True or distributed=")
+            raise ValueError(f"{type(self).__name__}: group= is only used with gather_across_devices=True or "
+                             "distributed=")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, caller=type(self).__name__,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..vocabulary import BACKENDS, REDUCTIONS, compute_dtype
+from ..vocabulary import BACKENDS, DISTRIBUTED, REDUCTIONS, compute_dtype
 
 
 def check_embeddings(
@@ -97,6 +97,13 @@ def check_reduction(reduction: str, where: str = "paradigm_loss") -> None:
     """``reduction`` is a name of :data:`~gradsurg.vocabulary.REDUCTIONS`."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_distributed(distributed, where: str = "paradigm_loss") -> None:
+    """``distributed`` is None or a name of :data:`~gradsurg.vocabulary.DISTRIBUTED`."""
+    if distributed is not None and distributed not in DISTRIBUTED:
+        raise ValueError(f"{where}: distributed must be None, {' or '.join(map(repr, DISTRIBUTED))}, "
+                         f"got {distributed!r}")
 
 
 def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
