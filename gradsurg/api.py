@@ -35,7 +35,8 @@ from . import distributed as comm  # paradigm_loss's argument ``distributed`` sh
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
-from .engine.validation import autocast_inputs, check_backend_options, check_embeddings, check_reduction_and_backend
+from .engine.validation import (autocast_inputs, check_backend_options, check_distributed, check_embeddings,
+                                check_engine_options, check_reduction_and_backend)
 from .paradigm import Paradigm
 from .vocabulary import FLOAT_DTYPES
 
@@ -130,8 +131,7 @@ def paradigm_loss(
     if not isinstance(symmetric, bool):
         raise TypeError(f"{where}: symmetric must be a bool, got {type(symmetric).__name__}")
     check_reduction_and_backend(reduction, backend, where)
-    if distributed not in (None, "gather", "ring"):
-        raise ValueError(f"{where}: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+    check_distributed(distributed, where)
     gather_across_devices = gather_across_devices or distributed == "gather"
     if group is not None and not (gather_across_devices or distributed == "ring"):
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True or distributed='ring'")
@@ -213,7 +213,7 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
     neg = [gathered[q, off_z: off_z + k_r[q]] for q in range(world) if k_r[q]]
     candidates = torch.cat(pos + neg)
     reverse = torch.cat([gathered[q, : n_r[q]] for q in order]) if symmetric else None
-    detached = k_total > 0 and not any(row[6] for row in table)
+    detached = k_total > 0 and not any(row[5] for row in table)
     return anchors, candidates, reverse, world / n_total, (n_total if detached else None)
 
 
@@ -229,18 +229,15 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
         raise ValueError(f"{where}: {why}")
     if backend == "triton":
         raise ValueError(f"{where}: the ring runs on the torch engine; use backend='auto' or 'torch'")
-    unknown = sorted(set(options) - set(ring.OPTIONS))
-    if unknown:
-        raise ValueError(f"{where}: option(s) {', '.join(unknown)} not accepted; accepted: {', '.join(ring.OPTIONS)}")
+    check_backend_options(options, ring.OPTIONS, "torch", where)  # the ring runs on the torch engine
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     negatives, n_r, k_r, _ = _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
     if negatives is None:
         negatives = anchors.new_zeros((0, anchors.shape[1]))
     spec = dict(group=group, world=world, rank=rank, n_r=n_r, k_r=k_r, paradigm=paradigm, names=names,
-                symmetric=symmetric, normalize=options.get("normalize", True),
+                symmetric=symmetric, normalize=options.get("normalize", True), where=where,
                 chunk_bytes=options.get("chunk_bytes", ring.torch_backend.DEFAULT_CHUNK_BYTES))
-    if not isinstance(spec["normalize"], bool):
-        raise ValueError(f"{where}: normalize must be a bool, got {spec['normalize']!r}")
+    check_engine_options(spec["chunk_bytes"], spec["normalize"], where)
     if reduction == "none":
         first, second = ring.ring_rows(anchors, positives, negatives, hyper, spec)
         return 0.5 * (first + second) if symmetric else first
@@ -254,7 +251,6 @@ def _ring(anchors, positives, negatives, paradigm, symmetric, reduction, backend
 def _agree(anchors, positives, negatives, symmetric, check_finite, group, where):
     """Validate every rank's inputs together (an error on one rank is raised on all): ``(negatives or None,
     rows per rank, negatives per rank, the exchanged table)``; errors start with ``where``."""
-    world = torch.distributed.get_world_size(group)
     err = _local_error(anchors, positives, negatives, check_finite, where)
     if negatives is not None and err is None and negatives.shape[0] == 0:
         negatives = None
@@ -266,16 +262,10 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
         negatives.shape[0] if ok and negatives is not None else 0,
         anchors.shape[1] if ok else 0,
         FLOAT_DTYPES.index(anchors.dtype) if ok and anchors.dtype in FLOAT_DTYPES else -1,
-        int(ok),
         int(want),
         int(ok and negatives is not None and negatives.requires_grad),
     ]
-    table = distributed.exchange_ints(info, group, anchors if isinstance(anchors, Tensor) else None)
-    bad = [r for r in range(world) if not table[r][4]]
-    if bad:
-        if err is not None:
-            raise err
-        raise ValueError(f"{where}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+    table = distributed.agree(err, info, group, anchors if isinstance(anchors, Tensor) else None, where)
     n_r = [row[0] for row in table]
     k_r = [row[1] for row in table]
     if len({row[2] for row in table}) > 1:
@@ -284,10 +274,10 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
         raise ValueError(
             f"{where}: dtypes differ between ranks: {[str(FLOAT_DTYPES[row[3]]) for row in table]}; use one dtype"
         )
-    if len({row[5] for row in table}) > 1:
+    if len({row[4] for row in table}) > 1:
         raise ValueError(
             f"{where}: some ranks need gradients and others do not (requires_grad / no_grad differ: "
-            f"{[bool(row[5]) for row in table]}); the backward pass is collective, so every rank must agree"
+            f"{[bool(row[4]) for row in table]}); the backward pass is collective, so every rank must agree"
         )
     n_total, k_total = sum(n_r), sum(k_r)
     if n_total + k_total < 2:

@@ -11,7 +11,8 @@ documented in :mod:`gradsurg.api` and ``docs/distributed.md``).
 * :func:`all_gather_blocks` -- the same for equally sized (padded) blocks,
   as ``(world, rows, ...)``: one collective for several tensors.
 * :func:`exchange_ints` -- every rank's small list of integers (sizes,
-  flags), for checks that must agree across ranks.
+  flags), for checks that must agree across ranks; :func:`agree` -- the same
+  with every rank's validation error raised on all ranks together.
 * :func:`ring_shift` -- send a tensor to the next rank and receive the previous
   rank's, without waiting (the ring of ``distributed="ring"``: compute on the
   block in hand while the next one travels).
@@ -25,7 +26,8 @@ from torch import Tensor
 
 from .vocabulary import compute_dtype
 
-__all__ = ["gather_active", "all_gather_with_grad", "all_gather_blocks", "exchange_ints", "pad_rows", "ring_shift"]
+__all__ = ["gather_active", "all_gather_with_grad", "all_gather_blocks", "exchange_ints", "agree", "pad_rows",
+           "ring_shift"]
 
 
 def gather_active(group=None) -> bool:
@@ -100,17 +102,33 @@ def exchange_ints(values: list[int], group=None, like=None) -> list[list[int]]:
     return everyone.view(world, len(values)).tolist()
 
 
-def all_gather_with_grad(tensor: Tensor, group=None) -> Tensor:
+def agree(err: Exception | None, values: list[int], group=None, like=None, where: str = "") -> list[list[int]]:
+    """A check that every rank passes or fails together, so that no rank waits alone in a later
+    collective: exchanges ``[ok, *values]``. When any rank has an ``err``, that rank raises it and
+    the others a ``ValueError`` naming the failed ranks (starting with ``where``); otherwise returns
+    every rank's ``values`` (a list indexed by rank). ``like``: as :func:`exchange_ints`."""
+    table = exchange_ints([int(err is None), *values], group, like)
+    bad = [r for r, row in enumerate(table) if not row[0]]
+    if bad:
+        if err is not None:
+            raise err
+        raise ValueError(f"{where}: the inputs of rank(s) {bad} are invalid (their own error says why)")
+    return [row[1:] for row in table]
+
+
+def all_gather_with_grad(tensor: Tensor, group=None, counts: list[int] | None = None) -> Tensor:
     """``cat`` of every rank's ``tensor`` (rank order) with exact gradients.
 
-    Row counts may differ between ranks (the trailing shape must not). The
-    backward pass reduce-scatters the gradient (SUM over ranks): each rank
-    receives the sum of every rank's gradient for its own rows. Without an
-    initialised process group (or with one process) returns ``tensor``.
+    Row counts may differ between ranks (the trailing shape must not); ``counts``:
+    every rank's row count when the caller already has them (else one
+    :func:`exchange_ints`). The backward pass reduce-scatters the gradient (SUM
+    over ranks): each rank receives the sum of every rank's gradient for its own
+    rows. Without an initialised process group (or with one process) returns ``tensor``.
     """
     if not gather_active(group):
         return tensor
-    counts = [row[0] for row in exchange_ints([tensor.shape[0]], group, tensor)]
+    if counts is None:
+        counts = [row[0] for row in exchange_ints([tensor.shape[0]], group, tensor)]
     block = max(counts)
     g = all_gather_blocks(pad_rows(tensor, block), group)
     return torch.cat([g[r, : counts[r]] for r in range(len(counts))])

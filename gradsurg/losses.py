@@ -24,8 +24,10 @@ from torch import Tensor, nn
 
 from . import paradigm as _p
 from .api import paradigm_loss
+from .engine.torch_backend import DEFAULT_CHUNK_BYTES
+from .engine.validation import check_distributed
 from .paradigm import Paradigm
-from .structured import STRUCTURED_OPTIONS, gist, mnrl, supcon
+from .structured import STRUCTURED_OPTIONS, _margin_options, check_mnrl_options, check_temperature, gist, mnrl, supcon
 
 __all__ = [
     "supcon", "gist", "GISTLoss", "SupConLoss",
@@ -200,14 +202,14 @@ class ParadigmLoss(nn.Module):
             raise TypeError(f"ParadigmLoss: paradigm must be a gradsurg.Paradigm, got {type(paradigm).__name__}")
         self.paradigm = paradigm
         self.kwargs = dict(symmetric=symmetric, reduction=reduction, backend=backend, check_finite=check_finite)
-        if distributed not in (None, "gather", "ring"):
-            raise ValueError(f"ParadigmLoss: distributed must be None, 'gather' or 'ring', got {distributed!r}")
+        check_distributed(distributed, type(self).__name__)
         if gather_across_devices or distributed:  # only passed when on: keeps the repr and the common path plain
             self.kwargs.update(gather_across_devices=gather_across_devices or distributed == "gather", group=group)
             if distributed == "ring":
                 self.kwargs.update(distributed="ring")
         elif group is not None:
-            raise ValueError("ParadigmLoss: group= is only used with gather_across_devices=True or distributed=")
+            raise ValueError(f"{type(self).__name__}: group= is only used with gather_across_devices=True or "
+                             "distributed=")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
         return paradigm_loss(anchors, positives, negatives, paradigm=self.paradigm, caller=type(self).__name__,
@@ -305,8 +307,6 @@ class InfoNCELoss(_Softmax):
             raise TypeError("InfoNCELoss: a learnable temperature is not supported with sentence-transformers' "
                             "options (directions, hardness, ...); pass a float")
         if self.structured:  # checked now, not at the first batch
-            from .structured import check_mnrl_options
-
             check_mnrl_options(self.structured.get("directions", ("query_to_doc",)),
                                self.structured.get("partition_mode", "joint"), self.structured.get("hardness_mode"),
                                self.structured.get("hardness_strength", 0.0), "InfoNCELoss")
@@ -322,7 +322,9 @@ class InfoNCELoss(_Softmax):
                                  "options (directions, partition_mode, hardness)")
             self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
         elif normalizer != "batch":
-            raise ValueError(f"InfoNCELoss: normalizer must be 'batch' or 'global', got {normalizer!r}")
+            from .normalizer import NORMALIZERS
+
+            raise ValueError(f"InfoNCELoss: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives=None, index: Tensor | None = None,
                 **per_batch) -> Tensor:
@@ -415,15 +417,16 @@ class GISTLoss(nn.Module):
     every column)."""
 
     def __init__(self, temperature: float = 0.01, margin_strategy: str = "absolute", margin: float = 0.0,
-                 contrast_anchors: bool = True, contrast_positives: bool = True, **kwargs):
+                 contrast_anchors: bool = True, contrast_positives: bool = True, *, reduction: str = "mean",
+                 backend: str = "auto", check_finite: bool = True, gather_across_devices: bool = False, group=None,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
-        from .structured import _margin_options
-
         _margin_options(margin_strategy, margin, "GISTLoss")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"GISTLoss: temperature must be a number > 0, got {temperature!r}")
+        check_temperature(temperature, "GISTLoss")
         self.options = dict(temperature=temperature, margin_strategy=margin_strategy, margin=margin,
-                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives, **kwargs)
+                            contrast_anchors=contrast_anchors, contrast_positives=contrast_positives,
+                            reduction=reduction, backend=backend, check_finite=check_finite,
+                            gather_across_devices=gather_across_devices, group=group, chunk_bytes=chunk_bytes)
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives=None, guide=None) -> Tensor:
         if guide is None:
@@ -438,9 +441,11 @@ class GISTLoss(nn.Module):
 class SupConLoss(nn.Module):
     """Module form of :func:`gradsurg.supcon`: ``forward(features, labels)``."""
 
-    def __init__(self, temperature: float = 0.1, **kwargs):
+    def __init__(self, temperature: float = 0.1, *, reduction: str = "mean", backend: str = "auto",
+                 check_finite: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
-        self.temperature, self.kwargs = temperature, kwargs
+        self.temperature = temperature
+        self.kwargs = dict(reduction=reduction, backend=backend, check_finite=check_finite, chunk_bytes=chunk_bytes)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         return supcon(features, labels, temperature=self.temperature, **self.kwargs)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from . import paradigm as _p
 from .api import paradigm_loss
 from .engine.normalize import normalize
+from .engine.validation import check_reduction
 
 __all__ = ["GlobalNormalizer", "info_nce_global"]
 
@@ -159,8 +160,7 @@ def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None
             or not temperature > 0:
         raise ValueError(f"{where}: temperature must be a float > 0 (a learnable temperature is not supported "
                          f"with the global normaliser), got {temperature!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"{where}: reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+    check_reduction(reduction, where)
     for bad in ("gather_across_devices", "distributed", "learn"):
         if kwargs.get(bad):
             raise ValueError(f"{where}: {bad} is not supported with the global normaliser")

@@ -36,8 +36,8 @@ from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import check_finite_values
-from .vocabulary import REDUCTIONS
+from .engine.validation import check_engine_options, check_finite_values, check_reduction, check_rows_tensor
+from .vocabulary import compute_dtype
 
 __all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
 
@@ -97,6 +97,12 @@ def _check_scale(scale, where):
     return float(scale)
 
 
+def check_temperature(temperature, where):
+    """GIST's and SupCon's ``temperature``: a number > 0 (not a tensor: no learnable temperature here)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+
+
 def _columns(anchors, positives, negatives, where):
     """The embedding columns ``[anchors, positives, *negatives]`` validated (2-D, one d, dtype, device)."""
     if negatives is None:
@@ -110,12 +116,7 @@ def _columns(anchors, positives, negatives, where):
                         f"(sentence-transformers' columns), got {type(negatives).__name__}")
     cols = [("anchors", anchors), ("positives", positives)] + [(f"hard_negatives[{k}]", t) for k, t in enumerate(negs)]
     for name, t in cols:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{where}: {name} must have a floating dtype, got {t.dtype}")
-        if t.dim() != 2:
-            raise ValueError(f"{where}: {name} must be 2-D (N, d), got shape {tuple(t.shape)}")
+        check_rows_tensor(name, t, where)
     n, d = anchors.shape
     if n == 0 or d == 0:
         raise ValueError(f"{where}: anchors must have N >= 1 rows and d >= 1, got shape {tuple(anchors.shape)}")
@@ -129,22 +130,6 @@ def _columns(anchors, positives, negatives, where):
     return [t for _, t in cols]
 
 
-def _check_backend(backend, x, where):
-    impl, reason = dispatch.choose_structured(backend, x)
-    return impl, reason
-
-
-def _agree(err: Exception | None, group, like, where: str) -> None:
-    """Gathered calls: every rank learns whether any rank's inputs were invalid, and all raise (no hang)."""
-    table = distributed.exchange_ints([int(err is None)], group, like if isinstance(like, Tensor) else None)
-    bad = [r for r, row in enumerate(table) if not row[0]]
-    if bad:
-        if err is not None:
-            raise err
-        raise ValueError(f"{where}(gather_across_devices=True): the inputs of rank(s) {bad} are invalid "
-                         "(their own error says why)")
-
-
 def _checked(gathered: bool, group, like, where: str, fn):
     """``fn()`` (validation); when gathered, its error (or success) is agreed on by every rank first."""
     if not gathered:
@@ -153,16 +138,19 @@ def _checked(gathered: bool, group, like, where: str, fn):
         out, err = fn(), None
     except (TypeError, ValueError) as exc:
         out, err = None, exc
-    _agree(err, group, like, where)
+    distributed.agree(err, [], group, like if isinstance(like, Tensor) else None,
+                      f"{where}(gather_across_devices=True)")
     return out
 
 
-def _gather(t: Tensor, group) -> Tensor:
-    return distributed.all_gather_with_grad(t, group)
+def _gather(t: Tensor, group, counts: list[int]) -> Tensor:
+    """Every rank's rows of ``t`` (each rank holds ``counts[rank]``: known from :func:`_gather_setup`)."""
+    return distributed.all_gather_with_grad(t, group, counts)
 
 
 def _gather_setup(n, ncols, d, group, where):
-    """``(offset, N_global)``: this rank's first row in the global batch and its size (checked across ranks)."""
+    """``(offset, N_global, world, rows per rank)``: this rank's first row in the global batch, its size
+    (checked across ranks), the world size and every rank's row count."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     table = distributed.exchange_ints([n, ncols, d], group)
     if len({row[1] for row in table}) > 1:
@@ -171,7 +159,7 @@ def _gather_setup(n, ncols, d, group, where):
     if len({row[2] for row in table}) > 1:
         raise ValueError(f"{where}: embedding sizes differ between ranks: {[row[2] for row in table]}")
     counts = [row[0] for row in table]
-    return sum(counts[:rank]), sum(counts), world
+    return sum(counts[:rank]), sum(counts), world, counts
 
 
 def _int_keys(keys, n_cols, n, device, where):
@@ -218,8 +206,7 @@ def _margin_options(margin_strategy, margin, where):
 
 def _finish(plan: Plan, aux: Aux, tensors, reduction: str, weight: float, check_finite: bool, names, where,
             row_weight: Tensor | None = None):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction, where)
     if check_finite:
         check_finite_values(list(zip(names, tensors)), where)
     dtype = tensors[0].dtype
@@ -260,9 +247,8 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         sc = _check_scale(scale, where)
         dirs = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
         cs = _columns(anchors, positives, hard_negatives, where)
-        _check_backend(backend, cs[0], where)
-        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+        dispatch.choose_structured(backend, cs[0], where)
+        check_engine_options(chunk_bytes, where=where)
         special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
         if special and dirs != ("query_to_doc",):
             raise ValueError(f"{where}: {special[0]}= is defined for directions=('query_to_doc',) only, got {dirs}")
@@ -281,12 +267,12 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     ncols = len(cols) - 1
     device = x.device
     if gathered:
-        offset, n_global, world = _gather_setup(n, ncols, d, group, where)
-        q_all = _gather(cols[0], group)
-        docs = [_gather(c, group) for c in cols[1:]]
+        offset, n_global, world, counts = _gather_setup(n, ncols, d, group, where)
+        q_all = _gather(cols[0], group, counts)
+        docs = [_gather(c, group, counts) for c in cols[1:]]
         weight = world / n_global
     else:
-        offset, n_global, q_all, docs, weight = 0, n, cols[0], cols[1:], 1.0 / n
+        offset, n_global, q_all, docs, weight, counts = 0, n, cols[0], cols[1:], 1.0 / n, None
     docs_all = torch.cat(docs) if len(docs) > 1 else docs[0]
     m = docs_all.shape[0]
     if m + (n_global - 1 if "query_to_query" in directions else 0) < 2 and labels is None:
@@ -307,13 +293,13 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         blocks.append(Block(1, 1, offset, parts["doc_to_doc"], exclude_own=True))
     aux = Aux(row_ids=rows, owners=owners, pos_col=rows)
     if key_cols is not None:
-        kq = _gather(key_cols[0], group) if gathered else key_cols[0]
-        kd = [_gather(k, group) if gathered else k for k in key_cols[1:]]
+        kq = _gather(key_cols[0], group, counts) if gathered else key_cols[0]
+        kd = [_gather(k, group, counts) if gathered else k for k in key_cols[1:]]
         aux.cand_keys = [kq, torch.cat(kd)]
         aux.row_keys = torch.stack([key_cols[0], key_cols[1]], dim=1)
     if guide_cols is not None:
-        gq = _gather(guide_cols[0], group) if gathered else guide_cols[0]
-        gd = [_gather(g, group) if gathered else g for g in guide_cols[1:]]
+        gq = _gather(guide_cols[0], group, counts) if gathered else guide_cols[0]
+        gd = [_gather(g, group, counts) if gathered else g for g in guide_cols[1:]]
         aux.guides = [gq, torch.cat(gd)]
         aux.guide_pair = (0, offset, 1)
 
@@ -335,7 +321,7 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     target = "pair"
     if lab is not None:
         aux.row_labels = lab
-        lab_all = _gather(lab, group) if gathered else lab
+        lab_all = _gather(lab, group, counts) if gathered else lab
         aux.cand_labels = torch.cat([lab_all, lab_all.new_full((m - n_global,), -1)])
         target = "labels"
     if soft is not None:
@@ -407,10 +393,10 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     gathered = gather_across_devices and distributed.gather_active(group)
 
     def validate():
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+        check_temperature(temperature, where)
         cs = _columns(anchors, positives, hard_negatives, where)
-        _check_backend(backend, cs[0], where)
+        dispatch.choose_structured(backend, cs[0], where)
+        check_engine_options(chunk_bytes, where=where)
         gc = _guide_columns(guide, len(cs), cs[0].shape[0], cs[0].device, where)
         if gc is None:
             raise ValueError(f"{where}: guide= (the guide model's embeddings of every column) is required")
@@ -421,9 +407,9 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     n, d = x.shape
     device = x.device
     if gathered:
-        offset, n_global, world = _gather_setup(n, len(cols) - 1, d, group, where)
-        docs = [_gather(c, group) for c in cols[1:]]
-        gdocs = [_gather(g, group) for g in guide_cols[1:]]
+        offset, n_global, world, counts = _gather_setup(n, len(cols) - 1, d, group, where)
+        docs = [_gather(c, group, counts) for c in cols[1:]]
+        gdocs = [_gather(g, group, counts) for g in guide_cols[1:]]
         weight = world / n_global
     else:
         offset, n_global, docs, gdocs, weight = 0, n, cols[1:], guide_cols[1:], 1.0 / n
@@ -466,15 +452,16 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
     Gradient: ``dL_i/ds_ij = (1/tau)(p_ij - [j in P_i]/|P_i|)``, set chunk by chunk.
     """
     where = "supcon"
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{where}: temperature must be a number > 0, got {temperature!r}")
+    check_temperature(temperature, where)
     if not isinstance(features, Tensor) or not features.is_floating_point() or features.dim() != 2 \
             or features.shape[0] == 0:
         raise ValueError(f"{where}: features must be a floating (N, d) tensor with N >= 1, got "
                          f"{getattr(features, 'shape', type(features).__name__)}")
+    check_reduction(reduction, where)  # before the zero-loss shortcut, which skips _finish
+    check_engine_options(chunk_bytes, where=where)
     n = features.shape[0]
     lab = _labels(labels, n, features.device, where)
-    _check_backend(backend, features, where)
+    dispatch.choose_structured(backend, features, where)
     counts = torch.bincount(lab)[lab] - 1  # positives per row
     active = counts > 0
     n_active = int(active.sum())
@@ -487,9 +474,8 @@ def supcon(features: Tensor, labels: Tensor, *, temperature: float = 0.1, reduct
         return zero if reduction != "none" else (features * 0).sum(dim=1)
     row_weight = None
     if reduction == "mean":
-        row_weight = active.to(torch.float64 if features.dtype == torch.float64 else torch.float32) / n_active
-    return _finish(plan, aux, [features], reduction, 1.0, check_finite, ["features"], where,
-                   row_weight=row_weight if reduction == "mean" else None)
+        row_weight = active.to(compute_dtype(features.dtype)) / n_active
+    return _finish(plan, aux, [features], reduction, 1.0, check_finite, ["features"], where, row_weight=row_weight)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 #: ``reduction=`` of every loss
 REDUCTIONS = ("mean", "sum", "none")
+#: ``distributed=`` of the paradigm losses (or None): how the candidates of every rank are reached
+DISTRIBUTED = ("gather", "ring")
 
 #: the floating dtypes of the inputs, in a fixed order (ranks exchange a dtype as its index here)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -77,6 +77,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_ranks(worker, world):
+    """``worker(rank, world, port, outdir)`` in ``world`` spawned processes, each saving
+    ``outdir/rank<r>.pt``; returns what every rank saved, in rank order."""
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.start_processes(worker, args=(world, free_port(), outdir), nprocs=world, start_method="spawn")
+        return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
 def init(rank, world, port):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -200,10 +208,7 @@ def worker(rank, world, port, outdir):
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
 def spawned(request):
     world = request.param
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.start_processes(worker, args=(world, free_port(), outdir), nprocs=world, start_method="spawn")
-        per_rank = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
-    return world, per_rank
+    return world, run_ranks(worker, world)
 
 
 def reference(world, case, dtype=torch.float64):

@@ -17,19 +17,17 @@ import datetime
 import importlib.util
 import os
 import sys
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import free_port  # noqa: E402
+from test_distributed import run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CLIP_SETTINGS = [(local, grad) for local in (False, True) for grad in (False, True)]
@@ -241,10 +239,7 @@ def worker(rank, world, port, outdir):
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
 def spawned(request):
     world = request.param
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.start_processes(worker, args=(world, free_port(), outdir), nprocs=world, start_method="spawn")
-        per_rank = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
-    return world, per_rank
+    return world, run_ranks(worker, world)
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def test_a_relative_path_names_both_places_tried(tmp_path, monkeypatch):
 
 def test_the_packaged_default_keeps_the_run_identity_of_the_shared_files():
     """Older results.jsonl (defaults ``../shared/data/stsb/...``, byte-identical data) still resume."""
-    from gradsurg.train.ablate import run_key
+    from gradsurg.train.grid import run_key
 
     old = preset("quick").replace(train_data="../shared/data/stsb/stsb-en-train.csv",
                                   eval_data="../shared/data/stsb/stsb-en-dev.csv")

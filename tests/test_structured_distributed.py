@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import tempfile
+import sys
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 pytest.importorskip("sentence_transformers")
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_distributed import run_ranks  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 MNRL_CASES = [
@@ -127,17 +128,9 @@ def worker(rank, world, port, outdir):
     torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def spawned():
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.start_processes(worker, args=(2, free_port(), outdir), nprocs=2, start_method="spawn")
-        return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    return run_ranks(worker, 2)
 
 
 @pytest.mark.slow

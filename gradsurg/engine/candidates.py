@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..vocabulary import compute_dtype
 from .normalize import normalize, normalize_backward
-from .torch_backend import DEFAULT_CHUNK_BYTES
+from .torch_backend import DEFAULT_CHUNK_BYTES, chunk_rows
 
 #: why the fused Triton kernels cannot run a structured candidate set (dispatch and doctor report it)
 TRITON_REASON = ("the fused Triton kernels compute one candidate block with the positive at column i and the "
@@ -129,11 +129,6 @@ class Aux:
     stats: dict = field(default_factory=dict)
 
 
-def _rows_per_chunk(n: int, m_total: int, dtype, chunk_bytes: int) -> int:
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(1, min(n, chunk_bytes // max(1, m_total * itemsize * 3)))
-
-
 def _drop(plan: Plan, aux: Aux, b: Block, a: int, z: int, s_guide_thr, gu, device) -> Tensor | None:
     """The bool (n, M_b) chunk of dropped candidates of block ``b`` for rows a..z (None: none)."""
     drop = None
@@ -197,7 +192,7 @@ def structured_direction(plan: Plan, aux: Aux, tensors: list[Tensor], row_weight
     loss = torch.empty(n, dtype=cd, device=device)
     blocks = plan.blocks
     m_total = sum(units[b.cand].shape[0] for b in blocks)
-    step = _rows_per_chunk(n, m_total, cd, plan.chunk_bytes)
+    step = chunk_rows(n, m_total, cd, plan.chunk_bytes)  # the torch backend's chunk budget (m_total >= N >= 1)
     scale, alpha = plan.scale, plan.hardness
     telemetry = aux.stats.get("want", False)
     tel = {"entropy": [], "max_weight": []} if telemetry else None

@@ -82,16 +82,17 @@ def choose(backend: str, x: Tensor, paradigm: Paradigm, where: str = "paradigm_l
     return mod, "CUDA tensors, Triton available and supporting the dtype and components"
 
 
-def choose_structured(backend: str, x: Tensor):
+def choose_structured(backend: str, x: Tensor, where: str = "paradigm_loss"):
     """``(torch module, reason)`` for a structured candidate set (:mod:`gradsurg.engine.candidates`:
     directions, masks, guides, hardness, several or soft targets): only the chunked torch engine
-    implements it; ``backend='triton'`` raises with the reason, ``'auto'`` names it."""
+    implements it; ``backend='triton'`` raises with the reason, ``'auto'`` names it. Errors start
+    with ``where`` (the function the user called)."""
     from .candidates import TRITON_REASON
 
     if backend == "triton":
-        raise ValueError(f"paradigm_loss: backend='triton' cannot run these inputs: {TRITON_REASON}")
+        raise ValueError(f"{where}: backend='triton' cannot run these inputs: {TRITON_REASON}")
     if backend not in BACKENDS:
-        raise ValueError(f"paradigm_loss: backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return torch_backend, "backend='torch' was asked for"
     return torch_backend, f"Triton does not cover this: {TRITON_REASON}"

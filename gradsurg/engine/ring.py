@@ -121,7 +121,7 @@ def _setup(x, p, z, hyper, spec):
     cd = compute_dtype(x.dtype)
     par = spec["paradigm"]
     if hyper is not None:
-        values = check_hyper(spec["names"], hyper.tolist(), "paradigm_loss(distributed='ring')")
+        values = check_hyper(spec["names"], hyper.tolist(), spec["where"])
         par = par.with_hyper(dict(zip(spec["names"], values)))
     norm = (lambda t: normalize(t.to(cd))) if spec["normalize"] else (lambda t: (t.to(cd), None))
     (ux, ix), (up, ip), (uz, iz) = norm(x), norm(p), norm(z)

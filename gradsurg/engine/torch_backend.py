@@ -21,7 +21,7 @@ from ..components._rows import Rows, product
 from ..paradigm import Paradigm
 from ..vocabulary import HALF_DTYPES, compute_dtype
 from .normalize import normalize, normalize_backward
-from .validation import check_backend_options
+from .validation import check_backend_options, check_engine_options
 
 #: default bytes for one chunk's N x M work buffers
 DEFAULT_CHUNK_BYTES = 128 * 2**20
@@ -81,11 +81,8 @@ def direction(
     grad_rows = options.pop("grad_rows", None)
     check_backend_options(options, OPTIONS, NAME)
     chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
-    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-        raise ValueError(f"paradigm_loss: chunk_bytes must be a positive int, got {chunk_bytes!r}")
     unit = options.get("normalize", True)
-    if not isinstance(unit, bool):
-        raise ValueError(f"paradigm_loss: normalize must be a bool, got {unit!r}")
+    check_engine_options(chunk_bytes, unit)
     cd, gd = compute_dtype(x.dtype), gemm_dtype(x)
     u32, inv_x = normalize(x.to(cd)) if unit else (x.to(cd), None)
     v32, inv_c = normalize(c.to(cd)) if unit else (c.to(cd), None)

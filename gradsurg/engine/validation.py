@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..vocabulary import BACKENDS, REDUCTIONS, compute_dtype
+from ..vocabulary import BACKENDS, DISTRIBUTED, REDUCTIONS, compute_dtype
 
 
 def check_embeddings(
@@ -26,18 +26,7 @@ def check_embeddings(
     if negatives is not None:
         named.append(("negatives", negatives))
     for name, t in named:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(
-                f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}"
-            )
-        if t.dim() != 2:
-            raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
-        if t.device.type == "meta":
-            raise ValueError(
-                f"{where}: {name} is on the 'meta' device (no data); pass tensors on a real device (cpu, cuda)"
-            )
+        check_rows_tensor(name, t, where)
     n, d = anchors.shape
     if n == 0:
         raise ValueError(f"{where}: anchors is an empty batch (shape {tuple(anchors.shape)}); need N >= 1 rows")
@@ -78,6 +67,22 @@ def check_embeddings(
     return negatives
 
 
+def check_rows_tensor(name: str, t, where: str) -> None:
+    """``t`` is a floating 2-D ``(rows, d)`` tensor with data (not on the 'meta' device)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor of shape (N, d), got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{where}: {name} must have a floating dtype (float16, bfloat16, float32, float64), got {t.dtype}"
+        )
+    if t.dim() != 2:
+        raise ValueError(f"{where}: {name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{where}: {name} is on the 'meta' device (no data); pass tensors on a real device (cpu, cuda)"
+        )
+
+
 def check_finite_values(named, where: str) -> None:
     """``ValueError`` naming the first of ``[(name, tensor)]`` that holds NaN or inf."""
     for name, t in named:
@@ -88,10 +93,22 @@ def check_finite_values(named, where: str) -> None:
             )
 
 
-def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
-    """``reduction`` and ``backend`` are names of :data:`~gradsurg.vocabulary.REDUCTIONS` / ``BACKENDS``."""
+def check_reduction(reduction: str, where: str = "paradigm_loss") -> None:
+    """``reduction`` is a name of :data:`~gradsurg.vocabulary.REDUCTIONS`."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_distributed(distributed, where: str = "paradigm_loss") -> None:
+    """``distributed`` is None or a name of :data:`~gradsurg.vocabulary.DISTRIBUTED`."""
+    if distributed is not None and distributed not in DISTRIBUTED:
+        raise ValueError(f"{where}: distributed must be None, {' or '.join(map(repr, DISTRIBUTED))}, "
+                         f"got {distributed!r}")
+
+
+def check_reduction_and_backend(reduction: str, backend: str, where: str = "paradigm_loss") -> None:
+    """``reduction`` and ``backend`` are names of :data:`~gradsurg.vocabulary.REDUCTIONS` / ``BACKENDS``."""
+    check_reduction(reduction, where)
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
 
@@ -131,6 +148,15 @@ def check_backend_options(options: dict, accepted, backend: str, where: str = "p
             f"{where}: backend {backend!r} does not accept option(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
+
+
+def check_engine_options(chunk_bytes, normalize: bool = True, where: str = "paradigm_loss") -> None:
+    """The torch engine's options, wherever it runs (torch backend, ring, structured candidates):
+    ``chunk_bytes`` (bytes of one chunk's work buffers) a positive int, ``normalize`` a bool."""
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ValueError(f"{where}: chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"{where}: normalize must be a bool, got {normalize!r}")
 
 
 def float32_under_autocast(fn, *tensors):

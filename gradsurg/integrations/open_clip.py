@@ -116,7 +116,7 @@ def _others(t: Tensor, rank: int) -> Tensor:
     """Every other rank's rows of ``t`` (detached, rank order, own rows left out)."""
     with torch.no_grad():
         counts = [row[0] for row in _dist.exchange_ints([t.shape[0]], None, t)]
-        every = _dist.all_gather_with_grad(t.detach())
+        every = _dist.all_gather_with_grad(t.detach(), None, counts)
     start = sum(counts[:rank])
     return torch.cat([every[:start], every[start + counts[rank]:]])
 

@@ -115,18 +115,21 @@ class GradsurgLoss(nn.Module):
                  mini_batch_size: int | None = None, mask_duplicates: bool = False, guide: nn.Module | None = None,
                  **params: Any):
         super().__init__()
+        name = self._name(loss)
         if not isinstance(mask_duplicates, bool):
             raise TypeError(f"GradsurgLoss: mask_duplicates must be True or False, got {mask_duplicates!r}")
-        if (mask_duplicates or guide is not None) and self._name(loss) not in ("info_nce", "gist"):
+        if (mask_duplicates or guide is not None) and name not in ("info_nce", "gist"):
             raise ValueError(f"GradsurgLoss: mask_duplicates / guide work with 'info_nce' and 'gist', "
-                             f"not {self._name(loss)!r}")
-        if self._name(loss) == "gist" and guide is None:
+                             f"not {name!r}")
+        if name == "gist" and guide is None:
             raise ValueError("GradsurgLoss: loss 'gist' needs guide= (the guide SentenceTransformer)")
         self.mask_duplicates = mask_duplicates
         self.guide = guide
         # InfoNCE takes GIST's rule per batch, with the guide's embeddings (GIST itself at construction)
         self.guide_options = {k: params.pop(k) for k in ("margin_strategy", "margin") if k in params} \
-            if guide is not None and self._name(loss) == "info_nce" else {}
+            if guide is not None and name == "info_nce" else {}
+        # the guide reads the decoded texts when its vocabulary differs (decided once, as GISTEmbedLoss)
+        self._retokenize = guide is not None and _vocab(model) != _vocab(guide)
         if guide is not None:
             for p in guide.parameters():
                 p.requires_grad_(False)
@@ -137,10 +140,10 @@ class GradsurgLoss(nn.Module):
         if mini_batch_size is not None:
             reason = _not_cacheable(model, loss, params)
             if reason:
-                raise ValueError(f"GradsurgLoss: {self._name(loss)!r} cannot run cached steps "
+                raise ValueError(f"GradsurgLoss: {name!r} cannot run cached steps "
                                  f"(mini_batch_size={mini_batch_size}): {reason}")
         self.model = model
-        self.loss_name = self._name(loss)
+        self.loss_name = name
         self.params = {**params, **self.guide_options}
         self.mini_batch_size = mini_batch_size
         self.loss_fn = _build(loss, params)
@@ -183,7 +186,6 @@ class GradsurgLoss(nn.Module):
         (re-tokenised from the decoded texts when the guide's vocabulary differs, as GISTEmbedLoss)."""
         from gradsurg.cached import split_batch
 
-        retokenize = _vocab(self.model) != _vocab(self.guide)
         out = []
         with torch.no_grad():
             for f in features:
@@ -191,7 +193,7 @@ class GradsurgLoss(nn.Module):
                 embs = []
                 for chunk in chunks:
                     chunk = dict(chunk)  # the guide writes into the dict it is given
-                    if retokenize:
+                    if self._retokenize:
                         texts = self.model.tokenizer.batch_decode(chunk["input_ids"], skip_special_tokens=True)
                         chunk = self.guide.tokenize(texts)
                         device = next(self.guide.parameters()).device

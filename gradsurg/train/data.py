@@ -47,7 +47,7 @@ PACKAGED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 #: ``packaged:<name>`` -> file in :data:`PACKAGED_DIR` (gzip'd STS-B CSVs, read transparently)
 PACKAGED_FILES = {"stsb-train": "stsb-en-train.csv.gz", "stsb-dev": "stsb-en-dev.csv.gz"}
 #: the shared-folder files the packaged ones are byte for byte (gunzipped): the defaults' names before
-#: the data was packaged, kept as their run identity (gradsurg.train.ablate.run_key) so older results resume
+#: the data was packaged, kept as their run identity (gradsurg.train.grid.run_key) so older results resume
 PACKAGED_WAS = {STSB_TRAIN: "../shared/data/stsb/stsb-en-train.csv", STSB_DEV: "../shared/data/stsb/stsb-en-dev.csv"}
 
 

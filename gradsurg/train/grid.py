@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Iterable
 
+from ..registry import accepts
 from .config import ConfigError, TrainConfig, parse_modified
 from .data import PACKAGED_WAS
 from .report import flag, write_csv
@@ -43,24 +44,12 @@ def run_key(config: TrainConfig) -> str:
 
 def accepts_modified(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``modified`` parameter (the non-contrastive objectives)."""
-    from .losses import loss_from_fields
-
-    try:
-        loss_from_fields(loss, {}, "w_gd")
-        return True
-    except ConfigError:
-        return False
+    return accepts(loss, "modified")
 
 
 def accepts_form(loss: str) -> bool:
     """Whether the registry's ``loss`` takes a ``form`` parameter (non-contrastive objectives, sg)."""
-    from .losses import loss_from_fields
-
-    try:
-        loss_from_fields(loss, {}, None, "default")
-        return True
-    except ConfigError:
-        return False
+    return accepts(loss, "form")
 
 def expand_grid(
     base: TrainConfig,

@@ -184,15 +184,22 @@ class Trainer:
         steps = per_epoch * cfg.epochs
         return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
-    def step_embeddings(self, idx: list[int]):
-        """Anchors, positives (dropout views of the same sentences) and hard negatives of a batch."""
+    def text_columns(self, idx: list[int]) -> list[list[str]]:
+        """The texts of a batch by column: anchors, positives (the same sentences: dropout views)
+        and, when the corpus has them, hard negatives."""
         texts = [self.corpus.sentences[i] for i in idx]
-        n = len(texts)
-        batch = texts + texts
+        columns = [texts, texts]
         if self.corpus.hard_negatives is not None:
-            batch = batch + [self.corpus.hard_negatives[i] for i in idx]
-        emb = self.encoder(batch)
-        negatives = emb[2 * n :] if self.corpus.hard_negatives is not None else None
+            columns.append([self.corpus.hard_negatives[i] for i in idx])
+        return columns
+
+    def step_embeddings(self, idx: list[int], columns: list[list[str]] | None = None):
+        """Anchors, positives (dropout views of the same sentences) and hard negatives of a batch,
+        in one encoder forward (``columns``: :meth:`text_columns` of ``idx``, when at hand)."""
+        columns = self.text_columns(idx) if columns is None else columns
+        n = len(idx)
+        emb = self.encoder([text for column in columns for text in column])
+        negatives = emb[2 * n :] if len(columns) > 2 else None
         return emb[:n], emb[n : 2 * n], negatives
 
     def _duplicate_keys(self, columns: list[list[str]]):
@@ -220,10 +227,7 @@ class Trainer:
         """
         from ..cached import cached_step
 
-        texts = [self.corpus.sentences[i] for i in idx]
-        columns = [texts, texts]
-        if self.corpus.hard_negatives is not None:
-            columns.append([self.corpus.hard_negatives[i] for i in idx])
+        columns = self.text_columns(idx)
         keys = self._duplicate_keys(columns)
         loss, embs = cached_step(self._autocast_fn(self.encoder), columns,
                                  self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys))),
@@ -330,10 +334,9 @@ class Trainer:
             loss, anchors, positives, negatives = self.cached_step(idx, scaler)
         else:
             with self.autocast():
-                anchors, positives, negatives = self.step_embeddings(idx)
-                texts = [self.corpus.sentences[i] for i in idx]
-                hard = [self.corpus.hard_negatives[i] for i in idx] if negatives is not None else None
-                keys = self._duplicate_keys([texts, texts] + ([hard] if hard is not None else []))
+                columns = self.text_columns(idx)
+                anchors, positives, negatives = self.step_embeddings(idx, columns)
+                keys = self._duplicate_keys(columns)
                 loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys))
         value = float(loss.detach())
         if not math.isfinite(value):
