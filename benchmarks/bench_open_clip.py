@@ -22,7 +22,6 @@ the resident high-water mark above the resident size before the first step (rese
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -37,21 +36,10 @@ METHODS = {1: ["open_clip-clip", "gradsurg-clip", "open_clip-siglip", "gradsurg-
            2: ["open_clip-clip", "gradsurg-clip", "open_clip-siglip", "gradsurg-siglip", "gradsurg-siglip-gather"]}
 
 
-def _open_clip_loss():
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "loss.py")
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
-
-
 def make_loss(method: str, rank: int, world: int):
     from gradsurg.integrations import open_clip as ours
 
-    lib = ours if method.startswith("gradsurg") else _open_clip_loss()
+    lib = ours if method.startswith("gradsurg") else ours.open_clip_loss_module()
     if lib is None:
         raise RuntimeError("open-clip-torch is not installed")
     if "clip" in method.split("-")[1]:

@@ -14,7 +14,6 @@ Tolerances (relative to the reference's largest entry): float64 1e-10, float32 1
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
 import sys
 
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss
+from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss, open_clip_loss_module
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
@@ -33,18 +32,6 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CLIP_SETTINGS = [(local, grad) for local in (False, True) for grad in (False, True)]
 SIGLIP_IMPLS = ["bidir", "shift", "reduce", "gather"]
 B, DIM = 3, 5
-
-
-def open_clip_loss_module():
-    """open_clip's loss.py, loaded by path (None when open-clip-torch is not installed)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "loss.py")
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
 
 
 OC = open_clip_loss_module()

@@ -34,6 +34,9 @@ them around the ring of processes one block at a time
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -41,7 +44,22 @@ from torch import Tensor, nn
 from .. import distributed as _dist
 from ..losses import info_nce, siglip
 
-__all__ = ["ClipLoss", "SigLipLoss"]
+__all__ = ["ClipLoss", "SigLipLoss", "open_clip_loss_module"]
+
+
+def open_clip_loss_module():
+    """The installed open-clip-torch's own ``loss.py`` (its ``ClipLoss`` / ``SigLipLoss``), loaded by
+    file path without importing the ``open_clip`` package (which pulls torchvision and timm; the loss
+    module needs only torch), or None when open-clip-torch is not installed. The tests and
+    ``benchmarks/bench_open_clip.py`` compare against it."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "loss.py")
+    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
 
 DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 #: the engine options of every call: open_clip's logits take the features as given
