@@ -36,6 +36,18 @@ def test_the_configs_loss_is_the_grids_loss(tiny, tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 3  # untrained, then the default grid
 
 
+def test_a_grid_with_mask_duplicates_has_its_untrained_row(tiny, capsys):
+    """mask_duplicates belongs to the loss's training: the untrained row drops it (it was refused there:
+    "works with loss 'info_nce' ..., not 'untrained'"), and shares its key with the unmasked grid's."""
+    argv = ["ablate", *data_args(tiny), "--loss", "info_nce", "--dry-run"]
+    assert main(argv + ["--set", "mask_duplicates=true"]) == 0
+    masked = capsys.readouterr().out.strip().splitlines()
+    assert main(argv) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[1].split("_")[0] for line in masked] == ["untrained", "info"]
+    assert masked[0] == plain[0] and masked[1] != plain[1]
+
+
 def test_repeated_grid_values_collapse_with_a_note(tiny, tmp_path, capsys):
     argv = ["ablate", *data_args(tiny), "--loss", "info_nce", "info_nce", "--seeds", "1", "1", "--dry-run"]
     assert main(argv) == 0

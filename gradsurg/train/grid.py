@@ -115,8 +115,9 @@ def repeated(name: str, values: Iterable[Any]) -> str | None:
 
 def untrained_config(config: TrainConfig) -> TrainConfig:
     """The ``untrained`` run of ``config``: the same encoder, pooler, data, evaluation and seed,
-    no loss (its row is the encoder before training, scored as the trained runs are)."""
-    return config.replace(loss=UNTRAINED, loss_params={}, modified=None, form=None)
+    no loss (its row is the encoder before training, scored as the trained runs are); the options of
+    the loss's training (``mask_duplicates``) are dropped with it."""
+    return config.replace(loss=UNTRAINED, loss_params={}, modified=None, form=None, mask_duplicates=False)
 
 
 def with_untrained(configs: Iterable[TrainConfig]) -> list[TrainConfig]:
