@@ -71,3 +71,30 @@ def test_w_telemetry_logged_and_plotted(workspace, tmp_path, capsys):
     bad.write_text("step,loss\n1,0.5\n")
     assert cli_main(["plot", "--stats", str(bad), "--out", str(tmp_path / "figs")]) == 2
     assert "no W telemetry columns" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*hardness_strength=0.0")
+def test_the_logged_w_is_the_w_the_loss_trains_with(workspace, tmp_path):
+    """Hardness tilts W towards hard negatives: the per-step statistics report the tilted W (from the
+    loss's own chunks), not the plain InfoNCE W that the collector forms. At step 1 (same seed, same
+    weights, same batch) alpha 9 has fewer effective negatives than alpha 0, and alpha 0 (plain
+    InfoNCE at the same temperature) agrees with the collector's reading."""
+    import csv
+
+    model, paths = workspace
+
+    def first_row(alpha):
+        out = tmp_path / f"a{alpha}"
+        cfg = TrainConfig(model=model, train_data=paths["unique"], train_format="csv", text_column="sent0",
+                          eval_data=None, max_train_sentences=None, batch_size=16, max_steps=1, lr=1e-3,
+                          progress=False, tensorboard=False, seed=3, output_dir=str(out),
+                          loss_params={"hardness_mode": "in_batch_negatives", "hardness_strength": alpha}).validate()
+        Trainer(cfg).train()
+        (log,) = out.rglob("stats.csv")
+        with open(log, encoding="utf-8") as f:
+            return next(csv.DictReader(f))
+
+    plain, tilted = first_row(0.0), first_row(9.0)
+    assert float(tilted["effective_negatives_mean"]) < float(plain["effective_negatives_mean"]) - 0.5
+    assert float(tilted["max_weight_mean"]) > float(plain["max_weight_mean"])
+    assert float(plain["hardest_weight"]) == pytest.approx(float(plain["max_weight_mean"]), rel=1e-4)

@@ -210,13 +210,19 @@ class Trainer:
 
         return [k.to(self.device) for k in texts_to_keys(*columns)]
 
-    def _call_loss(self, anchors, positives, negatives=None, keys=None):
-        """The loss of one batch; with duplicate keys the hard negatives go as a column (structured candidates)."""
-        if keys is None:
-            return self.loss(anchors, positives, negatives)
-        return self.loss(anchors, positives, [] if negatives is None else [negatives], keys=keys)
+    def _call_loss(self, anchors, positives, negatives=None, keys=None, stats=None):
+        """The loss of one batch; with duplicate keys the hard negatives go as a column (structured candidates).
+        ``stats``: a dict that a loss on the structured path (sentence-transformers' options, masks) fills
+        with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks."""
+        per_batch = {}
+        if keys is not None:
+            per_batch["keys"] = keys
+            negatives = [] if negatives is None else [negatives]
+        if stats is not None and (per_batch or getattr(self.loss, "structured", None)):
+            per_batch["stats"] = stats
+        return self.loss(anchors, positives, negatives, **per_batch)
 
-    def cached_step(self, idx: list[int], scaler: "torch.amp.GradScaler | None" = None):
+    def cached_step(self, idx: list[int], scaler: "torch.amp.GradScaler | None" = None, stats=None):
         """A GradCache-style step (``mini_batch_size``): gradients accumulated, loss detached.
 
         The columns (anchors, positives[, hard negatives]) are embedded in chunks of
@@ -230,7 +236,7 @@ class Trainer:
         columns = self.text_columns(idx)
         keys = self._duplicate_keys(columns)
         loss, embs = cached_step(self._autocast_fn(self.encoder), columns,
-                                 self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys))),
+                                 self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys, stats=stats))),
                                  mini_batch_size=self.config.mini_batch_size, return_embeddings=True,
                                  scale_loss=scaler.scale if scaler is not None else None)
         return loss, embs[0], embs[1], (embs[2] if len(embs) > 2 else None)
@@ -330,14 +336,15 @@ class Trainer:
         cfg = self.config
         scaler = run.scaler
         run.optimizer.zero_grad(set_to_none=True)
+        run.loss_stats.clear()
         if cfg.mini_batch_size:  # the gradients are accumulated chunk by chunk inside the cached step
-            loss, anchors, positives, negatives = self.cached_step(idx, scaler)
+            loss, anchors, positives, negatives = self.cached_step(idx, scaler, run.loss_stats)
         else:
             with self.autocast():
                 columns = self.text_columns(idx)
                 anchors, positives, negatives = self.step_embeddings(idx, columns)
                 keys = self._duplicate_keys(columns)
-                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys))
+                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys, stats=run.loss_stats))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
@@ -383,6 +390,7 @@ class Trainer:
         if step % self.config.log_every == 0:
             row: dict[str, Any] = {"step": step, "loss": value, "lr": run.scheduler.get_last_lr()[0]}
             row.update(run.collector(*embeddings))
+            row.update(run.loss_stats)  # the W the loss trained with, where it reports one (structured path)
             run.logger.log(row)
         if run.bar is not None:
             run.bar.update(1)
@@ -509,6 +517,8 @@ class _Run:
     #: the gradient scaler of precision fp16 (None otherwise) and its skipped steps in a row
     scaler: Any = None
     skipped_in_a_row: int = 0
+    #: W telemetry the loss itself reported for the current step (structured path; emptied every step)
+    loss_stats: dict = field(default_factory=dict)
 
 
 def _linear_schedule(total: int, warm: int) -> Callable[[int], float]:
