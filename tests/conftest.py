@@ -81,3 +81,22 @@ def stsb_dir():
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test that takes more than a few seconds (still run in CI; "
                                        "deselect with -m 'not slow')")
+
+
+def bare_st_gist(cls, gather_across_devices: bool = False, **kw):
+    """An instance of sentence-transformers' ``GISTEmbedLoss`` / ``CachedGISTEmbedLoss`` (``cls``) with
+    the attributes its loss computation reads set from ``kw`` (its defaults otherwise) and no models:
+    the tests feed it embeddings, as the reference of gradsurg.gist."""
+    from torch import nn
+
+    loss = cls.__new__(cls)
+    nn.Module.__init__(loss)
+    loss.temperature = kw.get("temperature", 0.01)
+    loss.similarity_fct = nn.CosineSimilarity(dim=-1)
+    loss.margin_strategy = kw.get("margin_strategy", "absolute")
+    loss.margin = kw.get("margin", 0.0)
+    loss.contrast_anchors = kw.get("contrast_anchors", True)
+    loss.contrast_positives = kw.get("contrast_positives", True)
+    loss.gather_across_devices = gather_across_devices
+    loss.cross_entropy_loss = nn.CrossEntropyLoss()
+    return loss

@@ -11,9 +11,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import gradsurg
+
+from conftest import bare_st_gist
 
 gist_mod = pytest.importorskip("sentence_transformers.sentence_transformer.losses.gist_embed")
 cgist_mod = pytest.importorskip("sentence_transformers.sentence_transformer.losses.cached_gist_embed")
@@ -138,36 +139,18 @@ def test_duplicate_keys_from_input_ids():
 
 def st_gist(cols, guide, monkeypatch, **kw):
     """sentence-transformers' GISTEmbedLoss.forward on given embeddings (embed_columns patched)."""
-    loss = gist_mod.GISTEmbedLoss.__new__(gist_mod.GISTEmbedLoss)
-    nn.Module.__init__(loss)
+    loss = bare_st_gist(gist_mod.GISTEmbedLoss, **kw)
     loss.model, loss.guide = "model", "guide"
-    loss.temperature = kw.get("temperature", 0.01)
-    loss.similarity_fct = nn.CosineSimilarity(dim=-1)
     loss.must_retokenize = False
-    loss.margin_strategy = kw.get("margin_strategy", "absolute")
-    loss.margin = kw.get("margin", 0.0)
-    loss.contrast_anchors = kw.get("contrast_anchors", True)
-    loss.contrast_positives = kw.get("contrast_positives", True)
-    loss.gather_across_devices = False
-    loss.cross_entropy_loss = nn.CrossEntropyLoss()
     monkeypatch.setattr(gist_mod, "embed_columns", lambda m, f: list(cols) if m == "model" else list(guide))
     return loss([{}] * len(cols), None)
 
 
 def st_cached_gist(cols, guide, mini_batch_size, **kw):
     """CachedGISTEmbedLoss.calculate_loss on given embeddings, split into mini-batches."""
-    loss = cgist_mod.CachedGISTEmbedLoss.__new__(cgist_mod.CachedGISTEmbedLoss)
-    nn.Module.__init__(loss)
-    loss.temperature = kw.get("temperature", 0.01)
-    loss.similarity_fct = nn.CosineSimilarity(dim=-1)
+    loss = bare_st_gist(cgist_mod.CachedGISTEmbedLoss, **kw)
     loss.mini_batch_size = mini_batch_size
     loss.show_progress_bar = False
-    loss.margin_strategy = kw.get("margin_strategy", "absolute")
-    loss.margin = kw.get("margin", 0.0)
-    loss.contrast_anchors = kw.get("contrast_anchors", True)
-    loss.contrast_positives = kw.get("contrast_positives", True)
-    loss.gather_across_devices = False
-    loss.cross_entropy_loss = nn.CrossEntropyLoss()
     split = lambda t: list(t.split(mini_batch_size))  # noqa: E731
     return loss.calculate_loss([split(c) for c in cols], [split(g) for g in guide])
 

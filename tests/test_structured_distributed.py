@@ -11,11 +11,11 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 
 pytest.importorskip("sentence_transformers")
 
 sys.path.insert(0, os.path.dirname(__file__))
+from conftest import bare_st_gist  # noqa: E402
 from test_distributed import run_ranks  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
@@ -45,18 +45,9 @@ def guide_of(cols, seed):
 def st_gist(cols, guide, kw):
     from sentence_transformers.sentence_transformer.losses import gist_embed as gm
 
-    loss = gm.GISTEmbedLoss.__new__(gm.GISTEmbedLoss)
-    nn.Module.__init__(loss)
+    loss = bare_st_gist(gm.GISTEmbedLoss, gather_across_devices=True, **kw)
     loss.model, loss.guide = "model", "guide"
-    loss.temperature = kw.get("temperature", 0.01)
-    loss.similarity_fct = nn.CosineSimilarity(dim=-1)
     loss.must_retokenize = False
-    loss.margin_strategy = kw.get("margin_strategy", "absolute")
-    loss.margin = kw.get("margin", 0.0)
-    loss.contrast_anchors = kw.get("contrast_anchors", True)
-    loss.contrast_positives = kw.get("contrast_positives", True)
-    loss.gather_across_devices = True
-    loss.cross_entropy_loss = nn.CrossEntropyLoss()
     gm.embed_columns = lambda m, f: list(cols) if m == "model" else list(guide)
     return loss([{}] * len(cols), None)
 
