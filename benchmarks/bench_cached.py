@@ -36,11 +36,6 @@ MODEL = dict(vocab_size=8000, hidden_size=128, num_hidden_layers=2, num_attentio
 SEQ = 16
 
 
-def _rss_now_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def worker(mode: str, batch: int, mbs: int, steps: int, warmup: int, device: str, threads: int) -> dict:
     import torch
     from transformers import BertConfig, BertModel
@@ -75,7 +70,9 @@ def worker(mode: str, batch: int, mbs: int, steps: int, warmup: int, device: str
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated() / 2**20
-    baseline = _rss_now_mb()
+    from gradsurg.bench import rss_mb
+
+    baseline = rss_mb()
     times = []
     for step in range(warmup + steps):
         b = make_batch(step)

@@ -53,7 +53,7 @@ def worker(method: str, b: int, d: int, reps: int, device: str = "cpu", dtype_na
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from gradsurg.bench import _reset_peak, _rss_mb
+    from gradsurg.bench import reset_peak, rss_mb
 
     torch.set_num_threads(1)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -83,8 +83,8 @@ def worker(method: str, b: int, d: int, reps: int, device: str = "cpu", dtype_na
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20
     else:
-        reset = _reset_peak()
-        before = _rss_mb("VmRSS")
+        reset = reset_peak()
+        before = rss_mb("VmRSS")
     try:
         value = float(step())  # warm-up, inside the peak: the allocator keeps what it freed (a later step shows less)
     except torch.OutOfMemoryError as err:
@@ -100,7 +100,7 @@ def worker(method: str, b: int, d: int, reps: int, device: str = "cpu", dtype_na
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20 - before
     else:
-        peak = _rss_mb("VmHWM") - before if reset else float("nan")
+        peak = rss_mb("VmHWM") - before if reset else float("nan")
     if world > 1:
         dist.destroy_process_group()
     return {"times_s": times, "peak_delta_mb": peak, "loss": value}

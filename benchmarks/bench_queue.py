@@ -30,11 +30,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _inputs(n, k, d, grad_neg):
     import torch
 
@@ -56,9 +51,9 @@ def memory_worker(mode, n, k, d, threads) -> dict:
 
     torch.set_num_threads(threads)
     x, y, z = _inputs(n, k, d, mode == "grad")
-    import gradsurg  # noqa: F401  (imported before the baseline)
+    from gradsurg.bench import rss_mb  # gradsurg imported before the baseline
 
-    before = _rss_mb()
+    before = rss_mb()
     _reset_peak()
     _step(x, y, z)
     peak = _peak_mb()

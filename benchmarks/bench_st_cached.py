@@ -52,11 +52,6 @@ METHODS = ("cmnrl", "gradsurg_cached", "mnrl", "gradsurg")
 MAX_LEN = 32
 
 
-def _rss_now_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _pairs(path: str, n: int) -> tuple[list[str], list[str]]:
     from gradsurg.train.config import ConfigError
     from gradsurg.train.data import open_text, resolve_path
@@ -129,7 +124,9 @@ def worker(method: str, batch: int, mbs: int, threads: int, data: str) -> dict:
     model.zero_grad(set_to_none=True)
     tok = getattr(model, "preprocess", None) or model.tokenize
     width = [int(tok(c)["attention_mask"].shape[1]) for c in (anchors, positives)]
-    baseline = _rss_now_mb()
+    from gradsurg.bench import rss_mb
+
+    baseline = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     value = _step(model, loss, anchors, positives)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0

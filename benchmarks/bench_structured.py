@@ -34,11 +34,6 @@ CONFIGS = {
 }
 
 
-def _rss_now_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def worker(impl: str, config: str, batch: int, steps: int, warmup: int, device: str, threads: int) -> dict:
     import warnings
 
@@ -68,7 +63,9 @@ def worker(impl: str, config: str, batch: int, steps: int, warmup: int, device: 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated() / 2**20
-    baseline = _rss_now_mb()
+    from gradsurg.bench import rss_mb
+
+    baseline = rss_mb()
     times = []
     for k in range(warmup + steps):
         t0 = time.perf_counter()

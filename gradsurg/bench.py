@@ -32,7 +32,9 @@ METHODS = ("eager", "compile", "gradsurg", "matmul3")
 DEFAULT_SIZES = (2048, 4096, 8192)
 
 
-def _rss_mb(field: str) -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """The process's resident memory in MiB from ``/proc/self/status`` (``VmRSS`` now, ``VmHWM`` its
+    high-water mark); NaN where the field is missing. The benchmarks' one reading of RSS."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -40,7 +42,7 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -110,14 +112,14 @@ def memory_worker(method: str, n: int, d: int, dtype_name: str, temperature: flo
     import torch
 
     dtype = getattr(torch, dtype_name)
-    base = _rss_mb("VmRSS")
+    base = rss_mb("VmRSS")
     step = _make_step(method, n, d, dtype, temperature)
-    inputs_mb = _rss_mb("VmRSS") - base
+    inputs_mb = rss_mb("VmRSS") - base
     step()  # warm-up (and compilation)
-    reset = _reset_peak()
-    before = _rss_mb("VmRSS")
+    reset = reset_peak()
+    before = rss_mb("VmRSS")
     step()
-    peak = _rss_mb("VmHWM") - before if reset else float("nan")
+    peak = rss_mb("VmHWM") - before if reset else float("nan")
     return {"peak_delta_mb": peak, "inputs_mb": inputs_mb}
 
 
