@@ -337,14 +337,15 @@ class Trainer:
         scaler = run.scaler
         run.optimizer.zero_grad(set_to_none=True)
         run.loss_stats.clear()
+        stats = run.loss_stats if step % cfg.log_every == 0 else None  # W telemetry on logged steps only
         if cfg.mini_batch_size:  # the gradients are accumulated chunk by chunk inside the cached step
-            loss, anchors, positives, negatives = self.cached_step(idx, scaler, run.loss_stats)
+            loss, anchors, positives, negatives = self.cached_step(idx, scaler, stats)
         else:
             with self.autocast():
                 columns = self.text_columns(idx)
                 anchors, positives, negatives = self.step_embeddings(idx, columns)
                 keys = self._duplicate_keys(columns)
-                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys, stats=run.loss_stats))
+                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys, stats=stats))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
