@@ -30,8 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import distributed
-from . import distributed as comm  # paradigm_loss's argument ``distributed`` shadows the module name there
+from . import distributed as comm  # paradigm_loss's argument ``distributed`` would shadow the module's name
 from .engine import dispatch
 from .engine.directions import directions
 from .engine.op import paradigm_call, run
@@ -200,12 +199,12 @@ def _gathered(anchors, positives, negatives, symmetric, reduction, check_finite,
                                         f"{where}(gather_across_devices=True)")
     n_total, k_total = sum(n_r), sum(k_r)
     n_max, k_max = max(n_r), max(k_r)
-    pad = distributed.pad_rows
+    pad = comm.pad_rows
     parts = ([pad(anchors, n_max)] if symmetric else []) + [pad(positives, n_max)]
     if k_max:
         parts.append(pad(negatives, k_max) if negatives is not None
                      else anchors.new_zeros((k_max, anchors.shape[1])))
-    gathered = distributed.all_gather_blocks(torch.cat(parts) if len(parts) > 1 else parts[0], group)
+    gathered = comm.all_gather_blocks(torch.cat(parts) if len(parts) > 1 else parts[0], group)
     off_p = n_max if symmetric else 0
     off_z = off_p + n_max
     order = [rank] + [q for q in range(world) if q != rank]  # own rows first: row i's positive is candidate i
@@ -265,7 +264,7 @@ def _agree(anchors, positives, negatives, symmetric, check_finite, group, where)
         int(want),
         int(ok and negatives is not None and negatives.requires_grad),
     ]
-    table = distributed.agree(err, info, group, anchors if isinstance(anchors, Tensor) else None, where)
+    table = comm.agree(err, info, group, anchors if isinstance(anchors, Tensor) else None, where)
     n_r = [row[0] for row in table]
     k_r = [row[1] for row in table]
     if len({row[2] for row in table}) > 1:
