@@ -82,3 +82,91 @@ def test_a_non_finite_gradient_stops_with_the_step(tiny):
     with pytest.raises(FloatingPointError, match="gradient .* non-finite at step 1"):
         trainer.train()
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))
+
+
+# ----------------------------------------------------------------- the global normaliser (normalizer='global')
+def _global_config(tiny, **over):
+    base = dict(model=tiny["model"], train_data=tiny["corpus"], eval_data=None, max_train_sentences=None,
+                batch_size=8, epochs=2, max_steps=None, progress=False, tensorboard=False, loss="info_nce",
+                loss_params={"normalizer": "global", "temperature": 0.05})
+    base.update(over)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 4])
+def test_the_global_normaliser_gets_the_corpus_indices_of_each_batch(tiny, mini_batch_size):
+    """Each loss call gets index= equal to the batch the trainer embedded (plain and cached steps);
+    dataset_size defaults to the corpus size; after one epoch every sentence has its estimate u_i."""
+    from gradsurg.normalizer import GlobalNormalizer
+    from gradsurg.train.trainer import Trainer
+
+    trainer = Trainer(_global_config(tiny, mini_batch_size=mini_batch_size))
+    state = next(m for m in trainer.loss.modules() if isinstance(m, GlobalNormalizer))
+    assert trainer.loss_uses_index and state.dataset_size == len(trainer.corpus) == 32
+    embedded, passed = [], []
+    columns, forward = trainer.text_columns, trainer.loss.forward
+
+    def spy_columns(idx):
+        embedded.append(list(idx))
+        return columns(idx)
+
+    def spy_forward(*args, index=None, **kw):
+        passed.append(index.tolist())
+        return forward(*args, index=index, **kw)
+
+    trainer.text_columns, trainer.loss.forward = spy_columns, spy_forward
+    result = trainer.train()
+    assert result.steps == 8 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert passed == embedded and len(passed) == 8
+    assert sorted(i for batch in passed[:4] for i in batch) == list(range(32))  # one epoch, each once
+    assert bool(torch.isfinite(state.log_u).all())
+
+
+def test_the_global_normaliser_state_follows_its_formula_through_the_trainer(tiny):
+    """u after two steps on the same examples: u = (1-gamma) g_1 + gamma g_2, with g computed here from
+    the embeddings the loss saw (independent of gradsurg.normalizer's log-space arithmetic)."""
+    import torch.nn.functional as F
+
+    from gradsurg.normalizer import GlobalNormalizer
+    from gradsurg.train.trainer import Trainer
+
+    trainer = Trainer(_global_config(tiny, batch_size=32, epochs=2, loss_params={
+        "normalizer": "global", "temperature": 0.05, "gamma": 0.3}))
+    state = next(m for m in trainer.loss.modules() if isinstance(m, GlobalNormalizer))
+    g_by_step, forward = [], trainer.loss.forward
+
+    def spy_forward(a, p, n=None, index=None, **kw):
+        s = F.normalize(a.detach().double(), dim=1) @ F.normalize(p.detach().double(), dim=1).T
+        e = torch.exp(s / 0.05)
+        g = (e.sum(1) - e.diagonal()) / (s.shape[1] - 1)
+        g_by_step.append(torch.zeros(32, dtype=torch.float64).index_copy(0, index, g))
+        return forward(a, p, n, index=index, **kw)
+
+    trainer.loss.forward = spy_forward
+    trainer.train()
+    expected = 0.7 * g_by_step[0] + 0.3 * g_by_step[1]
+    # float32 embeddings, the engine in float32: exp(s/tau) carries s's rounding times 1/tau = 20
+    torch.testing.assert_close(state.log_u[0].exp(), expected, rtol=2e-5, atol=0)
+
+
+def test_global_normaliser_config_errors(tiny):
+    from gradsurg.train.config import ConfigError
+    from gradsurg.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match=r"dataset_size=10 is smaller than the training corpus \(32 sentences\)"):
+        Trainer(_global_config(tiny, loss_params={"normalizer": "global", "dataset_size": 10}))
+    with pytest.raises(ConfigError, match="'mask_duplicates' does not combine with loss_params.normalizer='global'"):
+        _global_config(tiny, mask_duplicates=True).validate()
+    trainer = Trainer(_global_config(tiny, loss_params={"normalizer": "global", "dataset_size": 100}))
+    assert trainer.loss.normalizer.dataset_size == 100
+    plain = Trainer(_global_config(tiny, loss_params={}))
+    assert not plain.loss_uses_index  # the batch normaliser takes no index
+
+
+def test_a_grid_with_the_global_normaliser_expands_without_a_corpus():
+    from gradsurg.train.grid import expand_grid
+
+    configs = expand_grid(TrainConfig(loss="info_nce", loss_params={"normalizer": "global"}), ["info_nce"], [None],
+                          {"gamma": [0.5, 0.9]})
+    assert [c.loss_params["gamma"] for c in configs if c.loss == "info_nce"] == [0.5, 0.9]
+    assert all("dataset_size" not in c.loss_params for c in configs)

@@ -223,6 +223,9 @@ class TrainConfig:
         if self.mask_duplicates and self.loss != "info_nce":
             raise ConfigError(f"config field 'mask_duplicates' works with loss 'info_nce' (its structured "
                               f"candidates), not {self.loss!r}")
+        if self.mask_duplicates and self.loss_params.get("normalizer") == "global":
+            raise ConfigError("config field 'mask_duplicates' does not combine with loss_params.normalizer='global' "
+                              "(the global normaliser runs on the paradigm engine, without candidate masks)")
         if self.form is not None and self.form not in FORMS:
             raise ConfigError(f"config field 'form' is {self.form!r}; expected one of {', '.join(FORMS)} or null")
         if self.suite_data is not None and (not isinstance(self.suite_data, str) or not self.suite_data):

@@ -45,7 +45,7 @@ import torch
 from .config import ConfigError, TrainConfig
 from .data import Corpus, STSPairs, check_pairs, read_corpus, read_sts_pairs
 from .sts import evaluate_sts
-from .losses import loss_from_config
+from .losses import loss_from_config, uses_index
 from .precision import autocast, check_compile, check_precision, compile_encoder, make_scaler
 from .steplog import StepLogger, make_collector
 
@@ -125,7 +125,8 @@ class Trainer:
     ):
         self.config = config.validate()
         cfg = self.config
-        self.loss = loss if loss is not None else loss_from_config(cfg)
+        if loss is None:  # checked before the corpus is read (fast failure on a bad loss field)
+            loss_from_config(cfg)
         if corpus is None:
             if cfg.train_data is None:
                 raise ConfigError("config field 'train_data' is not set (a text/CSV/JSONL corpus path)")
@@ -134,6 +135,10 @@ class Trainer:
         self.corpus = corpus
         if len(corpus) < 2:
             raise ConfigError("the training corpus needs at least 2 sentences")
+        # built once the corpus is known: normalizer='global' keeps one estimate per corpus sentence
+        self.loss = loss if loss is not None else loss_from_config(cfg, dataset_size=len(corpus))
+        #: the loss keeps per-example state (global normaliser): each call gets the batch's corpus indices
+        self.loss_uses_index = uses_index(self.loss)
         if eval_pairs is None and cfg.eval_data is not None:
             eval_pairs = read_sts_pairs(cfg.eval_data, cfg.eval_format, cfg.eval_split)
         if cfg.suite_data:  # checked before the model is loaded
@@ -210,15 +215,19 @@ class Trainer:
 
         return [k.to(self.device) for k in texts_to_keys(*columns)]
 
-    def _call_loss(self, anchors, positives, negatives=None, keys=None, stats=None):
+    def _call_loss(self, anchors, positives, negatives=None, keys=None, stats=None, idx=None):
         """The loss of one batch; with duplicate keys the hard negatives go as a column (structured candidates).
         ``stats``: a dict that a loss on the structured path (sentence-transformers' options, masks) fills
-        with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks."""
+        with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks.
+        ``idx``: the batch's corpus positions, passed as ``index=`` to a loss that keeps per-example
+        state (:attr:`loss_uses_index`: the global normaliser's estimates u_i)."""
         per_batch = {}
+        if self.loss_uses_index:
+            per_batch["index"] = torch.as_tensor(idx, dtype=torch.int64, device=anchors.device)
         if keys is not None:
             per_batch["keys"] = keys
             negatives = [] if negatives is None else [negatives]
-        if stats is not None and (per_batch or getattr(self.loss, "structured", None)):
+        if stats is not None and (keys is not None or getattr(self.loss, "structured", None)):
             per_batch["stats"] = stats
         return self.loss(anchors, positives, negatives, **per_batch)
 
@@ -236,7 +245,8 @@ class Trainer:
         columns = self.text_columns(idx)
         keys = self._duplicate_keys(columns)
         loss, embs = cached_step(self._autocast_fn(self.encoder), columns,
-                                 self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys, stats=stats))),
+                                 self._autocast_fn(lambda *e: _scalar(self._call_loss(*e, keys=keys, stats=stats,
+                                                                                      idx=idx))),
                                  mini_batch_size=self.config.mini_batch_size, return_embeddings=True,
                                  scale_loss=scaler.scale if scaler is not None else None)
         return loss, embs[0], embs[1], (embs[2] if len(embs) > 2 else None)
@@ -345,7 +355,7 @@ class Trainer:
                 columns = self.text_columns(idx)
                 anchors, positives, negatives = self.step_embeddings(idx, columns)
                 keys = self._duplicate_keys(columns)
-                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys, stats=stats))
+                loss = _scalar(self._call_loss(anchors, positives, negatives, keys=keys, stats=stats, idx=idx))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss {cfg.loss!r} became {value} at step {step} (lr {cfg.lr})")
