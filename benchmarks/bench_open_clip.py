@@ -17,7 +17,7 @@ the resident high-water mark above the resident size before the first step (rese
 ``benchmarks/results/open_clip_<machine>.json`` and ``.png``::
 
     python benchmarks/bench_open_clip.py                      # B = 1024, 4096 (about 2-3 minutes on 2 cores)
-    python benchmarks/bench_open_clip.py --sizes 16384 --reps 2 --worlds 1
+    python benchmarks/bench_open_clip.py --sizes 16384 --reps 2     # added to the file's rows (--fresh: all anew)
 """
 from __future__ import annotations
 
@@ -142,6 +142,11 @@ def measure(method: str, b: int, d: int, reps: int, world: int, device: str = "c
             "times_s": [o["times_s"] for o in outs]}
 
 
+def _row_key(r: dict) -> tuple:
+    """What identifies a measured row (reruns with the same key are skipped)."""
+    return (r["method"], r["B"], r["world"], r["d"], r["device"], r["dtype"])
+
+
 def plot(results: list[dict], path: str, title: str) -> None:
     import matplotlib
 
@@ -180,6 +185,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (one process per method; peak = "
                         "torch.cuda.max_memory_allocated above the inputs)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--fresh", action="store_true", help="measure everything again (default: the rows "
+                        "already in the results file for these settings are kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -189,21 +196,39 @@ def main() -> int:
 
     name = machine_name() if args.device == "cpu" else _gpu_name()
     path = os.path.join(args.out, f"open_clip_{name}.json")
-    results = []
+    results, earlier, commands = [], {}, []
+    if os.path.exists(path) and not args.fresh:  # resumable: rows measured before are kept, not rerun
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            for r in old["results"]:
+                r.setdefault("reps", old["meta"].get("reps"))
+            earlier = {_row_key(r): r for r in old["results"]}
+            commands = old["meta"].get("commands") or [old["meta"].get("command")]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: cannot read the earlier results ({exc}); pass --fresh to start over")
     t0 = time.perf_counter()
     for world in args.worlds:
         for b in args.sizes:
             for method in METHODS[world]:
+                key = (method, b, world, args.d, args.device, args.dtype)
+                if key in earlier:
+                    print(f"world={world} B={b:6d} {method:24s} kept from {path}", flush=True)
+                    continue
                 r = measure(method, b, args.d, args.reps, world, args.device, args.dtype)
-                results.append(r)
+                r["reps"] = args.reps
+                earlier[key] = r
                 print(f"world={world} B={b:6d} {method:24s} median {r['median_s'] * 1e3:9.1f} ms  "
                       f"peak {r['peak_delta_mb']:8.1f} MB" + (f"  ({r['error']})" if r["error"] else ""), flush=True)
-    meta = {"machine": name, "d": args.d, "dtype": args.dtype, "device": args.device, "reps": args.reps,
-            "threads_per_process": 1,
-            "wall_s": time.perf_counter() - t0, "command": " ".join(["python"] + sys.argv)}
+    results = sorted(earlier.values(), key=lambda r: (r["world"], r["B"], METHODS[r["world"]].index(r["method"])))
+    meta = {"machine": name, "d": args.d, "dtype": args.dtype, "device": args.device,
+            "reps": "per row (timed steps after one warm-up)", "threads_per_process": 1,
+            "wall_s": time.perf_counter() - t0, "commands": commands + [" ".join(["python"] + sys.argv)]}
     os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:  # written whole, then renamed: an interrupted run never leaves half a file
         json.dump({"meta": meta, "results": results}, f, indent=1)
+    os.replace(tmp, path)
     plot(results, path[:-5] + ".png", f"open_clip vs gradsurg losses, d = {args.d}, {args.dtype}, {name}"
          + (", 1 thread/process" if args.device == "cpu" else ""))
     print(f"wrote {path} ({meta['wall_s']:.0f} s)")
