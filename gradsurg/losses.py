@@ -114,9 +114,9 @@ def _global(normalizer, tau, learn, state, index, anchors, positives, negatives,
         raise ValueError(f"{where}: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     if normalizer == "batch":
         raise ValueError(f"{where}: state= and index= are only used with normalizer='global'")
-    if learn is not None:
-        raise ValueError(f"{where}: normalizer='global' takes a float temperature, not a learnable one")
-    return info_nce_global(anchors, positives, negatives, state=state, index=index, temperature=tau, **kwargs)
+    temperature = learn["temperature"] if learn is not None else tau  # a learnable one: its 0-dim tensor
+    return info_nce_global(anchors, positives, negatives, state=state, index=index, temperature=temperature,
+                           **kwargs)
 
 
 def _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs) -> Tensor:
@@ -340,7 +340,10 @@ class InfoNCELoss(_Softmax):
             if structured:
                 raise ValueError("InfoNCELoss: normalizer='global' does not combine with lists of hard negatives, "
                                  "masks, guides, labels or soft targets")
-            return _global("global", self.paradigm.dissipation.temperature, self._learn(), self.normalizer, index,
+            learn = self._learn()
+            if learn is not None and isinstance(anchors, Tensor):
+                learn = {k: v.to(anchors.device) for k, v in learn.items()}
+            return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index,
                            anchors, positives, negatives, dict(self.kwargs), "InfoNCELoss")
         if index is not None:
             raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")

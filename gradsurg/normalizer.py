@@ -30,6 +30,23 @@ its backward with the row weight ``c_i = exp(LSE_all_i) / ((M-1) u_i)`` gives
 ``exp(s_ij/tau)/((M-1) u_i tau)`` on every negative and ``-(g_i/u_i)/tau`` on the
 positive, which an O(N d) term ``(g_i/u_i - 1)/tau * s_ii`` (autograd on the
 pair's similarity) brings to ``-1/tau``.
+
+A learnable temperature (a 0-dim tensor) gets the gradient of the same surrogate
+``-s_ii/tau + sum_{j != i} exp(s_ij/tau) / ((M-1) u_i)`` with u held constant,
+
+.. math::
+
+    \frac{\partial L_i}{\partial \tau} = \frac{1}{\tau^2}\Big(s_{ii} -
+        \sum_{j \ne i} \frac{e^{s_{ij}/\tau}}{(M-1)\, u_i}\, s_{ij}\Big),
+
+the compositional objective's ``d/dtau (-s_ii/tau + log g_i)`` with ``g_i`` in the
+denominator replaced by its estimate ``u_i``, as for the embeddings: the engine's
+rows carry it through ``c_i L_i`` and autograd through ``s_ii / tau`` in the pair term.
+
+Across processes (``distributed='gather'`` or ``'ring'``) each rank computes its own
+anchors' rows against every rank's candidates (M counts the global batch) and
+gathers the global batch's indices and new estimates, so every rank's state holds
+the whole of ``u`` (docs/paradigm.md, "Global normaliser").
 """
 from __future__ import annotations
 
@@ -38,6 +55,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import distributed as comm
 from . import paradigm as _p
 from .api import paradigm_loss
 from .engine.normalize import normalize
@@ -123,59 +141,146 @@ def _similarity(x: Tensor, y: Tensor, unit: bool) -> Tensor:
     return (x * y).sum(dim=1)
 
 
-def _direction(x, pos, neg, state, tower, index, tau, update, kwargs):
-    """``(value rows, gradient rows)`` of one direction: equal values, the gradient rows' gradient
-    is the global normaliser's."""
-    rows = paradigm_loss(x, pos, neg, paradigm=_p.info_nce(tau), reduction="none", **kwargs)
-    m = pos.shape[0] + (0 if neg is None else neg.shape[0])
-    if m < 2:
-        raise ValueError("info_nce(normalizer='global'): need at least one negative per anchor (M >= 2)")
+def _direction(x, pos, neg, state, tower, index, temp, m, kwargs):
+    """``(value rows, gradient rows, new log u rows)`` of one direction: equal values, the gradient rows'
+    gradient is the global normaliser's. ``temp``: the temperature (float, or a 0-dim tensor: learnable);
+    ``m``: the number of candidates per anchor (over every rank's when gathered)."""
+    learnable = isinstance(temp, Tensor)
+    tau = float(temp.detach()) if learnable else temp
+    paradigm, learn = (_p.info_nce(1.0), {"temperature": temp}) if learnable else (_p.info_nce(tau), None)
+    rows = paradigm_loss(x, pos, neg, paradigm=paradigm, learn=learn, reduction="none",
+                         caller="info_nce(normalizer='global')", **kwargs)
     s = _similarity(x, pos, kwargs.get("normalize", True))
     big_l, sd = rows.detach().double(), s.detach().double()
     lse_all = sd / tau + big_l
     log_m = math.log(m - 1)
     log_g = lse_all + torch.log(-torch.expm1(-big_l)) - log_m
-    log_u = state.step(tower, index, log_g, update).to(big_l.device)
-    ratio = torch.exp(log_g - log_u)
-    c = torch.exp(lse_all - log_u - log_m)
-    value = -sd / tau + log_u + ratio - 1.0
-    grad_rows = c.to(rows.dtype) * rows + ((ratio - 1.0) / tau).to(s.dtype) * s
-    return value.to(rows.dtype), grad_rows
+    log_u = state.step(tower, index, log_g, False)
+    lu = log_u.to(big_l.device)
+    ratio = torch.exp(log_g - lu)
+    c = torch.exp(lse_all - lu - log_m)
+    value = -sd / tau + lu + ratio - 1.0
+    # (g/u - 1) s_ii / tau: as a function of the logit s_ii / tau, so that a learnable temperature gets its
+    # share through autograd (the engine's rows carry the rest of d/dtau)
+    pair = (ratio - 1.0).to(s.dtype) * s / temp if learnable else ((ratio - 1.0) / tau).to(s.dtype) * s
+    grad_rows = c.to(rows.dtype) * rows + pair
+    return value.to(rows.dtype), grad_rows, log_u
+
+
+def _batch_layout(anchors, negatives, state, index, update, kwargs, where):
+    """``(index, every rank's index or None, M of the first direction, M of the second, the gathered
+    row counts or None, world, N over all ranks)``.
+
+    Across processes (``distributed`` / ``gather_across_devices`` with a process group of more than
+    one) every rank's index errors are raised on every rank (no rank left waiting in a collective),
+    the ranks must agree on whether the state is updated, and the indices of the global batch are
+    gathered (each example at most once in it) so that every rank writes the whole global batch's
+    estimates into its copy of the state."""
+    mode = kwargs.get("distributed") or ("gather" if kwargs.get("gather_across_devices") else None)
+    group = kwargs.get("group")
+    if mode is None or not comm.gather_active(group):
+        if not isinstance(anchors, Tensor) or anchors.dim() != 2:
+            raise ValueError(f"{where}: anchors must be a (N, d) tensor")
+        index = state.check_index(index, anchors.shape[0], where)
+        n = anchors.shape[0]
+        k = negatives.shape[0] if isinstance(negatives, Tensor) and negatives.dim() == 2 else 0
+        return index, None, n + k, n, None, 1, n
+    err = None
+    try:
+        if not isinstance(anchors, Tensor) or anchors.dim() != 2:
+            raise ValueError(f"{where}: anchors must be a (N, d) tensor")
+        index = state.check_index(index, anchors.shape[0], where)
+    except (TypeError, ValueError, IndexError) as e:
+        err = e
+    ok = err is None
+    k = negatives.shape[0] if ok and isinstance(negatives, Tensor) and negatives.dim() == 2 else 0
+    like = anchors if isinstance(anchors, Tensor) else None
+    table = comm.agree(err, [anchors.shape[0] if ok else 0, k, int(update)], group, like, where)
+    if len({row[2] for row in table}) > 1:
+        raise ValueError(f"{where}: some ranks update the GlobalNormalizer and others do not (training mode with "
+                         f"gradients: {[bool(row[2]) for row in table]}); every rank must agree")
+    n_r, k_r = [row[0] for row in table], [row[1] for row in table]
+    with torch.no_grad():
+        every = comm.all_gather_with_grad(index.to(anchors.device)[:, None], group, n_r)[:, 0]
+    if every.unique().numel() != every.numel():
+        raise ValueError(f"{where}: index has repeated values across the ranks; each example must be in the "
+                         f"global batch once (the ranks' indices are the dataset indices of their own anchors)")
+    world = torch.distributed.get_world_size(group)
+    return index, every, sum(n_r) + sum(k_r), sum(n_r), n_r, world, sum(n_r)
+
+
+def _store(state, towers, index, every, n_r, group, like):
+    """Write the new ``log u`` rows ``towers`` ({tower: (n,) rows of ``index``}) into ``state``; across
+    processes every rank's rows are gathered first, so that every rank's state is the same."""
+    if every is None:
+        for t, rows in towers.items():
+            state.log_u[t, index] = rows
+        return
+    local = torch.stack([rows.to(like.device) for rows in towers.values()], dim=1)
+    with torch.no_grad():
+        allrows = comm.all_gather_with_grad(local, group, n_r).to(state.log_u.device)
+    at = every.to(state.log_u.device)
+    for col, t in enumerate(towers):
+        state.log_u[t, at] = allrows[:, col]
 
 
 def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
-                    state: GlobalNormalizer, index, temperature: float = 0.05, symmetric: bool = False,
+                    state: GlobalNormalizer, index, temperature: float | Tensor = 0.05, symmetric: bool = False,
                     reduction: str = "mean", **kwargs) -> Tensor:
     r"""InfoNCE with the global normaliser (module docstring): ``state`` holds ``u``, ``index`` (N,)
     names the batch's examples in it. ``symmetric=True`` (two towers, CLIP): the positives ->
-    anchors direction uses tower 1 of ``state`` (``towers=2``) with the same indices. ``temperature``
-    is a float (a learnable temperature is not supported here). Other keyword arguments
-    (``backend``, ``check_finite``, ``chunk_bytes``, ``normalize``) pass to :func:`gradsurg.paradigm_loss`.
+    anchors direction uses tower 1 of ``state`` (``towers=2``) with the same indices.
+
+    ``temperature``: a float, or a 0-dim tensor (learnable): its gradient is that of the reported
+    loss with ``u`` held constant, ``d/dtau sum_i [-s_ii/tau + sum_{j!=i} e^{s_ij/tau} / ((M-1) u_i)]``,
+    the estimator of the compositional objective's gradient that ``u`` gives (docs/paradigm.md).
+
+    Across processes (``distributed='gather'`` / ``gather_across_devices=True``, or
+    ``distributed='ring'``; ``group``): ``index`` holds the dataset indices of this rank's own
+    anchors; the candidates are every rank's (so ``M`` counts the global batch), each rank computes
+    its own anchors' rows, and every rank's ``state`` receives the new estimates of the whole global
+    batch (the ranks' states stay equal: any rank's checkpoint holds all of ``u``). Reductions follow
+    the gather path's scaling (:mod:`gradsurg.api`: ``'mean'`` returns ``(W/N) sum_{i in r} L_i``).
+    Other keyword arguments (``backend``, ``check_finite``, ``chunk_bytes``, ``normalize``) pass to
+    :func:`gradsurg.paradigm_loss`.
     """
     where = "info_nce(normalizer='global')"
     if not isinstance(state, GlobalNormalizer):
         raise TypeError(f"{where}: state must be a gradsurg.GlobalNormalizer (the per-example estimates), "
                         f"got {type(state).__name__}")
-    if isinstance(temperature, Tensor) or isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not temperature > 0:
-        raise ValueError(f"{where}: temperature must be a float > 0 (a learnable temperature is not supported "
-                         f"with the global normaliser), got {temperature!r}")
+    temp = _check_temperature(temperature, where)
     check_reduction(reduction, where)
-    for bad in ("gather_across_devices", "distributed", "learn"):
-        if kwargs.get(bad):
-            raise ValueError(f"{where}: {bad} is not supported with the global normaliser")
+    if kwargs.get("learn"):
+        raise ValueError(f"{where}: learn= is not taken here; give a learnable temperature as temperature= "
+                         f"(a 0-dim tensor)")
     if symmetric and state.log_u.shape[0] != 2:
         raise ValueError(f"{where}: symmetric=True needs GlobalNormalizer(towers=2), got towers={state.log_u.shape[0]}")
-    if not isinstance(anchors, Tensor) or anchors.dim() != 2:
-        raise ValueError(f"{where}: anchors must be a (N, d) tensor")
-    index = state.check_index(index, anchors.shape[0], where)
     update = torch.is_grad_enabled() and state.training
-    tau = float(temperature)
-    value, grad = _direction(anchors, positives, negatives, state, 0, index, tau, update, kwargs)
+    index, every, m1, m2, n_r, world, n_total = _batch_layout(anchors, negatives, state, index, update, kwargs, where)
+    value, grad, log_u = _direction(anchors, positives, negatives, state, 0, index, temp, m1, kwargs)
+    towers = {0: log_u}
     if symmetric:
-        v2, g2 = _direction(positives, anchors, None, state, 1, index, tau, update, kwargs)
+        v2, g2, towers[1] = _direction(positives, anchors, None, state, 1, index, temp, m2, kwargs)
         value, grad = 0.5 * (value + v2), 0.5 * (grad + g2)
+    if update:
+        _store(state, towers, index, every, n_r, kwargs.get("group"), anchors)
     rows = value + (grad - grad.detach())
     if reduction == "none":
         return rows
-    return rows.sum() if reduction == "sum" else rows.mean()
+    return rows.sum() if reduction == "sum" else rows.sum() * (world / n_total)
+
+
+def _check_temperature(temperature, where: str):
+    """A float > 0, or a 0-dim floating tensor (learnable; its value is checked by the engine)."""
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or temperature.dim() > 1 or not temperature.is_floating_point():
+            raise TypeError(f"{where}: a learnable temperature must be a 0-dim floating tensor, got shape "
+                            f"{tuple(temperature.shape)} dtype {temperature.dtype}")
+        value = float(temperature.detach())
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{where}: temperature must be > 0 and finite, got {value}")
+        return temperature.reshape(())
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{where}: temperature must be a float > 0 or a 0-dim tensor (learnable), "
+                         f"got {temperature!r}")
+    return float(temperature)

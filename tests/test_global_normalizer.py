@@ -26,28 +26,33 @@ TAU, GAMMA, DATASET = 0.1, 0.3, 12
 
 
 class Oracle:
-    def __init__(self, towers):
+    """The per-example estimates as a dictionary per tower, and one direction's (value, surrogate) rows:
+    ``tau`` a float or a 0-dim tensor (a leaf: the surrogate's gradient to it is the learnable one)."""
+
+    def __init__(self, towers, tau=TAU, gamma=GAMMA):
         self.u = [dict() for _ in range(towers)]
+        self.tau, self.gamma = tau, gamma
 
     def direction(self, x, c, tower, index, unit, update=True):
+        tau, gamma = self.tau, self.gamma
         if unit:
             x, c = F.normalize(x, dim=1), F.normalize(c, dim=1)
         s = x @ c.T
         n, m = s.shape
         off = ~torch.eye(n, m, dtype=torch.bool)
-        e = torch.exp(s / TAU) * off
+        e = torch.exp(s / tau) * off
         g = e.detach().sum(dim=1) / (m - 1)
         u = []
         for i, k in enumerate(index.tolist()):
             old = self.u[tower].get(k)
-            new = g[i].item() if old is None else (1 - GAMMA) * old + GAMMA * g[i].item()
+            new = g[i].item() if old is None else (1 - gamma) * old + gamma * g[i].item()
             if update:
                 self.u[tower][k] = new
             u.append(new)
         u = torch.tensor(u, dtype=torch.float64)
         pos = s.diagonal()
-        surrogate = -pos / TAU + e.sum(dim=1) / ((m - 1) * u)
-        value = -pos.detach() / TAU + torch.log(u) + g / u - 1
+        surrogate = -pos / tau + e.sum(dim=1) / ((m - 1) * u)
+        value = -pos.detach() / float(tau.detach() if torch.is_tensor(tau) else tau) + torch.log(u) + g / u - 1
         return value, surrogate
 
 
@@ -91,6 +96,53 @@ def test_steps_against_oracle(symmetric, with_neg, unit):
         for k, (got, exp) in enumerate(zip(grads, want)):
             assert rel_err(got, exp) < TOL, (step, k, rel_err(got, exp))
         seen = torch.tensor(sorted({k for s in steps[:step + 1] for k in s}))
+        want_u = torch.tensor([oracle.u[0][k] for k in seen.tolist()], dtype=torch.float64)
+        assert rel_err(state.log_u[0, seen].exp(), want_u) < TOL
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["one", "sym"])
+@pytest.mark.parametrize("form", ["temperature", "scale", "module"])
+def test_learnable_temperature_against_oracle(symmetric, form):
+    """A learnable temperature: its gradient is the surrogate's (u held constant), over three steps, with the
+    features' gradients and the state; ``scale=`` (1/tau) and ``InfoNCELoss(learnable=True)`` reach it too."""
+    g = torch.Generator().manual_seed(5)
+    data_a = torch.randn(DATASET, 4, generator=g, dtype=torch.float64)
+    data_p = data_a + 0.7 * torch.randn(DATASET, 4, generator=g, dtype=torch.float64)
+    towers = 2 if symmetric else 1
+    module = gradsurg.InfoNCELoss(temperature=TAU, learnable=True, normalizer="global", dataset_size=DATASET,
+                                  gamma=GAMMA, symmetric=symmetric).double()
+    state = module.normalizer if form == "module" else gradsurg.GlobalNormalizer(DATASET, GAMMA, towers)
+    oracle = Oracle(2)
+    for step, idx in enumerate([[0, 1, 2, 3, 4], [3, 4, 5, 6], [0, 6, 7, 1, 2, 8]]):
+        index = torch.tensor(idx)
+        tau0 = TAU * (1 + 0.2 * step)  # the temperature moves between steps
+        a = (data_a[index] + 0.03 * step).clone().requires_grad_()
+        p = data_p[index].clone().requires_grad_()
+        z = torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_()
+        if form == "module":
+            with torch.no_grad():
+                module.logit_scale.fill_(math.log(1 / tau0))
+            hyper = module.logit_scale
+            loss = module(a, p, z, index=index)
+        elif form == "scale":
+            hyper = torch.tensor(1 / tau0, dtype=torch.float64, requires_grad=True)
+            loss = gradsurg.info_nce(a, p, z, scale=hyper, normalizer="global", state=state, index=index,
+                                     symmetric=symmetric)
+        else:
+            hyper = torch.tensor(tau0, dtype=torch.float64, requires_grad=True)
+            loss = gradsurg.info_nce(a, p, z, temperature=hyper, normalizer="global", state=state, index=index,
+                                     symmetric=symmetric)
+        grads = torch.autograd.grad(loss, [a, p, z, hyper])
+        ra, rp, rz = (t.detach().clone().requires_grad_() for t in (a, p, z))
+        rh = hyper.detach().clone().requires_grad_()
+        oracle.tau = {"module": lambda h: torch.exp(-h), "scale": lambda h: 1 / h, "temperature": lambda h: h}[form](rh)
+        value, surrogate = oracle_loss(oracle, ra, rp, rz, index, symmetric, True)
+        want = torch.autograd.grad(surrogate, [ra, rp, rz, rh])
+        assert rel_err(loss, value) < TOL, step
+        for k, (got, exp) in enumerate(zip(grads, want)):
+            assert rel_err(got, exp) < TOL, (step, k, rel_err(got, exp))
+        assert grads[3].abs() > 1e-3  # the temperature's gradient is not trivially zero
+        seen = torch.tensor(sorted(oracle.u[0]))
         want_u = torch.tensor([oracle.u[0][k] for k in seen.tolist()], dtype=torch.float64)
         assert rel_err(state.log_u[0, seen].exp(), want_u) < TOL
 
@@ -151,9 +203,15 @@ def test_errors():
         gradsurg.info_nce(a, p, normalizer="global", index=torch.arange(4))
     with pytest.raises(ValueError, match="normalizer must be one of"):
         gradsurg.info_nce(a, p, normalizer="globl", state=state, index=torch.arange(4))
-    with pytest.raises(ValueError, match="learnable"):
-        gradsurg.info_nce(a, p, temperature=torch.tensor(0.1), normalizer="global", state=state,
+    with pytest.raises(TypeError, match="0-dim floating tensor"):
+        gradsurg.info_nce(a, p, temperature=torch.tensor([0.1, 0.2]), normalizer="global", state=state,
                           index=torch.arange(4))
+    with pytest.raises(ValueError, match="> 0 and finite"):
+        gradsurg.info_nce(a, p, temperature=torch.tensor(-0.1), normalizer="global", state=state,
+                          index=torch.arange(4))
+    with pytest.raises(ValueError, match="learn= is not taken here"):
+        gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.arange(4),
+                          learn={"temperature": torch.tensor(0.1)})
     with pytest.raises(ValueError, match="towers=2"):
         gradsurg.info_nce(a, p, normalizer="global", state=state, index=torch.arange(4), symmetric=True)
     with pytest.raises(ValueError, match="gamma must be"):

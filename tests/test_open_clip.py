@@ -251,3 +251,142 @@ def test_distributed_against_open_clip(spawned, dtype):
         for r in range(world):
             got = per_rank[r][(dtype, case, "ours")]
             assert_close(got, per_rank[r][(dtype, case, "open_clip")], dtype, (world, case, r))
+
+
+# -- normalizer='global' (FastCLIP's setting): one process and 2 gloo processes --------------------------
+# against the independent step-by-step oracle of test_global_normalizer.py (dot products of the given
+# features, tau = 1 / logit_scale, a leaf: the oracle's surrogate gives the logit_scale's gradient too)
+
+from test_global_normalizer import Oracle  # noqa: E402
+
+GN_DATASET, GN_GAMMA, GN_WORLD = 9, 0.3, 2
+GN_STEPS = [[0, 1, 2, 3], [2, 4, 5, 0], [6, 1, 3, 7]]  # the global batch's indices (rank r: 2r, 2r + 1)
+GN_SETTINGS = [(True, True), (False, True), (False, False)]  # (local_loss, gather_with_grad)
+
+
+def gn_batch(step, dtype):
+    g = torch.Generator().manual_seed(50 + step)
+    img = F.normalize(torch.randn(4, DIM, generator=g, dtype=torch.float64), dim=-1)
+    txt = F.normalize(img + 0.9 * torch.randn(4, DIM, generator=g, dtype=torch.float64), dim=-1)
+    scale = torch.tensor(5.0 + step, dtype=torch.float64)  # the learnable logit_scale moves
+    bias = torch.tensor(-2.0, dtype=torch.float64)
+    return [t.to(dtype) for t in (img, txt, scale, bias)]
+
+
+def gn_oracle_step(oracle, img, txt, scale, index):
+    """Leaves (image, text, logit_scale) and the oracle's per-pair (value, surrogate) rows of the step."""
+    leaves = [t.detach().double().clone().requires_grad_() for t in (img, txt, scale)]
+    oracle.tau = 1 / leaves[2]
+    v1, s1 = oracle.direction(leaves[0], leaves[1], 0, index, unit=False)
+    v2, s2 = oracle.direction(leaves[1], leaves[0], 1, index, unit=False)
+    return leaves, 0.5 * (v1 + v2), 0.5 * (s1 + s2)
+
+
+def assert_state(log_u, oracle, tol, what):
+    for tower in (0, 1):
+        seen = sorted(oracle.u[tower])
+        want = torch.tensor([oracle.u[tower][k] for k in seen], dtype=torch.float64)
+        assert rel_err(log_u[tower, seen].exp(), want) < tol, (what, tower)
+        rest = [k for k in range(GN_DATASET) if k not in oracle.u[tower]]
+        assert torch.isinf(log_u[tower, rest]).all(), (what, tower, "never seen")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_global_normalizer_one_process(dtype):
+    loss_fn = ClipLoss(normalizer="global", dataset_size=GN_DATASET, gamma=GN_GAMMA)
+    oracle = Oracle(2, gamma=GN_GAMMA)
+    for step, idx in enumerate(GN_STEPS):
+        img, txt, scale, bias = gn_batch(step, dtype)
+        index = torch.tensor(idx)
+        got = run_loss(lambda *a: loss_fn(*a, index=index), img, txt, scale, bias)
+        leaves, value, surrogate = gn_oracle_step(oracle, img, txt, scale, index)
+        want = {"loss": value.mean(), "grads": list(torch.autograd.grad(surrogate.mean(), leaves))
+                + [torch.zeros(())]}
+        if dtype == torch.float32:  # d/dlogit_scale sums terms of size |s_ij| <= 1 (unit features) that cancel
+            # to ~3e-3 here: float32 rounding is 1e-5 of the terms, not of the result
+            assert float((got["grads"][2] - want["grads"][2]).abs()) < TOL[dtype], (step, "logit_scale")
+            got["grads"][2] = want["grads"][2] = torch.zeros(())
+        assert_close(got, want, dtype, ("clip", step))
+        assert_state(loss_fn.normalizer.log_u, oracle, TOL[dtype], step)
+    state = loss_fn.state_dict()
+    assert set(state) == {"normalizer.log_u"}
+    fresh = ClipLoss(normalizer="global", dataset_size=GN_DATASET, gamma=GN_GAMMA)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.normalizer.log_u, loss_fn.normalizer.log_u)
+
+
+def test_global_normalizer_default_unchanged_and_errors():
+    img, txt, scale, _ = batch(1, torch.float64)
+    assert ClipLoss().state_dict() == {}  # the default (batch) normaliser holds no state
+    with pytest.raises(ValueError, match="index= is only used with normalizer='global'"):
+        ClipLoss()(img, txt, scale, index=torch.arange(B))
+    with pytest.raises(ValueError, match="needs dataset_size="):
+        ClipLoss(normalizer="global")
+    with pytest.raises(ValueError, match="normalizer must be one of"):
+        ClipLoss(normalizer="sogclr", dataset_size=4)
+    with pytest.raises(ValueError, match="local_loss=True needs gather_with_grad=True"):
+        ClipLoss(local_loss=True, rank=0, world_size=2, normalizer="global", dataset_size=4)
+    loss_fn = ClipLoss(normalizer="global", dataset_size=4)
+    with pytest.raises(ValueError, match="needs index="):
+        loss_fn(img, txt, scale)
+    with pytest.raises(IndexError, match="out of range"):
+        loss_fn(img, txt, scale, index=torch.tensor([0, 1, 4]))
+    ClipLoss(local_loss=True, normalizer="global", dataset_size=4)  # one process: the flags do not matter
+
+
+def gn_worker(rank, world, port, outdir):
+    import gradsurg.integrations.open_clip as ours
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    results = {}
+    for setting in GN_SETTINGS:
+        local, with_grad = setting
+        loss_fn = ours.ClipLoss(local_loss=local, gather_with_grad=with_grad, rank=rank, world_size=world,
+                                normalizer="global", dataset_size=GN_DATASET, gamma=GN_GAMMA)
+        for step, idx in enumerate(GN_STEPS):
+            img, txt, scale, bias = gn_batch(step, torch.float64)
+            rows = slice(2 * rank, 2 * rank + 2)
+            index = torch.tensor(idx[rows])
+            out = run_loss(lambda *a: loss_fn(*a, index=index), img[rows], txt[rows], scale, bias)
+            out["log_u"] = loss_fn.normalizer.log_u.clone()
+            results[(setting, step)] = out
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def gn_spawned():
+    return run_ranks(gn_worker, GN_WORLD)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", GN_SETTINGS, ids=lambda s: f"local{int(s[0])}-grad{int(s[1])}")
+def test_global_normalizer_distributed(gn_spawned, setting):
+    """Per rank (W = 2, N = 4): local_loss + gather_with_grad: value (W/N) sum of its rows, feature gradient W
+    times the global mean's, logit_scale its own value's; local_loss=False: the global mean, W times (with
+    gather_with_grad) or once (without) its gradient on the rank's rows, logit_scale the global mean's. The
+    state on every rank: the oracle's, for both towers."""
+    local, with_grad = setting
+    oracle = Oracle(2, gamma=GN_GAMMA)
+    tol = TOL[torch.float64]
+    for step, idx in enumerate(GN_STEPS):
+        img, txt, scale, _ = gn_batch(step, torch.float64)
+        leaves, value, surrogate = gn_oracle_step(oracle, img, txt, scale, torch.tensor(idx))
+        d_mean = torch.autograd.grad(surrogate.mean(), leaves, retain_graph=True)
+        for r in range(GN_WORLD):
+            rows = slice(2 * r, 2 * r + 2)
+            got = gn_spawned[r][(setting, step)]
+            if local:
+                own = surrogate[rows].sum() * GN_WORLD / 4
+                want_value, want_scale = value[rows].sum() * GN_WORLD / 4, torch.autograd.grad(
+                    own, leaves[2], retain_graph=True)[0]
+            else:
+                want_value, want_scale = value.mean(), d_mean[2]
+            factor = GN_WORLD if with_grad else 1
+            want = {"loss": want_value, "grads": [factor * d_mean[0][rows], factor * d_mean[1][rows], want_scale,
+                                                  torch.zeros(())]}
+            assert_close(got, want, torch.float64, ("clip", setting, step, r))
+            assert_state(got["log_u"], oracle, tol, (setting, step, r))

@@ -31,6 +31,12 @@ gradients summed over ranks, for each ``dist_impl``: ``'gather'`` / ``'reduce'``
 gather the texts (gradsurg's all-gather path), ``'shift'`` / ``'bidir'`` pass
 them around the ring of processes one block at a time
 (``distributed='ring'``: no process holds more than its own and one peer's texts).
+
+``ClipLoss(..., normalizer='global', dataset_size=, gamma=)`` (gradsurg's addition,
+FastCLIP's setting) replaces each row's batch normaliser by a per-example moving
+estimate (:mod:`gradsurg.normalizer`); ``forward(..., index=)`` then takes the
+dataset indices of the rank's pairs. The table above holds for it with ``L_i`` the
+global normaliser's rows, except ``local_loss`` without ``gather_with_grad`` (refused).
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from torch import Tensor, nn
 
 from .. import distributed as _dist
 from ..losses import info_nce, siglip
+from ..normalizer import NORMALIZERS, GlobalNormalizer
 
 __all__ = ["ClipLoss", "SigLipLoss", "open_clip_loss_module"]
 
@@ -152,10 +159,24 @@ class ClipLoss(nn.Module):
     gradsurg communicates through ``torch.distributed``). Per-rank values and
     gradients: see the module docstring. ``logit_bias`` shifts every logit
     equally: it changes neither the loss nor any gradient (its own gradient is 0).
+
+    gradsurg's addition: ``normalizer='global'`` with ``dataset_size`` and ``gamma``
+    (SogCLR / FastCLIP's global normaliser, :mod:`gradsurg.normalizer`): every
+    image and every text keeps a moving estimate ``u`` of its mean negative
+    exponential (``self.normalizer``, a :class:`gradsurg.GlobalNormalizer` with two
+    towers, saved in the ``state_dict``); ``forward`` then takes ``index=``, the
+    dataset indices of this rank's pairs (row i of the features is example
+    ``index[i]``). The learnable ``logit_scale`` gets the gradient of the same
+    surrogate (u held constant). Across processes: ``local_loss`` with
+    ``gather_with_grad`` (FastCLIP's setting: each rank its own rows, W times the
+    global mean's gradient), or the global loss on every rank (``local_loss=False``,
+    with or without ``gather_with_grad``: the scaling of the table in the module
+    docstring); ``local_loss`` without ``gather_with_grad`` is refused.
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
-                 rank: int = 0, world_size: int = 1, use_horovod: bool = False):
+                 rank: int = 0, world_size: int = 1, use_horovod: bool = False, normalizer: str = "batch",
+                 dataset_size: int | None = None, gamma: float = 0.9):
         super().__init__()
         if use_horovod:
             raise ValueError("ClipLoss: use_horovod=True is not supported: gradsurg gathers through "
@@ -166,25 +187,45 @@ class ClipLoss(nn.Module):
         self.cache_labels = bool(cache_labels)
         self.rank, self.world_size = rank, world_size
         self.use_horovod = False
+        if normalizer == "global":
+            if dataset_size is None:
+                raise ValueError("ClipLoss: normalizer='global' needs dataset_size= (how many image-text pairs "
+                                 "the indices address)")
+            if world_size > 1 and self.local_loss and not self.gather_with_grad:
+                raise ValueError("ClipLoss: normalizer='global' with local_loss=True needs gather_with_grad=True "
+                                 "(FastCLIP's setting); without it the gradient leaves out this rank's features "
+                                 "as the other ranks' negatives, which the global normaliser's estimator does "
+                                 "not allow for; or use local_loss=False")
+            self.normalizer = GlobalNormalizer(dataset_size, gamma, towers=2)
+        elif normalizer != "batch":
+            raise ValueError(f"ClipLoss: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale, logit_bias=None,
-                output_dict: bool = False):
+                output_dict: bool = False, *, index=None):
+        """open_clip's call; ``index`` (keyword, ``normalizer='global'`` only): the (B,) dataset indices of
+        this rank's image-text pairs."""
         where = "ClipLoss"
         _check_features(where, image_features, text_features)
         scale = _hyper(where, "logit_scale", logit_scale)
+        if hasattr(self, "normalizer"):
+            glob = dict(normalizer="global", state=self.normalizer, index=index)
+        elif index is not None:
+            raise ValueError("ClipLoss: index= is only used with normalizer='global'")
+        else:
+            glob = {}
         world = self.world_size
         if world == 1:
-            loss = info_nce(image_features, text_features, scale=scale, symmetric=True, **_ENGINE)
+            loss = info_nce(image_features, text_features, scale=scale, symmetric=True, **glob, **_ENGINE)
         else:
             _check_world(where, self.rank, world)
-            loss = self._distributed(image_features, text_features, scale, world)
+            loss = self._distributed(image_features, text_features, scale, world, glob)
         if isinstance(logit_bias, Tensor) and logit_bias.requires_grad:
             loss = loss + 0.0 * logit_bias.sum()  # a constant shift of every logit: gradient exactly 0
         return {"contrastive_loss": loss} if output_dict else loss
 
-    def _distributed(self, image: Tensor, text: Tensor, scale, world: int) -> Tensor:
+    def _distributed(self, image: Tensor, text: Tensor, scale, world: int, glob: dict) -> Tensor:
         if self.local_loss and self.gather_with_grad:  # gradsurg's gather path, as it is
-            return info_nce(image, text, scale=scale, symmetric=True, gather_across_devices=True, **_ENGINE)
+            return info_nce(image, text, scale=scale, symmetric=True, gather_across_devices=True, **glob, **_ENGINE)
         if self.local_loss:  # every other rank's features detached, own positives detached in the other direction
             kw = dict(scale=scale, **_ENGINE)
             return 0.5 * (info_nce(image, text.detach(), _others(text, self.rank), **kw)
@@ -195,7 +236,7 @@ class ClipLoss(nn.Module):
         factor = 1.0 if self.gather_with_grad else 1.0 / world
         if isinstance(scale, Tensor) and torch.is_grad_enabled() and scale.requires_grad:
             scale = _AllReduceGrad.apply(scale, world * factor)
-        local = info_nce(image, text, scale=scale, symmetric=True, gather_across_devices=True, **_ENGINE)
+        local = info_nce(image, text, scale=scale, symmetric=True, gather_across_devices=True, **glob, **_ENGINE)
         local = local * factor
         return local + (_global_value(local, world) / factor - local).detach()
 
