@@ -18,6 +18,11 @@ labels                 the positive term: uniform over every candidate with the 
 soft_targets           the positive term: a teacher's distribution over the candidates
 =====================  ==================================================================
 
+Options that are exactly one paradigm (:func:`mnrl_route`: one ``query_to_doc`` block with the
+hardness tilt on every negative or on none, or symmetric InfoNCE; no per-entry option) run
+:func:`gradsurg.paradigm_loss` instead (``paradigm.info_nce_hardness`` / ``info_nce``), on either
+backend; every other configuration names its one-line reason (``dispatch.choose_structured``).
+
 The reductions: 'mean' over the local anchors (``world / N_global`` per row when
 gathered, so that DDP's gradient averaging gives the global mean, as
 :func:`gradsurg.paradigm_loss`), 'sum', 'none'.
