@@ -68,6 +68,8 @@ class Paradigm:
             return "info_nce"
         if isinstance(d, D.ArcCon) and w == W.Softmax(d.temperature) and r == R.Arc(d.margin):
             return "arccon"
+        if isinstance(d, D.InfoNCEHardness) and w == W.Softmax(d.lse_temperature) and r == R.Constant(1.0):
+            return "info_nce_hardness"
         if isinstance(d, D.Margin) and isinstance(w, W.Hardest) and r == R.Constant(1.0):
             return "mpt"
         if isinstance(d, D.EuclideanMargin) and isinstance(w, W.Hardest) and isinstance(r, R.Euclidean):
@@ -134,9 +136,10 @@ class Paradigm:
     @property
     def shared_temperature(self) -> float | None:
         """The temperature at which the engine may form the product as shifted
-        logits (the softmax losses, whose statistics all sit at one tau)."""
-        if self.loss_name in ("info_nce", "arccon"):
-            return self.dissipation.temperature
+        logits (the softmax losses, whose statistics all sit at one tau: the
+        weight's, which InfoNCE with hardness reads at ``tau'``, its positive being ``s_ii``)."""
+        if self.loss_name in ("info_nce", "arccon", "info_nce_hardness"):
+            return self.weight.temperature
         return None
 
     def pull(self, rows: Rows, gd: Tensor) -> Tensor:
@@ -180,7 +183,7 @@ class Paradigm:
         """Per-anchor values of the known loss (see :meth:`gradient` for surrogates)."""
         name = self.loss_name
         d = self.dissipation
-        if name in ("info_nce", "arccon"):
+        if name in ("info_nce", "arccon", "info_nce_hardness"):
             gap = d.gap(rows)
             return torch.logaddexp(gap, torch.zeros_like(gap))  # softplus, exact for any gap
         if name in ("mpt", "met", "mat"):
@@ -240,6 +243,20 @@ def _decode(names: str, values: tuple[float, ...]) -> Paradigm:
 def info_nce(temperature: float = 0.05) -> Paradigm:
     """InfoNCE: ``GD = (1 - p_ii)/tau``, ``W = softmax(s/tau)`` over negatives, ``R = 1``."""
     return Paradigm(D.InfoNCE(temperature), W.Softmax(temperature), R.Constant(1.0))
+
+
+def info_nce_hardness(temperature: float = 0.05, strength: float = 5.0) -> Paradigm:
+    r"""InfoNCE with sentence-transformers' hardness tilt on every negative (MNRL's
+    ``hardness_mode='all_negatives'``, ``hardness_strength`` = ``strength`` alpha, ``scale`` = 1/tau).
+
+    The logits are ``s_ii / tau`` for the positive and ``s_ij / tau + alpha sg(s_ij)`` for the
+    negatives, so ``L_i = softplus(LSE_{j!=i}(s_ij / tau') - s_ii / tau)`` with ``1/tau' = 1/tau + alpha``
+    and ``dL_i/ds_ij = GD_i (W_ij - [j=i])``: ``GD = (1 - p_ii)/tau`` (p the tilted softmax,
+    :class:`~gradsurg.components.dissipation.InfoNCEHardness`), ``W = softmax(s/tau')`` over the
+    negatives, ``R = 1``. W is InfoNCE's weight at another temperature: the kernels run it as is.
+    """
+    d = D.InfoNCEHardness(temperature, strength)
+    return Paradigm(d, W.Softmax(d.lse_temperature), R.Constant(1.0))
 
 
 def arccon(temperature: float = 0.05, margin: float = math.radians(10)) -> Paradigm:

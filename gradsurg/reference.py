@@ -56,6 +56,16 @@ def arccon_rows(s: Tensor, temperature: float = 0.05, margin: float = math.radia
     return F.cross_entropy(logits / temperature, idx, reduction="none")
 
 
+def info_nce_hardness_rows(s: Tensor, temperature: float = 0.05, strength: float = 5.0) -> Tensor:
+    """sentence-transformers' MNRL with ``hardness_mode='all_negatives'``: cross-entropy of the logits
+    ``s_ij / tau + strength * sg(s_ij)`` on the negatives (j != i) and ``s_ii / tau`` on the positive."""
+    n = s.shape[0]
+    idx = torch.arange(n, device=s.device)
+    tilt = strength * s.detach()
+    tilt[idx, idx] = 0.0
+    return F.cross_entropy(s / temperature + tilt, idx, reduction="none")
+
+
 def mpt_rows(s: Tensor, margin: float = 0.23) -> Tensor:
     """``relu(max_{j!=i} s_ij - s_ii + m)``."""
     pos = s.diagonal()
@@ -85,6 +95,12 @@ def arccon(anchors, positives, negatives=None, *, temperature=0.05, margin=math.
            reduction="mean"):
     return _symmetric(arccon_rows, anchors, positives, negatives, symmetric, reduction,
                       temperature=temperature, margin=margin)
+
+
+def info_nce_hardness(anchors, positives, negatives=None, *, temperature=0.05, strength=5.0, symmetric=False,
+                      reduction="mean"):
+    return _symmetric(info_nce_hardness_rows, anchors, positives, negatives, symmetric, reduction,
+                      temperature=temperature, strength=strength)
 
 
 def mpt(anchors, positives, negatives=None, *, margin=0.23, symmetric=False, reduction="mean"):
@@ -152,6 +168,9 @@ def _dissipation(comp, s, neg, pos, hard):
     name, p = type(comp).__name__, comp.params()
     if name == "InfoNCE":
         return torch.sigmoid(_lse(s, neg, p["temperature"]) - pos / p["temperature"]) / p["temperature"]
+    if name == "InfoNCEHardness":
+        tau = p["temperature"]
+        return torch.sigmoid(_lse(s, neg, 1.0 / (1.0 / tau + p["strength"])) - pos / tau) / tau
     if name == "ArcCon":
         tau = p["temperature"]
         return torch.sigmoid(_lse(s, neg, tau) - torch.cos(_angle(pos) + p["margin"]) / tau) / tau
@@ -234,4 +253,4 @@ def surrogate(anchors, positives, negatives=None, *, paradigm: Paradigm, symmetr
 
 
 #: the textbook formula of each preset, by ``Paradigm.loss_name``
-LOSSES = {"info_nce": info_nce, "arccon": arccon, "mpt": mpt, "met": met, "mat": mat, "siglip": siglip}
+LOSSES = {"info_nce": info_nce, "arccon": arccon, "info_nce_hardness": info_nce_hardness, "mpt": mpt, "met": met, "mat": mat, "siglip": siglip}

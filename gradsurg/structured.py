@@ -18,6 +18,11 @@ labels                 the positive term: uniform over every candidate with the 
 soft_targets           the positive term: a teacher's distribution over the candidates
 =====================  ==================================================================
 
+Options that are exactly one paradigm (:func:`mnrl_route`: one ``query_to_doc`` block with the
+hardness tilt on every negative or on none, or symmetric InfoNCE; no per-entry option) run
+:func:`gradsurg.paradigm_loss` instead (``paradigm.info_nce_hardness`` / ``info_nce``), on either
+backend; every other configuration names its one-line reason (``dispatch.choose_structured``).
+
 The reductions: 'mean' over the local anchors (``world / N_global`` per row when
 gathered, so that DDP's gradient averaging gives the global mean, as
 :func:`gradsurg.paradigm_loss`), 'sum', 'none'.
@@ -32,6 +37,8 @@ import torch
 from torch import Tensor
 
 from . import distributed
+from . import paradigm as presets
+from .api import paradigm_loss
 from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
@@ -39,7 +46,8 @@ from .engine.torch_backend import DEFAULT_CHUNK_BYTES
 from .engine.validation import check_engine_options, check_finite_values, check_reduction, check_rows_tensor
 from .vocabulary import compute_dtype
 
-__all__ = ["mnrl", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS", "STRUCTURED_OPTIONS"]
+__all__ = ["mnrl", "mnrl_route", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS",
+           "STRUCTURED_OPTIONS"]
 
 VALID_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
@@ -224,6 +232,65 @@ def _finish(plan: Plan, aux: Aux, tensors, reduction: str, weight: float, check_
 
 
 # ---------------------------------------------------------------------------------------------
+# which MNRL configurations are one paradigm (the one engine, both backends)
+
+#: the per-batch options that change the candidate set or the target entry by entry
+_PER_ENTRY = ("negative_mask", "keys", "guide", "labels", "soft_targets", "stats")
+
+
+def mnrl_route(scale: float, directions, partition_mode: str, hardness_mode, hardness_strength: float,
+               n_columns: int, per_entry=()) -> tuple:
+    r"""``(paradigm, symmetric, None)`` when sentence-transformers' MNRL with these (validated) options
+    is exactly one :class:`~gradsurg.Paradigm` on ``paradigm_loss``'s layout (candidates
+    ``cat(positives, *hard-negative columns)``, anchor i's positive at column i, every other column
+    a negative), else ``(None, None, why)``: the one-line reason it needs the structured engine.
+
+    It fits where every negative of a row has one logit form:
+
+    * ``directions=('query_to_doc',)`` (``partition_mode`` is then one partition either way): the tilt
+      ``alpha sg(s_ij)`` must reach every negative or none. ``'all_negatives'`` tilts all (never the
+      positive); ``'in_batch_negatives'`` all when there are no hard-negative columns (else the row's own
+      hard negatives stay untilted); ``'hard_negatives'`` none when there are none (else only the row's
+      own ones). Tilted: :func:`gradsurg.paradigm.info_nce_hardness` (``W`` the softmax at ``1/(scale +
+      alpha)``), untilted: :func:`gradsurg.paradigm.info_nce`;
+    * ``('query_to_doc', 'doc_to_query')`` with ``'per_direction'`` and no tilt: InfoNCE with
+      ``symmetric=True`` (the doc row's candidates are the anchors; its log-sum-exp averaged with the
+      query row's is the mean of the two directions' losses).
+
+    ``per_entry``: the names of the per-batch options given (masks, keys, guide, labels, soft targets,
+    telemetry); any of them needs the structured engine.
+    """
+    if per_entry:
+        return None, None, (f"{per_entry[0]}= drops or re-targets candidates entry by entry, which a paradigm "
+                            "(one candidate set, the positive at column i) does not express")
+    tilt = 0.0
+    if hardness_mode is not None and hardness_strength > 0:
+        if hardness_mode == "all_negatives" or (hardness_mode == "in_batch_negatives" and n_columns == 0):
+            tilt = float(hardness_strength)
+        elif hardness_mode == "in_batch_negatives":
+            return None, None, ("hardness_mode='in_batch_negatives' with hard-negative columns tilts the other "
+                                "rows' candidates but not the row's own hard negatives: two logit forms in one row")
+        elif n_columns > 0:  # 'hard_negatives' with columns; without columns it tilts nothing
+            return None, None, ("hardness_mode='hard_negatives' tilts only the row's own hard negatives while the "
+                                "in-batch negatives stay untilted: two logit forms in one row")
+    dirs = tuple(directions)
+    tau = 1.0 / scale
+    if dirs == ("query_to_doc",):
+        return (presets.info_nce_hardness(tau, tilt) if tilt else presets.info_nce(tau)), False, None
+    if set(dirs) == {"query_to_doc", "doc_to_query"} and partition_mode == "per_direction":
+        if tilt:
+            return None, None, ("hardness tilts query_to_doc only, doc_to_query stays untilted: the two directions "
+                                "of symmetric=True would need two paradigms")
+        return presets.info_nce(tau), True, None
+    if partition_mode == "per_direction":
+        return None, None, (f"directions={dirs} with partition_mode='per_direction' averages the log-sum-exps of "
+                            "blocks whose candidates are not those of the paradigm's two directions")
+    return None, None, (f"directions={dirs} with partition_mode='joint' puts several candidate blocks in one "
+                        "softmax (query_to_query / doc_to_doc with dropped self-pairs, doc_to_query repeating "
+                        "the positive)")
+
+
+# ---------------------------------------------------------------------------------------------
 # MultipleNegativesRankingLoss (and symmetric InfoNCE, masks, guide, labels, soft targets)
 
 def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: float = 20.0,
@@ -232,23 +299,32 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
          margin_strategy: str = "absolute", margin: float = 0.0, labels: Tensor | None = None,
          soft_targets: Tensor | None = None, reduction: str = "mean", backend: str = "auto",
          check_finite: bool = True, gather_across_devices: bool = False, group=None,
-         chunk_bytes: int = DEFAULT_CHUNK_BYTES, stats: dict | None = None, where: str = "info_nce") -> Tensor:
+         chunk_bytes: int | None = None, stats: dict | None = None, where: str = "info_nce") -> Tensor:
     r"""sentence-transformers' ``MultipleNegativesRankingLoss`` (6.3) in the chunked engine.
 
     Equal (value and gradients) to ``MultipleNegativesRankingLoss(model, scale, directions=...,
     partition_mode=..., hardness_mode=..., hardness_strength=...).compute_loss_from_embeddings(
     [anchors, positives, *hard_negatives], None)``. See :func:`gradsurg.info_nce` for the arguments.
+    Where the options are one paradigm (:func:`mnrl_route`: one direction, the hardness tilt on every
+    negative or none, no per-entry options) it runs :func:`gradsurg.paradigm_loss` (either backend;
+    ``chunk_bytes`` a backend option there, default the backend's); else the structured engine (torch).
     """
     if group is not None and not gather_across_devices:
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
     gathered = gather_across_devices and distributed.gather_active(group)
+    per_entry = tuple(k for k, v in (("negative_mask", negative_mask), ("keys", keys), ("guide", guide),
+                                     ("labels", labels), ("soft_targets", soft_targets), ("stats", stats))
+                      if v is not None)
 
     def validate():
         sc = _check_scale(scale, where)
         dirs = check_mnrl_options(directions, partition_mode, hardness_mode, hardness_strength, where)
         cs = _columns(anchors, positives, hard_negatives, where)
-        dispatch.choose_structured(backend, cs[0], where)
-        check_engine_options(chunk_bytes, where=where)
+        route = mnrl_route(sc, dirs, partition_mode, hardness_mode, hardness_strength, len(cs) - 2, per_entry)
+        if route[0] is None:
+            dispatch.choose_structured(backend, cs[0], where, route[2])
+        if chunk_bytes is not None:
+            check_engine_options(chunk_bytes, where=where)
         special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
         if special and dirs != ("query_to_doc",):
             raise ValueError(f"{where}: {special[0]}= is defined for directions=('query_to_doc',) only, got {dirs}")
@@ -259,25 +335,40 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         gc = _guide_columns(guide, len(cs), nn_, cs[0].device, where)
         mg = _margin_options(margin_strategy, margin, where)
         lab = None if labels is None else _labels(labels, nn_, cs[0].device, where)
-        return sc, dirs, cs, kc, gc, mg, lab
+        return sc, dirs, cs, kc, gc, mg, lab, route
 
-    scale, directions, cols, key_cols, guide_cols, margin, lab = _checked(gathered, group, anchors, where, validate)
+    scale, directions, cols, key_cols, guide_cols, margin, lab, route = _checked(gathered, group, anchors, where,
+                                                                                 validate)
     x = cols[0]
     n, d = x.shape
     ncols = len(cols) - 1
     device = x.device
-    if gathered:
+    if gathered:  # every rank's column count agrees (else all raise) before the route is taken
         offset, n_global, world, counts = _gather_setup(n, ncols, d, group, where)
+    else:
+        offset, n_global, world, counts = 0, n, 1, None
+    m = n_global * ncols
+    if m + (n_global - 1 if "query_to_query" in directions else 0) < 2 and labels is None:
+        raise ValueError(f"{where}: the batch has no negative (N = {n_global}, no hard negatives); need N >= 2 "
+                         "or a hard-negative column")
+    paradigm, symmetric, _ = route
+    if paradigm is not None and not (symmetric and n_global < 2):  # one anchor: its doc row has no negative
+        negs = None if ncols == 1 else (cols[2] if ncols == 2 else torch.cat(cols[2:]))
+        options = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+        return paradigm_loss(cols[0], cols[1], negs, paradigm=paradigm, symmetric=symmetric, reduction=reduction,
+                             backend=backend, check_finite=check_finite,
+                             gather_across_devices=gather_across_devices, group=group, caller=where, **options)
+    if paradigm is not None:
+        dispatch.choose_structured(backend, x, where, "symmetric with one anchor (its doc row has no negative)")
+    if chunk_bytes is None:
+        chunk_bytes = DEFAULT_CHUNK_BYTES
+    if gathered:
         q_all = _gather(cols[0], group, counts)
         docs = [_gather(c, group, counts) for c in cols[1:]]
         weight = world / n_global
     else:
-        offset, n_global, q_all, docs, weight, counts = 0, n, cols[0], cols[1:], 1.0 / n, None
+        q_all, docs, weight = cols[0], cols[1:], 1.0 / n
     docs_all = torch.cat(docs) if len(docs) > 1 else docs[0]
-    m = docs_all.shape[0]
-    if m + (n_global - 1 if "query_to_query" in directions else 0) < 2 and labels is None:
-        raise ValueError(f"{where}: the batch has no negative (N = {n_global}, no hard negatives); need N >= 2 "
-                         "or a hard-negative column")
     ids = torch.arange(n_global, device=device)
     rows = torch.arange(offset, offset + n, device=device)
     owners = [ids, ids.repeat(ncols)]

@@ -89,3 +89,21 @@ def test_explain_for_cuda_does_not_depend_on_this_machine(monkeypatch):
     text = dispatch.explain(torch.bfloat16, 768, paradigm.info_nce(), "cuda")
     assert text.startswith("triton") and "chunked" in text
     assert "fused" in dispatch.explain(torch.bfloat16, 128, paradigm.info_nce(), "cuda")
+
+
+def test_doctor_explains_mnrl_hardness():
+    """The hardness tilt on every negative is a paradigm (the softmax kernels on a GPU where Triton imports);
+    each configuration that is not says why in one line."""
+    from gradsurg.doctor import MNRL_CASES, report
+
+    lines = report(["bfloat16"], [768])
+    at = next(i for i, line in enumerate(lines) if line.startswith("sentence-transformers' MNRL hardness"))
+    rows = lines[at + 1: at + 1 + len(MNRL_CASES)]
+    assert len(rows) == len(MNRL_CASES) and all("\n" not in r for r in rows)
+    assert "InfoNCEHardness(temperature=0.05, strength=5.0)" in rows[0] and "Softmax(temperature=0.04)" in rows[0]
+    if not dispatch.triton_problem():
+        assert rows[0].endswith("softmax weight kind at temperature 0.04") and "-> triton:" in rows[0]
+    for row in rows[2:]:
+        assert "-> torch: Triton does not cover this:" in row
+    assert "only the row's own hard negatives" in rows[3] and "two paradigms" in rows[4]
+    assert "negative_mask=" in rows[6]

@@ -410,6 +410,62 @@ def test_sigmoid_dissipation_needs_the_matching_sigmoid_weight():
         dispatch.choose("triton", x, Paradigm(D.Sigmoid(10.0, -10.0), W.Uniform(), R.Constant(1.0)))
 
 
+# -- InfoNCE with sentence-transformers' hardness tilt (paradigm.info_nce_hardness) --------------------------
+
+@kernel_test
+@pytest.mark.parametrize("path", PATHS)
+def test_hardness_tilt_is_the_softmax_kind_at_the_tilted_temperature(path):
+    """The preset runs the softmax weight kind at tau' = 1/(1/tau + alpha) with no second log-sum-exp
+    (its GD reads the weight's own over j != i); with a per-row weight tensor, value only, and a
+    mismatched weight (a surrogate, GD's log-sum-exp at tau' from the second online pass)."""
+    p = presets.info_nce_hardness(0.05, 5.0)
+    spec = tb._Spec(p)
+    assert spec.kind == "softmax" and not spec.need_lse_g and spec.inv_tau_w == pytest.approx(25.0, rel=1e-12)
+    assert tb.supports(torch.randn(2, 3), p) in (None, tb.supports(torch.randn(2, 3), presets.info_nce()))
+    x, c = batch(seed=21)
+    rw = torch.linspace(0.5, 2.0, N, device=DEVICE)
+    check(*both(x, c, p, rw, path=path, **SMALL), TOL[torch.float32], f"{p!r} {path}")
+    check(*both(x, c, p, None, path=path), TOL[torch.float32], f"{p!r} value {path}")
+    odd = Paradigm(D.InfoNCEHardness(0.05, 5.0), W.Softmax(0.05), R.Constant(1.0))
+    assert tb._Spec(odd).need_lse_g and tb._Spec(odd).tau_g == p.weight.temperature
+    check(*both(x, c, odd, 1.0 / N, path=path, chunk_bytes=15 * M * 12, block_n=8), TOL[torch.float32],
+          f"{odd!r} {path}")
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_hardness_tilt_half_precision(dtype):
+    x, c = batch(n=70, m=150, d=64, dtype=dtype, seed=22)
+    for path in PATHS:
+        check(*both(x, c, presets.info_nce_hardness(0.05, 9.0), 1.0 / 70, path=path), TOL[dtype],
+              f"hardness {dtype} {path}")
+
+
+@kernel_test
+def test_mnrl_hardness_through_the_front_door_on_triton_equals_sentence_transformers():
+    """info_nce(..., hardness_mode='all_negatives', backend='triton') on float32 inputs: sentence-transformers'
+    value and gradients on the same inputs in float64 (1e-5 relative), as the torch backend's."""
+    st = pytest.importorskip("sentence_transformers.sentence_transformer.losses.multiple_negatives_ranking")
+    import gradsurg
+
+    g = torch.Generator().manual_seed(23)
+    cols = [torch.randn(12, DIM, generator=g) for _ in range(4)]
+    cols[1] = cols[0] + 2.0 * cols[1]
+    cols = [t.to(DEVICE).requires_grad_() for t in cols]
+    kw = dict(hardness_mode="all_negatives", hardness_strength=5.0)
+    wide = [t.detach().double().requires_grad_() for t in cols]
+    ref = st.MultipleNegativesRankingLoss(None, scale=20.0, **kw).compute_loss_from_embeddings(wide, None)
+    g_ref = torch.autograd.grad(ref, wide)
+    for backend in ("triton", "torch"):
+        loss = gradsurg.info_nce(cols[0], cols[1], cols[2:], scale=20.0, backend=backend, **kw)
+        assert rel_err(loss, ref) <= TOL[torch.float32], backend
+        for a, b in zip(torch.autograd.grad(loss, cols), g_ref):
+            assert rel_err(a, b) <= TOL[torch.float32], backend
+    with pytest.raises(ValueError, match="only the row's own hard negatives"):
+        gradsurg.info_nce(cols[0], cols[1], cols[2:], backend="triton", hardness_mode="hard_negatives",
+                          hardness_strength=5.0)
+
+
 # -- dispatch ------------------------------------------------------------------------------------------
 
 def test_dispatch():

@@ -264,3 +264,83 @@ def test_half_precision_inputs_compute_in_float32():
     grads = torch.autograd.grad(value, low)
     assert value.dtype == torch.bfloat16 and all(gr.dtype == torch.bfloat16 for gr in grads)
     assert abs(float(value.detach()) - float(ref.detach())) < 5e-2
+
+
+# -- which configurations are one paradigm (structured.mnrl_route) ----------------------------------------
+
+ROUTES = [  # directions, partition_mode, hardness_mode, strength, hard-negative columns, paradigm or reason
+    (("query_to_doc",), "joint", "all_negatives", 5.0, 2, "info_nce_hardness"),
+    (("query_to_doc",), "per_direction", "all_negatives", 5.0, 0, "info_nce_hardness"),
+    (("query_to_doc",), "joint", "in_batch_negatives", 5.0, 0, "info_nce_hardness"),
+    (("query_to_doc",), "joint", "hard_negatives", 9.0, 0, "info_nce"),
+    (("query_to_doc",), "joint", None, 0.0, 2, "info_nce"),
+    (("query_to_doc", "doc_to_query"), "per_direction", None, 0.0, 2, "info_nce symmetric"),
+    (("query_to_doc",), "joint", "in_batch_negatives", 5.0, 1, "not the row's own hard negatives"),
+    (("query_to_doc",), "joint", "hard_negatives", 9.0, 2, "only the row's own hard negatives"),
+    (("query_to_doc", "doc_to_query"), "per_direction", "all_negatives", 5.0, 0, "would need two paradigms"),
+    (("query_to_doc", "doc_to_query"), "joint", None, 0.0, 0, "partition_mode='joint' puts several"),
+    (ALL, "joint", "all_negatives", 5.0, 1, "partition_mode='joint' puts several"),
+]
+
+
+@pytest.mark.parametrize("dirs,pm,hm,hs,k,expect", ROUTES, ids=[r[-1] for r in ROUTES])
+def test_route_to_the_one_engine_or_the_reason(dirs, pm, hm, hs, k, expect):
+    """A configuration that is one paradigm runs gradsurg's op (either backend) and equals
+    sentence-transformers (float64 1e-10); one that is not says why when Triton is asked for."""
+    from gradsurg.structured import mnrl_route
+
+    paradigm, symmetric, why = mnrl_route(20.0, dirs, pm, hm, hs, k)
+    cols = batch(k=k, seed=k + 5)
+    kw = dict(directions=dirs, partition_mode=pm, hardness_mode=hm, hardness_strength=hs)
+    l_ref, g_ref = reference(cols, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = gradsurg.info_nce(cols[0], cols[1], cols[2:], **kw)
+    if expect.startswith("info_nce"):
+        assert why is None and paradigm.loss_name == expect.split()[0] and symmetric == expect.endswith("symmetric")
+        if paradigm.loss_name == "info_nce_hardness":
+            assert paradigm.weight.temperature == pytest.approx(1.0 / (20.0 + hs), rel=1e-14)
+        assert type(loss.grad_fn).__name__ != "StructuredLossBackward"  # the paradigm engine's op
+    else:
+        assert paradigm is None and expect in why
+        assert type(loss.grad_fn).__name__ == "StructuredLossBackward"
+        with pytest.raises(ValueError, match="backend='triton' cannot run these inputs: .*" + expect):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gradsurg.info_nce(cols[0], cols[1], cols[2:], backend="triton", **kw)
+        assert expect in dispatch.explain_structured(why)
+    assert abs(float((loss - l_ref).detach())) < 1e-10
+    for a, b in zip(torch.autograd.grad(loss, cols), g_ref):
+        assert float((a - b).abs().max()) < 1e-10
+
+
+def test_per_entry_options_keep_the_structured_engine_and_say_so():
+    cols = batch(k=1)
+    kw = dict(hardness_mode="all_negatives", hardness_strength=5.0)
+    mask = torch.zeros(7, 14, dtype=torch.bool)
+    mask[0, 3] = True
+    loss = gradsurg.info_nce(cols[0], cols[1], [cols[2]], negative_mask=mask, **kw)
+    assert type(loss.grad_fn).__name__ == "StructuredLossBackward"
+    with pytest.raises(ValueError, match="negative_mask= drops or re-targets candidates"):
+        gradsurg.info_nce(cols[0], cols[1], [cols[2]], negative_mask=mask, backend="triton", **kw)
+    stats = {}
+    gradsurg.info_nce(cols[0], cols[1], [cols[2]], stats=stats, **kw)
+    assert "entropy_mean" in stats  # the telemetry is the structured engine's
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_module_with_hardness_runs_the_preset(reduction):
+    """InfoNCELoss(hardness_mode=..., hardness_strength=...) takes the same route: equal to
+    sentence-transformers in float32 (1e-5), and to the preset on paradigm_loss."""
+    cols = batch(n=9, k=2, dtype=torch.float32, seed=4)
+    module = gradsurg.InfoNCELoss(scale=20.0, hardness_mode="all_negatives", hardness_strength=5.0,
+                                  reduction=reduction)
+    loss = module(cols[0], cols[1], list(cols[2:]))
+    preset = gradsurg.paradigm_loss(cols[0], cols[1], torch.cat(cols[2:]), reduction=reduction,
+                                    paradigm=gradsurg.paradigm.info_nce_hardness(1 / 20.0, 5.0))
+    assert rel_err(loss, preset) < 1e-6
+    if reduction == "mean":
+        l_ref, g_ref = reference(cols, hardness_mode="all_negatives", hardness_strength=5.0)
+        assert rel_err(loss, l_ref) < 1e-5
+        for a, b in zip(torch.autograd.grad(loss, cols), g_ref):
+            assert rel_err(a, b) < 1e-5

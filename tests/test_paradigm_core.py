@@ -258,6 +258,7 @@ def test_small_temperature_with_far_candidates_does_not_underflow(dtype, chunk_b
 
 
 @pytest.mark.parametrize("p", [gradsurg.paradigm.arccon(), gradsurg.paradigm.met(),
+                               gradsurg.paradigm.info_nce_hardness(0.05, 5.0),
                                gradsurg.Paradigm(D.Constant(0.7), W.Power(3.0), R.Arc(0.3))], ids=repr)
 def test_primitive_encoding_round_trips(p):
     names, values = p.encode()
@@ -265,3 +266,68 @@ def test_primitive_encoding_round_trips(p):
     assert gradsurg.Paradigm.decode(names, values) == p
     with pytest.raises(ValueError, match="unknown component"):
         gradsurg.Paradigm.decode(names.replace(type(p.weight).__name__, "Nope"), values)
+
+
+# -- InfoNCE with sentence-transformers' hardness tilt (paradigm.info_nce_hardness) ------------------------
+
+def _tilted_rows(a, p, z, temperature, strength):
+    """The plain formula, written here: logits s_ii / tau on the positive and s_ij / tau + strength * sg(s_ij)
+    on every other candidate, then the cross-entropy at the positive (float64 autograd)."""
+    u = a / a.norm(dim=1, keepdim=True)
+    c = torch.cat([p] if z is None else [p, z])
+    v = c / c.norm(dim=1, keepdim=True)
+    s = u @ v.T
+    n = s.shape[0]
+    off = torch.ones_like(s, dtype=torch.bool)
+    off[torch.arange(n), torch.arange(n)] = False
+    logits = s / temperature + torch.where(off, strength * s.detach(), torch.zeros_like(s))
+    return torch.logsumexp(logits, dim=1) - logits[torch.arange(n), torch.arange(n)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,k,d", [(9, 0, 7), (13, 6, 10)])
+@pytest.mark.parametrize("strength", [0.0, 5.0, 37.0])
+@pytest.mark.parametrize("chunk_bytes", [1, 2**27])
+def test_hardness_preset_equals_autograd_of_the_tilted_formula(dtype, n, k, d, strength, chunk_bytes):
+    """Value and the set gradient against autograd of the tilted cross-entropy (the stop-gradient keeps the
+    slope 1/tau on the negatives): float64 1e-10, float32 1e-5, one-row and whole-batch chunks, per-row
+    upstream gradients (reduction 'none')."""
+    leaves = batch(n, k, d, dtype, seed=n + k)
+    paradigm = gradsurg.paradigm.info_nce_hardness(0.05, strength)
+    up = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours = gradsurg.paradigm_loss(*leaves, paradigm=paradigm, reduction="none", backend="torch",
+                                  chunk_bytes=chunk_bytes)
+    g_ours = torch.autograd.grad(ours, leaves, up)
+    theirs = _tilted_rows(*[t.double() for t in leaves] + ([None] if k == 0 else []), 0.05, strength)
+    g_ref = torch.autograd.grad(theirs, leaves, up.double())
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert rel_err(ours, theirs) <= tol
+    for a, b in zip(g_ours, g_ref):
+        assert rel_err(a, b) <= tol
+
+
+def test_hardness_preset_components_and_reference():
+    """GD = (1 - p_ii)/tau from the tilted softmax, W = softmax(s/tau') over the negatives, R = 1, by hand
+    on a dense matrix; the textbook formula of reference.py gives the same value; strength 0 is InfoNCE."""
+    from gradsurg.components._rows import Rows
+
+    tau, alpha = 0.1, 7.0
+    a, p, z = batch(6, 4, 5, seed=2)
+    s = (torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(torch.cat([p, z]), dim=1).T).detach()
+    paradigm = gradsurg.paradigm.info_nce_hardness(tau, alpha)
+    assert paradigm.loss_name == "info_nce_hardness" and paradigm.learnable == ()
+    assert paradigm.weight.temperature == pytest.approx(1.0 / (1.0 / tau + alpha), rel=1e-15)
+    gd, w, r = paradigm.components(Rows(s.clone(), 0))
+    eye = torch.eye(6, 10, dtype=torch.bool)
+    logits = torch.where(eye, s / tau, s * (1.0 / tau + alpha))
+    prob = torch.softmax(logits, dim=1)
+    assert rel_err(gd, (1 - prob[eye]) / tau) < 1e-12
+    assert rel_err(w, torch.softmax((s * (1.0 / tau + alpha)).masked_fill(eye, -math.inf), dim=1)) < 1e-12
+    assert torch.equal(r, torch.ones(6, dtype=r.dtype))
+    value = gradsurg.paradigm_loss(a, p, z, paradigm=paradigm)
+    assert rel_err(value, ref.info_nce_hardness(a, p, z, temperature=tau, strength=alpha)) < 1e-12
+    plain = gradsurg.paradigm_loss(a, p, z, paradigm=gradsurg.paradigm.info_nce_hardness(tau, 0.0))
+    assert rel_err(plain, gradsurg.info_nce(a, p, z, temperature=tau)) < 1e-12
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        D.InfoNCEHardness(0.05, -1.0)
+

@@ -24,6 +24,9 @@ MNRL_CASES = [
     (("query_to_doc",), "joint", "hard_negatives", 9.0, 2),
     (ALL, "joint", "in_batch_negatives", 5.0, 1),
     (("query_to_doc", "doc_to_query"), "per_direction", "all_negatives", 5.0, 2),
+    # one paradigm (structured.mnrl_route): the tilt on every negative; symmetric InfoNCE
+    (("query_to_doc",), "joint", "all_negatives", 5.0, 2),
+    (("query_to_doc", "doc_to_query"), "per_direction", None, 0.0, 1),
 ]
 GIST_CASES = [(dict(), 1), (dict(margin_strategy="relative", margin=0.1, contrast_anchors=False), 1)]
 N, D = 4, 5

@@ -10,6 +10,8 @@ member              :math:`GD_i`
 ==================  =====================================================================
 InfoNCE(tau)        ``sigmoid(LSE_{j!=i}(s_ij/tau) - s_ii/tau) / tau`` = ``(1 - p_ii)/tau``
 ArcCon(tau, u)      ``sigmoid(LSE_{j!=i}(s_ij/tau) - cos(theta_ii + u)/tau) / tau``
+InfoNCEHardness(    ``sigmoid(LSE_{j!=i}(s_ij/tau') - s_ii/tau) / tau``, ``1/tau' = 1/tau + alpha``
+  tau, alpha)       (sentence-transformers' MNRL hardness tilt on every negative)
 Margin(m)           ``1[s_ii - s_ij* < m]``, ``j* = argmax_{j!=i} s_ij``
 EuclideanMargin(m)  ``1[d_ij* - d_ii < m] / d_ij*``, ``d = sqrt(max(2 - 2 s, 1e-4))``
 AngularMargin(m)    ``1[theta_ij* - theta_ii < m] / sin(theta_ij*)``, ``theta = arccos s``
@@ -31,7 +33,7 @@ from torch import Tensor
 from ._base import Dissipation, check_nonnegative, check_positive, check_real
 from ._rows import Rows, angle, angle_slope, euclid, euclid_slope
 
-__all__ = ["InfoNCE", "ArcCon", "Margin", "EuclideanMargin", "AngularMargin", "Constant", "Sigmoid", "Dissipation"]
+__all__ = ["InfoNCE", "ArcCon", "InfoNCEHardness", "Margin", "EuclideanMargin", "AngularMargin", "Constant", "Sigmoid", "Dissipation"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,6 +48,53 @@ class InfoNCE(Dissipation):
     def gap(self, rows: Rows) -> Tensor:
         """``LSE_{j!=i}(s_ij/tau) - s_ii/tau``; the loss is ``softplus(gap)``."""
         return rows.lse(self.temperature) - rows.pos / self.temperature
+
+    def positive_logit(self, rows: Rows) -> Tensor:
+        """``f_ii``, the positive's logit times tau: ``s_ii``."""
+        return rows.pos
+
+    @property
+    def lse_temperature(self) -> float:
+        """The temperature of the negatives' log-sum-exp that GD reads."""
+        return self.temperature
+
+    def __call__(self, rows: Rows) -> Tensor:
+        return torch.sigmoid(self.gap(rows)) / self.temperature
+
+
+@dataclass(frozen=True, repr=False)
+class InfoNCEHardness(Dissipation):
+    r"""InfoNCE with sentence-transformers' hardness tilt (MNRL's ``hardness_strength`` alpha on every
+    negative): the positive's logit ``s_ii / tau``, each negative's ``s_ij / tau + alpha sg(s_ij)``.
+
+    In value the negatives sit at the inverse temperature ``1/tau' = 1/tau + alpha``, so with
+    ``gap_i = LSE_{j!=i}(s_ij / tau') - s_ii / tau``
+
+    .. math::
+
+        L_i = \mathrm{softplus}(gap_i), \qquad GD_i = \sigma(gap_i) / \tau = (1 - p_{ii}) / \tau,
+
+    ``p`` the softmax of the tilted logits; the stop-gradient leaves the slope ``1/tau`` on every
+    logit, so ``dL_i/ds_ij = p_ij / tau`` (j != i) and ``-(1 - p_ii) / tau``: W is the softmax over
+    the negatives at ``tau'`` and R = 1 (:func:`gradsurg.paradigm.info_nce_hardness`).
+    ``strength = 0`` is InfoNCE.
+    """
+
+    temperature: float = 0.05
+    strength: float = 0.0
+
+    def __post_init__(self):
+        check_positive("temperature", self.temperature, "dissipation.InfoNCEHardness")
+        check_nonnegative("strength", self.strength, "dissipation.InfoNCEHardness")
+
+    @property
+    def lse_temperature(self) -> float:
+        """``tau' = 1 / (1/tau + alpha)``: the temperature of the tilted negatives (and of their W)."""
+        return 1.0 / (1.0 / self.temperature + self.strength)
+
+    def gap(self, rows: Rows) -> Tensor:
+        """``LSE_{j!=i}(s_ij/tau') - s_ii/tau``; the loss is ``softplus(gap)``."""
+        return rows.lse(self.lse_temperature) - rows.pos / self.temperature
 
     def positive_logit(self, rows: Rows) -> Tensor:
         """``f_ii``, the positive's logit times tau: ``s_ii``."""
@@ -68,6 +117,11 @@ class ArcCon(Dissipation):
 
     def gap(self, rows: Rows) -> Tensor:
         return rows.lse(self.temperature) - self.positive_logit(rows) / self.temperature
+
+    @property
+    def lse_temperature(self) -> float:
+        """The temperature of the negatives' log-sum-exp that GD reads."""
+        return self.temperature
 
     def positive_logit(self, rows: Rows) -> Tensor:
         """``f_ii = cos(theta_ii + margin)``, the positive's logit times tau."""

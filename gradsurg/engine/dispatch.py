@@ -82,25 +82,36 @@ def choose(backend: str, x: Tensor, paradigm: Paradigm, where: str = "paradigm_l
     return mod, "CUDA tensors, Triton available and supporting the dtype and components"
 
 
-def choose_structured(backend: str, x: Tensor, where: str = "paradigm_loss"):
-    """``(torch module, reason)`` for a structured candidate set (:mod:`gradsurg.engine.candidates`:
-    directions, masks, guides, hardness, several or soft targets): only the chunked torch engine
-    implements it; ``backend='triton'`` raises with the reason, ``'auto'`` names it. Errors start
-    with ``where`` (the function the user called)."""
+def structured_reason(why: str | None = None) -> str:
+    """Why the Triton kernels cannot run a structured candidate set: ``why`` (the caller's one-line
+    reason the options are not one paradigm, e.g. :func:`gradsurg.structured.mnrl_route`'s), or the
+    general reason."""
     from .candidates import TRITON_REASON
 
+    if why is None:
+        return TRITON_REASON
+    return f"{why}; only the chunked torch engine implements that (engine/candidates.py)"
+
+
+def choose_structured(backend: str, x: Tensor, where: str = "paradigm_loss", why: str | None = None):
+    """``(torch module, reason)`` for a structured candidate set (:mod:`gradsurg.engine.candidates`:
+    directions, masks, guides, hardness on some negatives, several or soft targets): only the chunked
+    torch engine implements it; ``backend='triton'`` raises with the reason, ``'auto'`` names it.
+    ``why``: the caller's reason the options are not one paradigm (:func:`structured_reason`).
+    Errors start with ``where`` (the function the user called)."""
+    reason = structured_reason(why)
     if backend == "triton":
-        raise ValueError(f"{where}: backend='triton' cannot run these inputs: {TRITON_REASON}")
+        raise ValueError(f"{where}: backend='triton' cannot run these inputs: {reason}")
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return torch_backend, "backend='torch' was asked for"
-    return torch_backend, f"Triton does not cover this: {TRITON_REASON}"
+    return torch_backend, f"Triton does not cover this: {reason}"
 
 
-def explain_structured() -> str:
+def explain_structured(why: str | None = None) -> str:
     """What ``backend='auto'`` picks for a structured candidate set, and why (``gradsurg doctor``)."""
-    return f"torch: {choose_structured('auto', torch.empty(0))[1]}"
+    return f"torch: {choose_structured('auto', torch.empty(0), why=why)[1]}"
 
 
 def _on_cuda(x: Tensor) -> bool:

@@ -30,6 +30,10 @@ from the same statistics, ``sum_j G_ij s_ij = a_i sum_j W_ij s_ij - GD_i R_i
 s_ii``, no extra pass) and ``grad_rows`` (only the first r candidates need a
 gradient: a detached queue costs no column pass / no ``W'^T y`` product).
 
+InfoNCE with sentence-transformers' hardness tilt (``paradigm.info_nce_hardness``) is the
+softmax kind at ``tau' = 1/(1/tau + alpha)``: its GD reads the same log-sum-exp over the
+negatives (the kernels exclude ``j = i``) and the positive ``s_ii``, so it needs no kernel of its own.
+
 SigLIP runs as the sigmoid weight kind: ``z_ij = log sigmoid(t s_ij + b)``
 through the same online maximum, so ``W = sigmoid / sum sigmoid`` and
 ``sum_j sigmoid(t s_ij + b) = exp(m_i) l_i`` come from the statistics of every
@@ -62,7 +66,7 @@ INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
 #: default chunk budget on CUDA (bytes of one chunk's work buffers, as torch_backend.chunk_rows counts)
 CUDA_CHUNK_BYTES = 2**30
 
-_DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant, D.Sigmoid)
+_DISSIPATIONS = (D.InfoNCE, D.ArcCon, D.InfoNCEHardness, D.Margin, D.EuclideanMargin, D.AngularMargin, D.Constant, D.Sigmoid)
 _RATIOS = (R.Constant, R.Arc, R.Euclidean, R.Angular, R.Sigmoid)
 _WEIGHTS = {W.Softmax: "softmax", W.Hardest: "hardest", W.Power: "power", W.Uniform: "uniform",
             W.Sigmoid: "sigmoid"}
@@ -196,9 +200,12 @@ class _Spec:
             self.power = float(wgt.p)
         elif self.kind == "sigmoid":
             self.inv_tau_w, self.bias_w = float(wgt.scale), float(wgt.bias)
-        self.need_lse_g = isinstance(dis, (D.InfoNCE, D.ArcCon)) and not (
-            self.kind == "softmax" and dis.temperature == wgt.temperature)
-        self.tau_g = dis.temperature if self.need_lse_g else 1.0
+        # the softmax dissipations read the negatives' log-sum-exp at their lse_temperature (InfoNCE's
+        # tau, the hardness tilt's tau' = 1/(1/tau + alpha)): the weight's own statistics where it is a
+        # softmax at that temperature, else a second online log-sum-exp in the same pass
+        tau_g = getattr(dis, "lse_temperature", None)
+        self.need_lse_g = tau_g is not None and not (self.kind == "softmax" and tau_g == wgt.temperature)
+        self.tau_g = tau_g if self.need_lse_g else 1.0
 
     def launch_args(self) -> dict:
         return dict(w_kind=self.w_kind, inv_tau_w=self.inv_tau_w, bias_w=self.bias_w, power_p=self.power)
