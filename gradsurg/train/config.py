@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, presets, YAML/JSON files and ``key=value`` overrides.
 
-A :class:`TrainConfig` describes one unsupervised (SimCSE-style) training run:
+A :class:`TrainConfig` describes one unsupervised (SimCSE-style) training run
+(supervised-contrastive with a labelled corpus, ``label_column``):
 the encoder, the pooler, the loss chosen by name plus its parameters, the data,
 the optimiser and the evaluation schedule. It round-trips through
 ``to_dict`` / ``from_dict`` and through YAML or JSON files, and every field can
