@@ -60,6 +60,15 @@ def data_args(tiny) -> list[str]:
     return ["--model", tiny["model"], "--train-data", tiny["corpus"], "--eval-data", tiny["sts"]]
 
 
+def labelled_corpus(tiny, path, classes: int = 4) -> str:
+    """The ``tiny`` corpus as a CSV ``text,label`` (sentence i in class ``c{i % classes}``), written to ``path``."""
+    with open(tiny["corpus"], encoding="utf-8") as fh:
+        sentences = [line.strip() for line in fh if line.strip()]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("text,label\n" + "".join(f"{s},c{i % classes}\n" for i, s in enumerate(sentences)))
+    return str(path)
+
+
 def evaluate_args(tiny, *extra: str) -> list[str]:
     """``gradsurg evaluate`` of the ``tiny`` model (mean pooling, no progress bar), plus ``extra``."""
     return ["evaluate", "--model", tiny["model"], "--no-progress", "--pooler", "avg", *extra]

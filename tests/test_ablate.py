@@ -132,3 +132,44 @@ def test_ctrl_c_ends_a_grid_with_one_line(tiny, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     # untrained (3 seeds) and seed 1
     assert "interrupted; 4 of 6 runs of this grid are kept" in err and "Traceback" not in err
+
+
+def test_a_labelled_corpus_trains_from_the_command_line(tiny, tmp_path, capsys):
+    """--set label_column=...: the info_nce run trains on the labels (finite losses, label_column in its
+    config and its key), the untrained row drops it; a grid with a loss that takes no labels is refused
+    before anything trains, naming the field; so is a corpus whose sentence has two labels."""
+    import json
+    import math
+
+    from conftest import labelled_corpus
+
+    path = labelled_corpus(tiny, tmp_path / "labelled.csv")
+    out = tmp_path / "g"
+    argv = ["ablate", *data_args(tiny), "--train-data", path, "--loss", "info_nce", "--max-steps", "2",
+            "--batch-size", "8", "--eval-every", "1", "--set", "eval_max_pairs=null", "--set", "tensorboard=false",
+            "--no-progress", "--out", str(out)]
+    assert main(argv + ["--set", "label_column=label"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_loss = {r["config"]["loss"]: r for r in rows}
+    assert set(by_loss) == {"untrained", "info_nce"} and all(r["status"] == "ok" for r in rows)
+    assert by_loss["info_nce"]["config"]["label_column"] == "label"
+    assert by_loss["untrained"]["config"]["label_column"] is None
+    trained = by_loss["info_nce"]
+    assert trained["steps"] == 2 and math.isfinite(trained["first_loss"]) and math.isfinite(trained["last_loss"])
+    capsys.readouterr()
+    # unlabelled, the same grid is another run (and the untrained row is the same one)
+    assert main(argv[:-2] + ["--out", str(tmp_path / "plain"), "--dry-run"]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert main(argv[:-2] + ["--out", str(tmp_path / "plain"), "--set", "label_column=label", "--dry-run"]) == 0
+    labelled = capsys.readouterr().out.strip().splitlines()
+    assert plain[0] == labelled[0] and plain[1] != labelled[1]
+    assert main(["ablate", *data_args(tiny), "--train-data", path, "--loss", "info_nce", "vicreg",
+                 "--set", "label_column=label", "--dry-run"]) == 2
+    assert "'label_column' works with loss 'info_nce'" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\na man plays,x\na dog runs,y\na man plays,y\n")
+    assert main(argv[:-2] + ["--out", str(tmp_path / "bad"), "--train-data", str(bad),
+                             "--set", "label_column=label"]) == 2
+    err = capsys.readouterr().err
+    assert "line 4: the sentence 'a man plays' has label 'y', but line 2 gave it label 'x'" in err
+    assert "Traceback" not in err

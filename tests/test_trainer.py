@@ -170,3 +170,86 @@ def test_a_grid_with_the_global_normaliser_expands_without_a_corpus():
                           {"gamma": [0.5, 0.9]})
     assert [c.loss_params["gamma"] for c in configs if c.loss == "info_nce"] == [0.5, 0.9]
     assert all("dataset_size" not in c.loss_params for c in configs)
+
+
+# ----------------------------------------------------------------- labelled corpora (label_column)
+def _labelled_config(tiny, path, **over):
+    base = dict(model=tiny["model"], train_data=path, label_column="label", eval_data=None, max_train_sentences=None,
+                batch_size=8, epochs=1, max_steps=None, progress=False, tensorboard=False, loss="info_nce",
+                loss_params={"temperature": 0.05}, log_every=1)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def _supcon_oracle(a, p, labels, tau):
+    """mean_i -1/|P_i| sum_{j in P_i} log softmax_j(cos(a_i, p_.) / tau), P_i = {j : y_j = y_i}: float64,
+    written here from the formula (not through gradsurg)."""
+    a, p = a.detach().double(), p.detach().double()
+    s = (a / a.norm(dim=1, keepdim=True)) @ (p / p.norm(dim=1, keepdim=True)).T / tau
+    log_prob = s - torch.logsumexp(s, dim=1, keepdim=True)
+    same = (labels[:, None] == labels[None, :]).double()
+    return (-(log_prob * same).sum(1) / same.sum(1)).mean()
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 4])
+def test_labels_reach_the_loss_with_each_batch(tiny, tmp_path, mini_batch_size):
+    """Each loss call gets labels= (int64, on the embeddings' device) equal to the corpus labels of the
+    batch the trainer embedded (plain and cached steps); the loss the step trains with is
+    gradsurg.info_nce(labels=) of the embeddings it saw and the SupCon-style formula; the W telemetry
+    is filled; a short run is finite."""
+    import gradsurg
+    from conftest import labelled_corpus
+    from gradsurg.train.trainer import Trainer
+
+    trainer = Trainer(_labelled_config(tiny, labelled_corpus(tiny, tmp_path / "l.csv"),
+                                       mini_batch_size=mini_batch_size))
+    assert trainer.corpus.labels == [i % 4 for i in range(32)]
+    embedded, passed, seen = [], [], []
+    columns, forward = trainer.text_columns, trainer.loss.forward
+
+    def spy_columns(idx):
+        embedded.append(list(idx))
+        return columns(idx)
+
+    def spy_forward(a, p, n=None, labels=None, stats=None, **kw):
+        assert labels.dtype == torch.int64 and labels.device == a.device
+        passed.append(labels.tolist())
+        value = forward(a, p, n, labels=labels, stats=stats, **kw)
+        seen.append((a.detach().clone(), p.detach().clone(), labels, value.detach(), dict(stats or {})))
+        return value
+
+    trainer.text_columns, trainer.loss.forward = spy_columns, spy_forward
+    result = trainer.train()
+    assert result.steps == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert passed == [[trainer.corpus.labels[i] for i in batch] for batch in embedded] and len(passed) == 4
+    for step, (a, p, labels, value, stats) in enumerate(seen):
+        direct = gradsurg.info_nce(a, p, labels=labels, temperature=0.05)
+        torch.testing.assert_close(value, direct, rtol=1e-6, atol=0)
+        torch.testing.assert_close(value.double(), _supcon_oracle(a, p, labels, 0.05), rtol=1e-5, atol=0)
+        assert abs(result.losses[step] - float(value)) <= 1e-6 * abs(float(value))
+        assert {"entropy_mean", "effective_negatives_q50", "max_weight_q90"} <= set(stats)
+    # several positives change the loss: the same embeddings without labels give plain InfoNCE
+    a, p, labels, value, _ = seen[0]
+    assert len(set(labels.tolist())) < len(labels)
+    assert abs(float(gradsurg.info_nce(a, p, temperature=0.05)) - float(value)) > 1e-3
+
+
+def test_labelled_corpus_errors_in_the_trainer(tiny, tmp_path):
+    from conftest import labelled_corpus
+    from gradsurg.train.config import ConfigError
+    from gradsurg.train.data import Corpus
+    from gradsurg.train.trainer import Trainer
+
+    path = labelled_corpus(tiny, tmp_path / "l.csv")
+    with pytest.raises(ConfigError, match="label_column 'nope' is not a column of"):
+        Trainer(_labelled_config(tiny, path, label_column="nope"))
+    with pytest.raises(ConfigError, match="label_column needs a csv/tsv/jsonl corpus with a header, not a plain text"):
+        Trainer(_labelled_config(tiny, tiny["corpus"]))
+    with pytest.raises(ConfigError, match="'label_column' works with loss 'info_nce'.*not 'vicreg'"):
+        Trainer(_labelled_config(tiny, path, loss="vicreg", loss_params={}))
+    # an injected corpus with labels: the config did not see it
+    corpus = Corpus(["a b", "c d", "e f"], labels=[0, 1, 0])
+    with pytest.raises(ConfigError, match="the training corpus has labels, which loss 'info_nce' takes"):
+        Trainer(_labelled_config(tiny, path, loss="vicreg", loss_params={}, label_column=None), corpus=corpus)
+    with pytest.raises(ConfigError, match="the training corpus has 2 labels for 3 sentences"):
+        Trainer(_labelled_config(tiny, path), corpus=Corpus(["a b", "c d", "e f"], labels=[0, 1]))

@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
             resolve_model(base.model, "config field 'model'")  # a hub id that cannot load: one line, now
             read_corpus(base.train_data, base.train_format, base.text_column, base.hard_negative_column,
-                        base.max_train_sentences)
+                        base.max_train_sentences, base.label_column)
             if base.eval_data is not None:
                 read_sts_pairs(base.eval_data, base.eval_format, base.eval_split).subset(base.eval_max_pairs)
     except (ConfigError, ModelLoadError) as exc:

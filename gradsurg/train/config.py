@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, presets, YAML/JSON files and ``key=value`` overrides.
 
-A :class:`TrainConfig` describes one unsupervised (SimCSE-style) training run:
+A :class:`TrainConfig` describes one unsupervised (SimCSE-style) training run
+(supervised-contrastive with a labelled corpus, ``label_column``):
 the encoder, the pooler, the loss chosen by name plus its parameters, the data,
 the optimiser and the evaluation schedule. It round-trips through
 ``to_dict`` / ``from_dict`` and through YAML or JSON files, and every field can
@@ -108,6 +109,10 @@ class TrainConfig:
     train_format: str = "auto"
     text_column: str | None = None
     hard_negative_column: str | None = None
+    #: a class / cluster label per sentence (csv/tsv/jsonl corpora, loss info_nce): every candidate whose
+    #: label equals the anchor's is a target, uniformly (SupCon-style, several positives per anchor;
+    #: docs/training.md "Labelled data")
+    label_column: str | None = None
     max_train_sentences: int | None = 4000
     # optimisation
     batch_size: int = 64
@@ -205,7 +210,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("device", "train_data", "eval_data", "final_eval_data", "output_dir", "text_column",
-                     "hard_negative_column", "eval_split"):
+                     "hard_negative_column", "label_column", "eval_split"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"config field {name!r} must be a string{'' if name == 'device' else ' or null'}, "
@@ -226,6 +231,8 @@ class TrainConfig:
         if self.mask_duplicates and self.loss_params.get("normalizer") == "global":
             raise ConfigError("config field 'mask_duplicates' does not combine with loss_params.normalizer='global' "
                               "(the global normaliser runs on the paradigm engine, without candidate masks)")
+        if self.label_column is not None:
+            self._check_label_column()
         if self.form is not None and self.form not in FORMS:
             raise ConfigError(f"config field 'form' is {self.form!r}; expected one of {', '.join(FORMS)} or null")
         if self.suite_data is not None and (not isinstance(self.suite_data, str) or not self.suite_data):
@@ -234,6 +241,31 @@ class TrainConfig:
             parts = parse_modified(self.modified)
             self.modified = ",".join(parts) if parts else None
         return self
+
+    def _check_label_column(self) -> None:
+        """``label_column``: a non-empty column name, loss info_nce on its structured path (batch
+        normaliser, float temperature, directions ('query_to_doc',)), a corpus with columns."""
+        if not self.label_column:
+            raise ConfigError("config field 'label_column' must be a column name or null, got ''")
+        if self.loss != "info_nce":
+            raise ConfigError(f"config field 'label_column' works with loss 'info_nce' (its structured candidates: "
+                              f"every candidate with the anchor's label is a target), not {self.loss!r}")
+        params = self.loss_params
+        if params.get("normalizer") == "global":
+            raise ConfigError("config field 'label_column' does not combine with loss_params.normalizer='global' "
+                              "(the global normaliser runs on the paradigm engine, without labels)")
+        if params.get("learnable"):
+            raise ConfigError("config field 'label_column' does not combine with loss_params.learnable=true "
+                              "(labels take a float temperature)")
+        directions = params.get("directions") or ("query_to_doc",)
+        if params.get("symmetric") or tuple([directions] if isinstance(directions, str) else directions or ()) \
+                != ("query_to_doc",):
+            raise ConfigError("config field 'label_column': labels are defined for the direction query_to_doc only "
+                              "(leave out loss_params.symmetric and loss_params.directions)")
+        if self.train_format in ("txt", "stsb-csv") or (self.train_format == "auto" and self.train_data == STSB_TRAIN):
+            fmt = "stsb-csv" if self.train_format == "auto" else self.train_format
+            raise ConfigError(f"config field 'label_column' needs a csv/tsv/jsonl corpus with a header "
+                              f"(train_format csv, tsv, jsonl or auto), not {fmt} (train_data {self.train_data!r})")
 
     # ------------------------------------------------------------- conversion
     def to_dict(self) -> dict[str, Any]:

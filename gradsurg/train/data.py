@@ -1,12 +1,14 @@
 """Data for training and STS evaluation.
 
-Training corpora (unsupervised: sentences only, optional hard negative column):
+Training corpora (sentences; optional hard negative and label columns):
 
 - ``txt``: one sentence per line (SimCSE's ``wiki1m_for_simcse.txt``);
 - ``stsb-csv``: the STS-B CSV (no header, ``sentence1,sentence2,score``; the
   packaged ``packaged:stsb-train``); both sentences are used, the score is ignored;
 - ``csv`` / ``tsv``: a header row; the text column is ``text_column`` (default
-  the first column), the hard negatives ``hard_negative_column``;
+  the first column), the hard negatives ``hard_negative_column``, a class / cluster
+  label per sentence ``label_column`` (supervised-contrastive training, several
+  positives per anchor);
 - ``jsonl``: one object per line, same column options.
 
 STS evaluation files (pairs with a gold score):
@@ -127,10 +129,12 @@ def _display_name(path: str) -> str:
 # ---------------------------------------------------------------- training data
 @dataclass
 class Corpus:
-    """Training sentences and, optionally, one hard negative per sentence."""
+    """Training sentences and, optionally, one hard negative and one label (int >= 0) per sentence."""
 
     sentences: list[str]
     hard_negatives: list[str] | None = None
+    #: the class / cluster of each sentence (``label_column``): candidates with the anchor's label are targets
+    labels: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -164,70 +168,108 @@ def read_corpus(
     text_column: str | None = None,
     hard_negative_column: str | None = None,
     max_sentences: int | None = None,
+    label_column: str | None = None,
 ) -> Corpus:
-    """Read an unsupervised training corpus (see the module docstring for formats).
+    """Read a training corpus (see the module docstring for formats).
 
     Duplicated sentences are kept in their first occurrence only (STS-B repeats
-    many), empty lines are skipped, order is preserved; ``max_sentences`` keeps
-    the first ones.
+    many; not when there is a hard negative column), empty lines are skipped, order is
+    preserved; ``max_sentences`` keeps the first ones.
+
+    ``label_column`` (csv/tsv/jsonl): one class / cluster label per sentence, read into
+    ``Corpus.labels``: integers >= 0 are kept when every label is one (``"3"`` in a CSV
+    is 3); otherwise every label is numbered 0, 1, ... in the order of its first
+    appearance. A row with text but no label is an error naming the file and line, and
+    so is a sentence given two different labels (naming both lines and labels).
     """
     path = resolve_path(path, "training data path (train_data)", TRAIN_INSTEAD)
     if os.path.isdir(path):
         raise ConfigError(f"training data path (train_data) {path!r} is a folder; give a file; {TRAIN_INSTEAD}")
     try:
-        return _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences)
+        return _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences, label_column)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"training data {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise ConfigError(f"training data {path!r} is not a readable gzip file ({exc})") from None
 
 
-def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) -> Corpus:
+def _read_rows(path: str, fmt: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """The rows of a csv/tsv/jsonl corpus with their line numbers, and its columns."""
+    rows: list[tuple[int, dict]] = []
+    if fmt == "jsonl":
+        with open_text(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ConfigError(f"{path!r} line {lineno}: not valid JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append((lineno, row))
+        return rows, list(rows[0][1].keys()) if rows else []
+    with open_text(path, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
+        for row in reader:
+            rows.append((reader.line_num, row))
+        return rows, list(reader.fieldnames or [])
+
+
+def _label_text(value, path: str, lineno: int, column: str) -> str:
+    """A label as text (an int or a string); missing, empty or nested is an error naming the line."""
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{path!r} line {lineno}: label_column {column!r} holds a {type(value).__name__}; "
+                          "a label is a string or an integer")
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise ConfigError(f"{path!r} line {lineno}: no label in label_column {column!r} (every sentence needs one)")
+    return text
+
+
+def _number_labels(texts: list[str]) -> list[int]:
+    """Integers >= 0 kept when every label is one; else each text numbered by its first appearance."""
+    try:
+        values = [int(t) for t in texts]
+        if all(v >= 0 for v in values):
+            return values
+    except ValueError:
+        pass
+    ids: dict[str, int] = {}
+    return [ids.setdefault(t, len(ids)) for t in texts]
+
+
+def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences, label_column=None) -> Corpus:
     if fmt == "auto":
         fmt = _guess_format(path)
     sentences: list[str] = []
     negatives: list[str] | None = [] if hard_negative_column else None
+    labels: list[int] | None = None
+    if fmt in ("txt", "stsb-csv"):
+        for name, column in (("hard_negative_column", hard_negative_column), ("label_column", label_column)):
+            if column:
+                what = "a plain text file" if fmt == "txt" else "the STS-B CSV"
+                raise ConfigError(f"{name} needs a csv/tsv/jsonl corpus with a header, not {what} ({path!r})")
     if fmt == "txt":
-        if hard_negative_column:
-            raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus, not a plain text file")
         with open_text(path) as fh:
             sentences = [line.strip() for line in fh if line.strip()]
     elif fmt == "stsb-csv":
-        if hard_negative_column:
-            raise ConfigError("hard_negative_column needs a csv/tsv/jsonl corpus with a header, not the STS-B CSV")
         with open_text(path, newline="") as fh:
             for row in csv.reader(fh):
                 if len(row) < 2:
                     continue
                 sentences.extend(s.strip() for s in row[:2] if s.strip())
     elif fmt in ("csv", "tsv", "jsonl"):
-        if fmt == "jsonl":
-            rows = []
-            with open_text(path) as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as exc:
-                        raise ConfigError(f"{path!r} line {lineno}: not valid JSON ({exc})") from None
-                    if not isinstance(row, dict):
-                        raise ConfigError(f"{path!r} line {lineno}: expected a JSON object, got {type(row).__name__}")
-                    rows.append(row)
-            columns = list(rows[0].keys()) if rows else []
-        else:
-            with open_text(path, newline="") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if fmt == "tsv" else ",")
-                rows = list(reader)
-                columns = list(reader.fieldnames or [])
+        rows, columns = _read_rows(path, fmt)
         col = text_column or (columns[0] if columns else None)
         if col not in columns:
             raise ConfigError(f"text_column {col!r} is not a column of {path!r} (columns: {columns})")
-        if hard_negative_column and hard_negative_column not in columns:
-            raise ConfigError(
-                f"hard_negative_column {hard_negative_column!r} is not a column of {path!r} (columns: {columns})"
-            )
-        for row in rows:
+        for name, column in (("hard_negative_column", hard_negative_column), ("label_column", label_column)):
+            if column and column not in columns:
+                raise ConfigError(f"{name} {column!r} is not a column of {path!r} (columns: {columns})")
+        label_texts: list[str] = []
+        lines: list[int] = []
+        for lineno, row in rows:
             text = str(row.get(col) or "").strip()
             if not text:
                 continue
@@ -236,24 +278,45 @@ def _read_corpus(path, fmt, text_column, hard_negative_column, max_sentences) ->
                 if not neg:
                     continue
                 negatives.append(neg)
+            if label_column:
+                label_texts.append(_label_text(row.get(label_column), path, lineno, label_column))
+                lines.append(lineno)
             sentences.append(text)
+        if label_column:
+            labels = _number_labels(label_texts)
+            _check_one_label(path, sentences, labels, label_texts, lines)
     else:
         raise ConfigError(f"train_format {fmt!r} is not one of auto, txt, stsb-csv, csv, tsv, jsonl")
     if negatives is None:
         seen: set[str] = set()
-        unique = []
-        for s in sentences:
+        keep = []
+        for i, s in enumerate(sentences):
             if s not in seen:
                 seen.add(s)
-                unique.append(s)
-        sentences = unique
+                keep.append(i)
+        sentences = [sentences[i] for i in keep]
+        if labels is not None:
+            labels = [labels[i] for i in keep]
     if max_sentences is not None:
         sentences = sentences[:max_sentences]
         if negatives is not None:
             negatives = negatives[:max_sentences]
+        if labels is not None:
+            labels = labels[:max_sentences]
     if not sentences:
         raise ConfigError(f"training data {path!r} holds no sentences")
-    return Corpus(sentences, negatives)
+    return Corpus(sentences, negatives, labels)
+
+
+def _check_one_label(path: str, sentences: list[str], labels: list[int], texts: list[str], lines: list[int]) -> None:
+    """A sentence given two different labels is an error naming the file, both lines and both labels."""
+    first: dict[str, int] = {}
+    for i, s in enumerate(sentences):
+        j = first.setdefault(s, i)
+        if labels[j] != labels[i]:
+            raise ConfigError(f"{path!r} line {lines[i]}: the sentence {s[:80]!r} has label {texts[i]!r}, but line "
+                              f"{lines[j]} gave it label {texts[j]!r}; a sentence needs one label (fix or drop one "
+                              "of the rows)")
 
 
 # ------------------------------------------------------------------ STS pairs

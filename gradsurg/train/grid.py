@@ -30,7 +30,7 @@ _NOT_IDENTITY = {"output_dir", "progress", "tensorboard", "save_best", "device",
 #: fields added to TrainConfig after results files existed: left out of a run's identity while at
 #: these values, so older results.jsonl files stay resumable (add every new field here)
 _ADDED_LATER = {"mini_batch_size": None, "form": None, "patience": None, "suite_data": None,
-                "mask_duplicates": False, "precision": "fp32", "compile": False}
+                "mask_duplicates": False, "precision": "fp32", "compile": False, "label_column": None}
 
 
 def run_key(config: TrainConfig) -> str:
@@ -116,8 +116,10 @@ def repeated(name: str, values: Iterable[Any]) -> str | None:
 def untrained_config(config: TrainConfig) -> TrainConfig:
     """The ``untrained`` run of ``config``: the same encoder, pooler, data, evaluation and seed,
     no loss (its row is the encoder before training, scored as the trained runs are); the options of
-    the loss's training (``mask_duplicates``) are dropped with it."""
-    return config.replace(loss=UNTRAINED, loss_params={}, modified=None, form=None, mask_duplicates=False)
+    the loss's training (``mask_duplicates``, ``label_column``: the encoder before training reads
+    no labels) are dropped with it."""
+    return config.replace(loss=UNTRAINED, loss_params={}, modified=None, form=None, mask_duplicates=False,
+                          label_column=None)
 
 
 def with_untrained(configs: Iterable[TrainConfig]) -> list[TrainConfig]:

@@ -4,7 +4,10 @@ One step: a batch of N sentences is embedded twice in one forward pass in
 train mode, so dropout gives two views; the first N embeddings are the
 anchors, the second N the positives, and (when the corpus has a hard negative
 column) N more embeddings of the hard negatives are the extra candidates. The
-loss module gets the RAW embeddings ``loss(anchors, positives, negatives)``.
+loss module gets the RAW embeddings ``loss(anchors, positives, negatives)``; with
+a label column (config ``label_column``, loss ``info_nce``) it also gets
+``labels=``, the batch's corpus labels: every positive whose label equals the
+anchor's is a target (supervised-contrastive, several positives per anchor).
 AdamW with a linear decay (optional warmup), as SimCSE.
 
 Every ``eval_every`` steps the encoder is scored on the dev pairs (Spearman of
@@ -131,10 +134,16 @@ class Trainer:
             if cfg.train_data is None:
                 raise ConfigError("config field 'train_data' is not set (a text/CSV/JSONL corpus path)")
             corpus = read_corpus(cfg.train_data, cfg.train_format, cfg.text_column,
-                                 cfg.hard_negative_column, cfg.max_train_sentences)
+                                 cfg.hard_negative_column, cfg.max_train_sentences, cfg.label_column)
         self.corpus = corpus
         if len(corpus) < 2:
             raise ConfigError("the training corpus needs at least 2 sentences")
+        if corpus.labels is not None:  # an injected corpus: the config's checks did not see it
+            if len(corpus.labels) != len(corpus):
+                raise ConfigError(f"the training corpus has {len(corpus.labels)} labels for {len(corpus)} sentences")
+            if loss is None and cfg.loss != "info_nce":
+                raise ConfigError(f"the training corpus has labels, which loss 'info_nce' takes (labels=), "
+                                  f"not config field 'loss' {cfg.loss!r}")
         # built once the corpus is known: normalizer='global' keeps one estimate per corpus sentence
         self.loss = loss if loss is not None else loss_from_config(cfg, dataset_size=len(corpus))
         #: the loss keeps per-example state (global normaliser): each call gets the batch's corpus indices
@@ -220,14 +229,18 @@ class Trainer:
         ``stats``: a dict that a loss on the structured path (sentence-transformers' options, masks) fills
         with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks.
         ``idx``: the batch's corpus positions, passed as ``index=`` to a loss that keeps per-example
-        state (:attr:`loss_uses_index`: the global normaliser's estimates u_i)."""
+        state (:attr:`loss_uses_index`: the global normaliser's estimates u_i), and used to pass
+        ``labels=`` (the batch's corpus labels, int64) when the corpus has labels (``label_column``)."""
         per_batch = {}
         if self.loss_uses_index:
             per_batch["index"] = torch.as_tensor(idx, dtype=torch.int64, device=anchors.device)
+        if self.corpus.labels is not None:
+            per_batch["labels"] = torch.as_tensor([self.corpus.labels[i] for i in idx], dtype=torch.int64,
+                                                  device=anchors.device)
         if keys is not None:
             per_batch["keys"] = keys
             negatives = [] if negatives is None else [negatives]
-        if stats is not None and (keys is not None or getattr(self.loss, "structured", None)):
+        if stats is not None and (keys is not None or "labels" in per_batch or getattr(self.loss, "structured", None)):
             per_batch["stats"] = stats
         return self.loss(anchors, positives, negatives, **per_batch)
 
