@@ -161,7 +161,7 @@ def paradigm_loss(
     grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
     impl, _ = dispatch.choose(backend, x, paradigm, where)
     check_backend_options(options, impl.OPTIONS, impl.NAME, where)
-    call = paradigm_call(paradigm, impl.NAME, options, names)
+    call = paradigm_call(paradigm, impl.NAME, options, names, where)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)
 

@@ -391,6 +391,7 @@ def test_triton_options_reach_the_kernels_on_the_route():
     (dict(path="fused"), r"^info_nce: backend 'torch' does not accept option\(s\) path; accepted: chunk_bytes"),
     (dict(block_n=4), r"^info_nce: backend 'torch' does not accept option\(s\) block_n"),
     (dict(chunk_bytes=0), r"^info_nce: chunk_bytes must be a positive int"),
+    (dict(normalize="no"), r"^info_nce: normalize must be a bool"),  # the torch backend's own check
 ])
 def test_a_bad_backend_option_on_the_route_is_named(kw, match):
     cols = batch(k=1)
