@@ -106,7 +106,7 @@ def paradigm_loss(
             rank holds its own candidates and one peer's block at a time
             (forward and backward), passed around the ring of processes with
             the transfer overlapped with compute (:mod:`gradsurg.engine.ring`;
-            InfoNCE, ArcCon and SigLIP, learnable hyper-parameters included;
+            InfoNCE, ArcCon, ``paradigm.info_nce_hardness`` and SigLIP, learnable hyper-parameters included;
             options ``chunk_bytes``, ``normalize``). Same values and gradients
             as ``'gather'``. No effect without a process group.
         caller: the name errors start with: the function the user called
@@ -161,7 +161,7 @@ def paradigm_loss(
     grad_rows = None if n_pos is None else [n_pos] + ([-1] if symmetric else [])
     impl, _ = dispatch.choose(backend, x, paradigm, where)
     check_backend_options(options, impl.OPTIONS, impl.NAME, where)
-    call = paradigm_call(paradigm, impl.NAME, options, names)
+    call = paradigm_call(paradigm, impl.NAME, options, names, where)
     loss = run(directions(x, c, symmetric, reverse), reduction, weight, call, check, hyper, grad_rows)
     return loss.to(value_dtype or x.dtype)
 

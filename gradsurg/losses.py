@@ -89,6 +89,11 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     * ``labels`` ((N,) ints: every positive with the row's label is a target, uniformly) or
       ``soft_targets`` ((N, M) row-stochastic: cross-entropy to the teacher);
     * ``stats``: a dict filled with W's telemetry (entropy, effective negatives, max weight).
+
+    Options that are one paradigm (:func:`gradsurg.structured.mnrl_route`) run the paradigm engine:
+    backend options (``chunk_bytes``, ``normalize``, Triton's ``path``, ...) and ``distributed``
+    ('gather' | 'ring') pass through; the structured engine takes ``chunk_bytes`` and 'gather' only
+    (anything else raises, naming it and why).
     """
     if "hard_negatives" in kwargs:
         if negatives is not None:

@@ -36,14 +36,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import distributed
+from . import distributed as comm  # mnrl's argument ``distributed`` would shadow the module's name
 from . import paradigm as presets
 from .api import paradigm_loss
 from .engine import dispatch
 from .engine.candidates import (Aux, Block, Plan, StructuredLoss, structured_direction, structured_rows,
                                 weight_summary)
 from .engine.torch_backend import DEFAULT_CHUNK_BYTES
-from .engine.validation import check_engine_options, check_finite_values, check_reduction, check_rows_tensor
+from .engine.validation import (check_distributed, check_engine_options, check_finite_values, check_reduction,
+                                check_rows_tensor)
 from .vocabulary import compute_dtype
 
 __all__ = ["mnrl", "mnrl_route", "gist", "supcon", "duplicate_keys", "texts_to_keys", "VALID_DIRECTIONS",
@@ -138,29 +139,29 @@ def _columns(anchors, positives, negatives, where):
     return [t for _, t in cols]
 
 
-def _checked(gathered: bool, group, like, where: str, fn):
-    """``fn()`` (validation); when gathered, its error (or success) is agreed on by every rank first."""
+def _checked(gathered: bool, group, like, where: str, fn, how: str = "gather_across_devices=True"):
+    """``fn()`` (validation); when gathered (or on the ring: ``how``), its error (or success) is agreed on
+    by every rank first."""
     if not gathered:
         return fn()
     try:
         out, err = fn(), None
     except (TypeError, ValueError) as exc:
         out, err = None, exc
-    distributed.agree(err, [], group, like if isinstance(like, Tensor) else None,
-                      f"{where}(gather_across_devices=True)")
+    comm.agree(err, [], group, like if isinstance(like, Tensor) else None, f"{where}({how})")
     return out
 
 
 def _gather(t: Tensor, group, counts: list[int]) -> Tensor:
     """Every rank's rows of ``t`` (each rank holds ``counts[rank]``: known from :func:`_gather_setup`)."""
-    return distributed.all_gather_with_grad(t, group, counts)
+    return comm.all_gather_with_grad(t, group, counts)
 
 
 def _gather_setup(n, ncols, d, group, where):
     """``(offset, N_global, world, rows per rank)``: this rank's first row in the global batch, its size
     (checked across ranks), the world size and every rank's row count."""
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-    table = distributed.exchange_ints([n, ncols, d], group)
+    table = comm.exchange_ints([n, ncols, d], group)
     if len({row[1] for row in table}) > 1:
         raise ValueError(f"{where}: the number of hard-negative columns differs between ranks: "
                          f"{[row[1] for row in table]}")
@@ -290,6 +291,25 @@ def mnrl_route(scale: float, directions, partition_mode: str, hardness_mode, har
                         "the positive)")
 
 
+#: the front door's own arguments that :func:`mnrl` sets itself (not backend options)
+_FRONT_DOOR = ("paradigm", "symmetric", "learn", "caller", "negatives")
+
+
+def _structured_only(options: dict, ring: bool, why: str, where: str) -> None:
+    """The structured engine (torch, gathered or local) takes ``chunk_bytes`` and nothing else of the
+    paradigm engine: a backend option or ``distributed='ring'`` raises naming it and ``why`` these
+    options are not one paradigm."""
+    if options:
+        name = sorted(options)[0]
+        raise ValueError(
+            f"{where}: the backend option {name}= reaches the paradigm engine only, and these options need the "
+            f"structured engine ({why}), which takes chunk_bytes= and nothing else")
+    if ring:
+        raise ValueError(
+            f"{where}: distributed='ring' runs the paradigm engine only, and these options need the structured "
+            f"engine ({why}); use distributed='gather' (gather_across_devices=True)")
+
+
 # ---------------------------------------------------------------------------------------------
 # MultipleNegativesRankingLoss (and symmetric InfoNCE, masks, guide, labels, soft targets)
 
@@ -299,7 +319,8 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
          margin_strategy: str = "absolute", margin: float = 0.0, labels: Tensor | None = None,
          soft_targets: Tensor | None = None, reduction: str = "mean", backend: str = "auto",
          check_finite: bool = True, gather_across_devices: bool = False, group=None,
-         chunk_bytes: int | None = None, stats: dict | None = None, where: str = "info_nce") -> Tensor:
+         chunk_bytes: int | None = None, stats: dict | None = None, distributed: str | None = None,
+         where: str = "info_nce", **options) -> Tensor:
     r"""sentence-transformers' ``MultipleNegativesRankingLoss`` (6.3) in the chunked engine.
 
     Equal (value and gradients) to ``MultipleNegativesRankingLoss(model, scale, directions=...,
@@ -307,11 +328,23 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     [anchors, positives, *hard_negatives], None)``. See :func:`gradsurg.info_nce` for the arguments.
     Where the options are one paradigm (:func:`mnrl_route`: one direction, the hardness tilt on every
     negative or none, no per-entry options) it runs :func:`gradsurg.paradigm_loss` (either backend;
-    ``chunk_bytes`` a backend option there, default the backend's); else the structured engine (torch).
+    ``chunk_bytes`` and the other backend ``options`` (``normalize``, Triton's ``path``, ``block_n``,
+    ``block_m``) pass through, checked by the chosen backend; ``distributed='gather'`` or ``'ring'``);
+    else the structured engine (torch), which takes ``chunk_bytes`` and gathers
+    (``distributed='gather'`` = ``gather_across_devices=True``), and refuses any other backend option and
+    ``distributed='ring'`` with the reason these options are not one paradigm.
     """
-    if group is not None and not gather_across_devices:
-        raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
-    gathered = gather_across_devices and distributed.gather_active(group)
+    check_distributed(distributed, where)
+    gather_across_devices = gather_across_devices or distributed == "gather"
+    ring = distributed == "ring"
+    if group is not None and not (gather_across_devices or ring):
+        raise ValueError(f"{where}: group= is only used with gather_across_devices=True or distributed=")
+    taken = sorted(set(options) & set(_FRONT_DOOR))
+    if taken:
+        raise TypeError(f"{where}: unexpected keyword argument(s) {', '.join(taken)} with sentence-transformers' "
+                        "options")
+    gathered = gather_across_devices and comm.gather_active(group)
+    agreed = gathered or (ring and comm.gather_active(group))  # validation errors raised on every rank
     per_entry = tuple(k for k, v in (("negative_mask", negative_mask), ("keys", keys), ("guide", guide),
                                      ("labels", labels), ("soft_targets", soft_targets), ("stats", stats))
                       if v is not None)
@@ -323,6 +356,7 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         route = mnrl_route(sc, dirs, partition_mode, hardness_mode, hardness_strength, len(cs) - 2, per_entry)
         if route[0] is None:
             dispatch.choose_structured(backend, cs[0], where, route[2])
+            _structured_only(options, ring, route[2], where)
         if chunk_bytes is not None:
             check_engine_options(chunk_bytes, where=where)
         special = [k for k, v in (("labels", labels), ("soft_targets", soft_targets)) if v is not None]
@@ -337,8 +371,8 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
         lab = None if labels is None else _labels(labels, nn_, cs[0].device, where)
         return sc, dirs, cs, kc, gc, mg, lab, route
 
-    scale, directions, cols, key_cols, guide_cols, margin, lab, route = _checked(gathered, group, anchors, where,
-                                                                                 validate)
+    scale, directions, cols, key_cols, guide_cols, margin, lab, route = _checked(
+        agreed, group, anchors, where, validate, "distributed='ring'" if ring else "gather_across_devices=True")
     x = cols[0]
     n, d = x.shape
     ncols = len(cols) - 1
@@ -348,18 +382,26 @@ def mnrl(anchors: Tensor, positives: Tensor, hard_negatives=None, *, scale: floa
     else:
         offset, n_global, world, counts = 0, n, 1, None
     m = n_global * ncols
+    paradigm, symmetric, _ = route
+    if ring and paradigm is not None:  # routed (checked in validate): the front door's ring agrees on the sizes
+        negs = None if ncols == 1 else (cols[2] if ncols == 2 else torch.cat(cols[2:]))
+        options = options if chunk_bytes is None else dict(options, chunk_bytes=chunk_bytes)
+        return paradigm_loss(cols[0], cols[1], negs, paradigm=paradigm, symmetric=symmetric, reduction=reduction,
+                             backend=backend, check_finite=check_finite, group=group, distributed="ring",
+                             caller=where, **options)
     if m + (n_global - 1 if "query_to_query" in directions else 0) < 2 and labels is None:
         raise ValueError(f"{where}: the batch has no negative (N = {n_global}, no hard negatives); need N >= 2 "
                          "or a hard-negative column")
-    paradigm, symmetric, _ = route
     if paradigm is not None and not (symmetric and n_global < 2):  # one anchor: its doc row has no negative
         negs = None if ncols == 1 else (cols[2] if ncols == 2 else torch.cat(cols[2:]))
-        options = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+        options = options if chunk_bytes is None else dict(options, chunk_bytes=chunk_bytes)
         return paradigm_loss(cols[0], cols[1], negs, paradigm=paradigm, symmetric=symmetric, reduction=reduction,
                              backend=backend, check_finite=check_finite,
                              gather_across_devices=gather_across_devices, group=group, caller=where, **options)
     if paradigm is not None:
-        dispatch.choose_structured(backend, x, where, "symmetric with one anchor (its doc row has no negative)")
+        why = "symmetric with one anchor (its doc row has no negative)"
+        dispatch.choose_structured(backend, x, where, why)
+        _structured_only(options, False, why, where)
     if chunk_bytes is None:
         chunk_bytes = DEFAULT_CHUNK_BYTES
     if gathered:
@@ -481,7 +523,7 @@ def gist(anchors: Tensor, positives: Tensor, hard_negatives=None, *, guide, temp
     where = "gist"
     if group is not None and not gather_across_devices:
         raise ValueError(f"{where}: group= is only used with gather_across_devices=True")
-    gathered = gather_across_devices and distributed.gather_active(group)
+    gathered = gather_across_devices and comm.gather_active(group)
 
     def validate():
         check_temperature(temperature, where)

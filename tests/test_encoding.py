@@ -76,3 +76,19 @@ def test_the_op_carries_options_through_the_encoding():
     assert torch.allclose(small, whole, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="does not accept option.*bogus"):
         gradsurg.info_nce(x, y, bogus=(1, "two"))
+
+
+def test_the_caller_travels_with_the_options():
+    from gradsurg.engine.encoding import CALLER, decode_call, encode_call
+
+    text = encode_call({"chunk_bytes": 512, "normalize": False}, "info_nce")
+    assert decode_call(text) == ({"chunk_bytes": 512, "normalize": False}, "info_nce")
+    assert decode_call(encode_call({}, "SigLIPLoss")) == ({}, "SigLIPLoss")
+    assert decode_call(encode_options({"path": "fused"})) == ({"path": "fused"}, "paradigm_loss")  # none encoded
+    opts, _ = decode_call(text)
+    opts["chunk_bytes"] = 1  # every read is a new dict (the parse is cached)
+    assert decode_call(text)[0]["chunk_bytes"] == 512
+    with pytest.raises(ValueError, match=f"option '{CALLER}' is reserved"):
+        encode_call({CALLER: "x"}, "info_nce")
+    with pytest.raises(TypeError, match="the caller must be a non-empty str"):
+        encode_call({}, "")

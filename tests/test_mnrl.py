@@ -344,3 +344,96 @@ def test_module_with_hardness_runs_the_preset(reduction):
         assert rel_err(loss, l_ref) < 1e-5
         for a, b in zip(torch.autograd.grad(loss, cols), g_ref):
             assert rel_err(a, b) < 1e-5
+
+
+# -- backend options and distributed= on the route (structured.mnrl: routed or refused by name) ----------
+
+TILT = dict(hardness_mode="all_negatives", hardness_strength=5.0)
+
+
+def test_backend_options_reach_the_paradigm_engine_on_the_route():
+    """normalize=False (dot products) passes through: equal to sentence-transformers with dot_score
+    (float64 1e-10), and to the preset on paradigm_loss; chunk_bytes too (several chunks)."""
+    from sentence_transformers import util
+
+    cols = batch(k=2, seed=11)
+    cols = [(c.detach() * 0.3).requires_grad_() for c in cols]  # dot products of O(1)
+    l_ref, g_ref = reference(cols, similarity_fct=util.dot_score, **TILT)
+    loss = gradsurg.info_nce(cols[0], cols[1], cols[2:], scale=20.0, normalize=False, chunk_bytes=200, **TILT)
+    assert type(loss.grad_fn).__name__ != "StructuredLossBackward"
+    assert abs(float((loss - l_ref).detach())) < 1e-10
+    for a, b in zip(torch.autograd.grad(loss, cols), g_ref):
+        assert float((a - b).abs().max()) < 1e-10
+    preset = gradsurg.paradigm_loss(cols[0], cols[1], torch.cat(cols[2:]), normalize=False,
+                                    paradigm=gradsurg.paradigm.info_nce_hardness(1 / 20.0, 5.0))
+    torch.testing.assert_close(loss, preset, rtol=1e-12, atol=0)
+    cosine = gradsurg.info_nce(cols[0], cols[1], cols[2:], scale=20.0, **TILT)
+    assert abs(float((cosine - loss).detach())) > 1e-3  # the option changed the numbers
+
+
+def test_triton_options_reach_the_kernels_on_the_route():
+    """backend='triton' with path= (interpreted on CPU) equals the torch backend (float32, 1e-5)."""
+    from gradsurg.engine.dispatch import triton_problem
+
+    if triton_problem():
+        pytest.skip(triton_problem())
+    cols = batch(n=6, k=1, dtype=torch.float32, seed=12)
+    want = gradsurg.info_nce(cols[0], cols[1], cols[2:], scale=20.0, backend="torch", **TILT)
+    g_want = torch.autograd.grad(want, cols)
+    for path in ("fused", "chunked"):
+        got = gradsurg.info_nce(cols[0], cols[1], cols[2:], scale=20.0, backend="triton", path=path, **TILT)
+        assert rel_err(got, want) < 1e-5
+        for a, b in zip(torch.autograd.grad(got, cols), g_want):
+            assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(path="fused"), r"^info_nce: backend 'torch' does not accept option\(s\) path; accepted: chunk_bytes"),
+    (dict(block_n=4), r"^info_nce: backend 'torch' does not accept option\(s\) block_n"),
+    (dict(chunk_bytes=0), r"^info_nce: chunk_bytes must be a positive int"),
+    (dict(normalize="no"), r"^info_nce: normalize must be a bool"),  # the torch backend's own check
+])
+def test_a_bad_backend_option_on_the_route_is_named(kw, match):
+    cols = batch(k=1)
+    with pytest.raises(ValueError, match=match):
+        gradsurg.info_nce(cols[0], cols[1], cols[2:], backend="torch", **kw, **TILT)
+
+
+@pytest.mark.parametrize("option", [dict(normalize=False), dict(path="fused"), dict(block_m=16)])
+def test_the_structured_engine_refuses_backend_options_by_name(option):
+    """Where the options are not one paradigm the backend option cannot be honoured: a ValueError names
+    it and the reason (not a TypeError from a fixed signature, not a silent drop)."""
+    cols = batch(k=1)
+    name = next(iter(option))
+    kw = dict(hardness_mode="hard_negatives", hardness_strength=9.0)  # tilts the row's own column only
+    with pytest.raises(ValueError, match=rf"^info_nce: the backend option {name}= reaches the paradigm engine only"
+                                         r".*only the row's own hard negatives.*takes chunk_bytes="):
+        gradsurg.info_nce(cols[0], cols[1], cols[2:], **option, **kw)
+    gradsurg.info_nce(cols[0], cols[1], cols[2:], chunk_bytes=300, **kw)  # the engine option it does take
+
+
+def test_front_door_arguments_are_not_options():
+    cols = batch(k=1)
+    with pytest.raises(TypeError, match="^info_nce: unexpected keyword argument.*learn"):
+        gradsurg.info_nce(cols[0], cols[1], cols[2:], learn={"temperature": torch.tensor(0.1)}, **TILT)
+
+
+def test_distributed_without_a_process_group():
+    """distributed='gather' / 'ring' with no process group is the local loss on the route; the structured
+    engine gathers ('gather') but refuses the ring, naming the reason."""
+    cols = batch(k=1)
+    plain = gradsurg.info_nce(cols[0], cols[1], cols[2:], **TILT)
+    for how in ("gather", "ring"):
+        torch.testing.assert_close(gradsurg.info_nce(cols[0], cols[1], cols[2:], distributed=how, **TILT), plain,
+                                   rtol=0, atol=0)
+    kw = dict(hardness_mode="hard_negatives", hardness_strength=9.0)
+    local = gradsurg.info_nce(cols[0], cols[1], cols[2:], **kw)
+    torch.testing.assert_close(gradsurg.info_nce(cols[0], cols[1], cols[2:], distributed="gather", **kw), local,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^info_nce: distributed='ring' runs the paradigm engine only.*"
+                                         r"only the row's own hard negatives.*use distributed='gather'"):
+        gradsurg.info_nce(cols[0], cols[1], cols[2:], distributed="ring", **kw)
+    with pytest.raises(ValueError, match=r"^InfoNCELoss: distributed must be None"):
+        gradsurg.InfoNCELoss(distributed="allgather", **TILT)
+    module = gradsurg.InfoNCELoss(scale=20.0, distributed="ring", **TILT)
+    torch.testing.assert_close(module(cols[0], cols[1], cols[2:]), plain, rtol=0, atol=0)

@@ -173,6 +173,122 @@ def test_ring_no_grad_and_errors(spawned):
         assert per_rank[r]["bf16"] == (torch.bfloat16, torch.bfloat16, True)
 
 
+# -- InfoNCE with sentence-transformers' hardness tilt on every negative (paradigm.info_nce_hardness) --------
+
+TAU, ALPHA = 0.2, 3.0
+#: (symmetric, with negatives, reduction, normalize, through): 'paradigm' = paradigm_loss with the preset,
+#: 'mnrl' = info_nce(hardness_mode='all_negatives', ...) routed there by structured.mnrl_route (its hard
+#: negatives one (N, d) column, so a rank's K is its N)
+HARD_CASES = ([(sym, neg, red, True, "paradigm")
+               for sym, neg, red in itertools.product([False, True], [False, True], ["mean", "sum", "none"])]
+              + [(False, True, "sum", False, "paradigm"), (False, True, "mean", True, "mnrl"),
+                 (False, False, "sum", True, "mnrl"), (False, True, "sum", False, "mnrl")])
+
+
+def hard_ids(case):
+    sym, neg, red, unit, through = case
+    return f"{through}-{'sym' if sym else 'one'}-{'neg' if neg else 'noneg'}-{red}" + ("" if unit else "-dot")
+
+
+def hard_batch(case):
+    n_r, k_r = SIZES[2]
+    k_r = (n_r if case[4] == "mnrl" else k_r) if case[1] else [0, 0]
+    g = torch.Generator().manual_seed(500 + HARD_CASES.index(case))
+    n, k = sum(n_r), sum(k_r)
+    a = torch.randn(n, D, generator=g, dtype=torch.float64)
+    p = a + 0.7 * torch.randn(n, D, generator=g, dtype=torch.float64)
+    z = torch.randn(k, D, generator=g, dtype=torch.float64)
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    return n_r, k_r, a, p, z, w
+
+
+def hard_run(case, a, p, z, w, **kw):
+    sym, _, reduction, unit, through = case
+    leaves = [a.clone().requires_grad_(), p.clone().requires_grad_()]
+    zl = z.clone().requires_grad_() if z.shape[0] else None
+    kw.update(reduction=reduction, **({} if unit else {"normalize": False}))
+    if through == "paradigm":
+        loss = gradsurg.paradigm_loss(*leaves, zl, paradigm=gradsurg.paradigm.info_nce_hardness(TAU, ALPHA),
+                                      symmetric=sym, **kw)
+    else:  # a small chunk_bytes: the backend option passes through the route too
+        loss = gradsurg.info_nce(*leaves, zl, temperature=TAU, hardness_mode="all_negatives",
+                                 hardness_strength=ALPHA, chunk_bytes=256, **kw)
+    wanted = leaves + ([zl] if zl is not None else [])
+    grads = torch.autograd.grad(loss, wanted, w if reduction == "none" else torch.ones_like(loss))
+    return {"loss": loss.detach(), "grads": [g.detach() for g in grads]}
+
+
+def hard_worker(rank, world, port, outdir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    out = {}
+    for case in HARD_CASES:
+        n_r, k_r, a, p, z, w = hard_batch(case)
+        mine = (part(a, n_r, rank), part(p, n_r, rank), part(z, k_r, rank), part(w, n_r, rank))
+        for how in ("ring", "gather"):
+            out[(case, how)] = hard_run(case, *mine, distributed=how)
+    x = torch.randn(3, D, dtype=torch.float64)
+    errors = {}
+    for what, kw in (("tilt on part", dict(hardness_mode="hard_negatives")),
+                     ("per-entry", dict(hardness_mode="all_negatives", labels=torch.arange(3)))):
+        try:
+            gradsurg.info_nce(x, x + 1, x - 1, hardness_strength=ALPHA, distributed="ring", **kw)
+            errors[what] = None
+        except ValueError as err:
+            errors[what] = str(err)
+    out["errors"] = errors
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def spawned_hardness():
+    return run_ranks(hard_worker, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", HARD_CASES, ids=hard_ids)
+def test_ring_hardness_equals_gather(spawned_hardness, case):
+    for r, got in enumerate(spawned_hardness):
+        ring, gather = got[(case, "ring")], got[(case, "gather")]
+        assert rel_err(ring["loss"], gather["loss"]) < 1e-10, r
+        assert len(ring["grads"]) == len(gather["grads"])
+        for k, (g, h) in enumerate(zip(ring["grads"], gather["grads"])):
+            assert rel_err(g, h) < 1e-10, (r, k, rel_err(g, h))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in HARD_CASES if c[2] == "sum"], ids=hard_ids)
+def test_ring_hardness_equals_one_process(spawned_hardness, case):
+    """The two ranks' sums equal one process holding the global batch (no process group: the plain engine)."""
+    n_r, k_r, a, p, z, w = hard_batch(case)
+    want = hard_run(case, a, p, z, w)
+    got = [spawned_hardness[r][(case, "ring")] for r in range(2)]
+    assert rel_err(sum(g["loss"] for g in got), want["loss"]) < 1e-10
+    owned = [torch.cat([g["grads"][k] for g in got]) for k in range(len(want["grads"]))]
+    for k, (g, h) in enumerate(zip(owned, want["grads"])):
+        assert rel_err(g, h) < 1e-10, (k, rel_err(g, h))
+
+
+@pytest.mark.slow
+def test_ring_refuses_structured_options_on_every_rank(spawned_hardness):
+    for got in spawned_hardness:
+        for what, msg in got["errors"].items():
+            assert msg is not None and msg.startswith("info_nce") and "distributed='ring'" in msg \
+                and "distributed='gather'" in msg, (what, msg)
+        assert "two logit forms" in got["errors"]["tilt on part"]
+        assert "labels=" in got["errors"]["per-entry"]
+
+
+def test_ring_supports_the_hardness_preset():
+    from gradsurg.engine import ring
+
+    assert ring.supports(gradsurg.paradigm.info_nce_hardness(0.05, 5.0)) is None
+    assert "not Paradigm" in ring.supports(gradsurg.paradigm.mpt())
+
+
 def test_bad_distributed_value():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="distributed must be None, 'gather' or 'ring'"):

@@ -11,6 +11,12 @@ nothing else does.
   no code runs). Values are None, bool, int, float (infinities included) and
   str, or lists and tuples of them; each comes back with its type.
 * names: ``("temperature", "bias")`` <-> ``"temperature,bias"``.
+* the caller: the name errors raised inside the op start with (the function the user called,
+  ``api.paradigm_loss``'s ``caller``) travels with the options under the reserved key
+  :data:`CALLER`, so that a check inside the op (a learnable value, a backend's own option check)
+  names it also with ``check_finite=False`` and under ``torch.compile`` (:func:`encode_call` /
+  :func:`decode_call`). No backend option can take that name: ``caller`` is a parameter of the
+  front door, never one of its ``**options``.
 
 Encoding an option the string cannot carry (a NaN, a tensor, a dict, a key
 that is not a string) raises ``TypeError`` / ``ValueError`` naming it; reading
@@ -20,8 +26,15 @@ from __future__ import annotations
 
 import ast
 import math
+from functools import lru_cache
 
-__all__ = ["encode_options", "decode_options", "encode_names", "decode_names"]
+__all__ = ["encode_options", "decode_options", "encode_call", "decode_call", "encode_names", "decode_names",
+           "CALLER"]
+
+#: the reserved option key of the caller's name (:func:`encode_call`)
+CALLER = "caller"
+#: the name errors start with when none was encoded
+DEFAULT_CALLER = "paradigm_loss"
 
 _SCALARS = (type(None), bool, int, float, str)
 _KINDS = "None, bool, int, float, str, or a list or tuple of them"
@@ -54,9 +67,15 @@ def encode_options(options: dict) -> str:
 
 
 def decode_options(text: str) -> dict:
-    """The dict :func:`encode_options` wrote (ValueError quoting ``text`` when it is not one)."""
+    """The dict :func:`encode_options` wrote (ValueError quoting ``text`` when it is not one); a new dict
+    on every call (the parse of a string is cached: the op reads the same one on every step)."""
     if text == "{}":  # the common case (no options), without the parser
         return {}
+    return dict(_parse(text))
+
+
+@lru_cache(maxsize=256)
+def _parse(text: str) -> dict:
     expected = "a dict literal of option names to values, as gradsurg.engine.encoding.encode_options writes"
     try:
         out = ast.literal_eval(text)
@@ -65,6 +84,22 @@ def decode_options(text: str) -> dict:
     if not isinstance(out, dict) or not all(isinstance(k, str) for k in out):
         raise ValueError(f"malformed options string {text!r}: expected {expected}")
     return out
+
+
+def encode_call(options: dict, caller: str) -> str:
+    """``options`` and the caller's name (``caller``, the name errors start with) as one string."""
+    if CALLER in options:
+        raise ValueError(f"option {CALLER!r} is reserved for the caller's name")
+    if not isinstance(caller, str) or not caller:
+        raise TypeError(f"the caller must be a non-empty str, got {caller!r}")
+    return encode_options({**options, CALLER: caller})
+
+
+def decode_call(text: str) -> tuple[dict, str]:
+    """``(options, caller)`` from :func:`encode_call`'s string (``caller`` is ``'paradigm_loss'`` when the
+    string has none, as :func:`encode_options` writes)."""
+    options = decode_options(text)
+    return options, options.pop(CALLER, DEFAULT_CALLER)
 
 
 def encode_names(names) -> str:

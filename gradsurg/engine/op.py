@@ -31,7 +31,7 @@ from torch import Tensor
 from ..paradigm import Paradigm
 from ..vocabulary import compute_dtype
 from . import dispatch
-from .encoding import decode_names, decode_options, encode_names, encode_options
+from .encoding import decode_call, decode_names, encode_call, encode_names
 from .validation import check_finite_values
 
 
@@ -48,7 +48,9 @@ def direction_op(x: Tensor, c: Tensor, hyper: Optional[Tensor], row_weights: Opt
     asked for (``want_grad`` False). ``hyper``: the values (k,) of the
     learnable hyper-parameters named in ``hyper_names`` (comma-separated),
     which replace the paradigm's own (``dhyper`` is their gradient); checked
-    here (positive / finite), where reading them costs no graph break.
+    here (positive / finite), where reading them costs no graph break. ``options``: the backend's
+    options and the caller's name (:func:`~gradsurg.engine.encoding.encode_call`), which starts the
+    errors raised here (the learnable values) and, for a backend that takes it, the backend's own.
     ``grad_rows``: only the first ``grad_rows`` candidates need a gradient
     (-1: all); the rest of ``dc`` is zero and costs no product. ``check``:
     when not empty, the caller's name for the finiteness check of the inputs.
@@ -59,11 +61,13 @@ def direction_op(x: Tensor, c: Tensor, hyper: Optional[Tensor], row_weights: Opt
             check_finite_values([("anchors", x), ("positives", c[:n]), ("negatives", c[n:])], check)
         p = Paradigm.decode(paradigm, params)
         names = decode_names(hyper_names)
+        opts, caller = decode_call(options)
         if hyper is not None:
-            p = p.with_hyper(dict(zip(names, check_hyper(names, hyper.tolist(), check or "paradigm_loss"))))
+            p = p.with_hyper(dict(zip(names, check_hyper(names, hyper.tolist(), caller))))
         rw = row_weights if row_weights is not None else (weight if want_grad else None)
-        opts = decode_options(options)
-        mod = dispatch.module(backend)
+        mod = dispatch.module(backend, caller)
+        if "caller" in getattr(mod, "INTERNAL_OPTIONS", ()):  # the backend's own checks name the caller too
+            opts["caller"] = caller
         if names:  # the dispatcher only picks a backend that takes the hyper-parameters' gradient
             opts["hyper_grad"] = names
         if grad_rows >= 0 and "grad_rows" in getattr(mod, "INTERNAL_OPTIONS", ()):
@@ -107,11 +111,13 @@ def _(info, in_dims, x, c, hyper, row_weights, *rest):
     return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0, 0)
 
 
-def paradigm_call(paradigm: Paradigm, backend: str, options: dict, hyper_names: tuple[str, ...] = ()) -> Callable:
+def paradigm_call(paradigm: Paradigm, backend: str, options: dict, hyper_names: tuple[str, ...] = (),
+                  caller: str = "paradigm_loss") -> Callable:
     """``call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows) -> (rows, dx, dc, dhyper)``
-    through the op; ``hyper`` holds the values of the learnable ``hyper_names`` (or is None)."""
+    through the op; ``hyper`` holds the values of the learnable ``hyper_names`` (or is None); errors
+    raised inside the op start with ``caller``."""
     names, params = paradigm.encode()
-    opts = encode_options(options)
+    opts = encode_call(options, caller)
     learn = encode_names(hyper_names)
 
     def call(x, c, hyper, row_weights, weight, want_grad, check, grad_rows=-1):

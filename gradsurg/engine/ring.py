@@ -31,8 +31,12 @@ positives -> every rank's anchors direction; values and gradients equal the
 gather path's (and one process holding the global batch), up to rounding.
 Row blocks are chunked by the torch backend's memory budget (``chunk_bytes``).
 
-Supported: the softmax losses (InfoNCE, ArcCon) and SigLIP, with learnable
-temperature / scale / bias, cosine or dot-product (``normalize=False``) similarities.
+Supported: the softmax losses (InfoNCE, ArcCon, InfoNCE with sentence-transformers' hardness tilt on
+every negative) and SigLIP, with learnable temperature / scale / bias (where the paradigm has them),
+cosine or dot-product (``normalize=False``) similarities. The hardness preset
+(:func:`gradsurg.paradigm.info_nce_hardness`) needs nothing new: its weight is the softmax at
+``tau' = 1/(1/tau + alpha)``, so the merged statistics are ``s_ii`` and ``LSE_{j!=i}(s_ij/tau')``,
+which are exactly what its dissipation ``sigmoid(LSE(s/tau') - s_ii/tau)/tau`` and loss read.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from . import torch_backend
 from .normalize import normalize, normalize_backward
 from .op import check_hyper
 
-SUPPORTED = ("info_nce", "arccon", "siglip")
+SUPPORTED = ("info_nce", "arccon", "info_nce_hardness", "siglip")
 OPTIONS = ("chunk_bytes", "normalize")
 _BLOCK, _GRAD = 0, 1  # transfer tags: a block and its gradient may be in flight together
 

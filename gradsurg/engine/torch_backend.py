@@ -33,8 +33,8 @@ _TINY = 1e-30
 #: the options :func:`direction` accepts
 OPTIONS = ("chunk_bytes", "normalize")
 #: options only the front door passes (through the operator): the learnable hyper-parameters whose
-#: gradient is wanted, and how many leading candidates need a gradient
-INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
+#: gradient is wanted, how many leading candidates need a gradient, and the name errors start with
+INTERNAL_OPTIONS = ("hyper_grad", "grad_rows", "caller")
 
 
 def gemm_dtype(x: Tensor) -> torch.dtype:
@@ -70,7 +70,8 @@ def direction(
     ``c``; all in the compute dtype. With the internal option ``hyper_grad``
     (names of learnable hyper-parameters, :meth:`Paradigm.hyper_grad`) a fourth
     result is their gradient (k,), from the row statistics and ``<u_i, dU_i> =
-    sum_j G_ij s_ij`` (no extra product). With ``grad_rows`` = r only the first
+    sum_j G_ij s_ij`` (no extra product); ``caller``: the name its option errors start with (the
+    function the user called; default ``paradigm_loss``). With ``grad_rows`` = r only the first
     r candidates get a gradient (``dV`` is zero beyond): candidates that need
     none (a queue of detached negatives) cost one product, not two. With the
     option ``normalize=False`` the rows are not normalised: ``s_ij = x_i . c_j``
@@ -79,10 +80,11 @@ def direction(
     """
     hyper = tuple(options.pop("hyper_grad", ()))
     grad_rows = options.pop("grad_rows", None)
-    check_backend_options(options, OPTIONS, NAME)
+    where = options.pop("caller", "paradigm_loss")
+    check_backend_options(options, OPTIONS, NAME, where)
     chunk_bytes = options.get("chunk_bytes", DEFAULT_CHUNK_BYTES)
     unit = options.get("normalize", True)
-    check_engine_options(chunk_bytes, unit)
+    check_engine_options(chunk_bytes, unit, where)
     cd, gd = compute_dtype(x.dtype), gemm_dtype(x)
     u32, inv_x = normalize(x.to(cd)) if unit else (x.to(cd), None)
     v32, inv_c = normalize(c.to(cd)) if unit else (c.to(cd), None)

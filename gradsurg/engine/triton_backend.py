@@ -62,7 +62,7 @@ NAME = "triton"
 #: options accepted by :func:`direction`
 OPTIONS = ("path", "chunk_bytes", "block_n", "block_m")
 #: options only the front door passes (see the torch backend)
-INTERNAL_OPTIONS = ("hyper_grad", "grad_rows")
+INTERNAL_OPTIONS = ("hyper_grad", "grad_rows", "caller")
 #: default chunk budget on CUDA (bytes of one chunk's work buffers, as torch_backend.chunk_rows counts)
 CUDA_CHUNK_BYTES = 2**30
 
@@ -145,7 +145,8 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     """
     hyper = tuple(options.pop("hyper_grad", ()))
     grad_rows = options.pop("grad_rows", None)
-    check_backend_options(options, OPTIONS, NAME)
+    where = options.pop("caller", "paradigm_loss")  # the name its option errors start with
+    check_backend_options(options, OPTIONS, NAME, where)
     reason = supports(x, paradigm)
     if reason is not None:
         raise ValueError(f"triton backend: cannot run: {reason}")
@@ -161,7 +162,7 @@ def direction(x: Tensor, c: Tensor, paradigm: Paradigm, row_weights: float | Ten
     if path == "auto":
         path = k.choose_path(x.dtype, d, k.device_arch(x))[0]
     elif path not in ("fused", "chunked"):
-        raise ValueError(f"triton backend: path must be 'auto', 'fused' or 'chunked', got {path!r}")
+        raise ValueError(f"{where}: the triton backend's path must be 'auto', 'fused' or 'chunked', got {path!r}")
     tiles = {key: int(options[key]) for key in ("block_n", "block_m") if options.get(key) is not None}
     x, c = _rows_contiguous(x), _rows_contiguous(c)
     ix, ic = inverse_norm(x, torch.float32), inverse_norm(c, torch.float32)
