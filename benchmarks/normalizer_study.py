@@ -4,6 +4,10 @@ The runs are made by ``gradsurg ablate`` (commands in docs/reports/global-normal
 store per process; this script reads any number of stores through :func:`gradsurg.train.store.read_results`,
 groups the trained runs by (batch size, normaliser, gamma), and writes to ``--out``:
 
+Settings: ``batch`` (InfoNCE), ``global`` (``normalizer='global'``, per gamma) and the control
+``batch, constant GD`` (loss ``paradigm``: InfoNCE's softmax W over the negatives with GD = 1/tau and
+R = 1, the global normaliser's gradient when u is the batch's own estimate, gamma = 1).
+
 * ``table.md``: STS-B dev Spearman x100 (all 1500 pairs, the checkpoint selected on the 300-pair
   subset) mean +- std over seeds, the seeds, the selected step and examples seen there, minutes per run;
 * ``summary.json``: the same numbers, per run too;
@@ -26,9 +30,17 @@ sys.path.insert(0, os.path.dirname(HERE))
 from gradsurg.train.store import read_results  # noqa: E402
 
 
+#: the control setting's name: the batch normaliser's W (softmax over the negatives) with GD = 1/tau
+CONTROL = "batch, constant GD"
+
+
 def setting(row: dict) -> tuple:
     cfg = row["config"]
     params = cfg.get("loss_params") or {}
+    if cfg["loss"] == "paradigm":  # the control: InfoNCE's softmax W with a constant GD (= gamma 1)
+        if params.get("dissipation") != "constant" or params.get("weight") != "softmax":
+            raise ValueError(f"run {row['key']}: not the study's control paradigm: {params}")
+        return cfg["batch_size"], CONTROL, None
     normalizer = params.get("normalizer", "batch")
     gamma = params.get("gamma", 0.9) if normalizer == "global" else None
     return cfg["batch_size"], normalizer, gamma
@@ -58,7 +70,8 @@ def collect(stores: list[str]) -> tuple[dict, list[dict]]:
 
 def summarise(groups: dict) -> list[dict]:
     out = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1] != "batch", -(k[2] or 0))):
+    order = {"batch": 0, CONTROL: 1, "global": 2}
+    for key in sorted(groups, key=lambda k: (k[0], order[k[1]], -(k[2] or 0))):
         runs = sorted(groups[key], key=lambda r: r["config"]["seed"])
         scores = [r["spearman"] for r in runs]
         out.append({
@@ -93,7 +106,7 @@ def plots(summary: list[dict], groups: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style in (("batch", "o-"), ("global", "s--")):
+    for name, style in (("batch", "o-"), (CONTROL, "^:"), ("global", "s--")):
         for gamma in sorted({s["gamma"] for s in summary if s["normalizer"] == name}, key=lambda g: g or 0):
             pts = [(s["batch_size"], s["mean"], s["std"]) for s in summary
                    if s["normalizer"] == name and s["gamma"] == gamma]

@@ -50,8 +50,9 @@ from .torch_backend import DEFAULT_CHUNK_BYTES, chunk_rows
 #: why the fused Triton kernels cannot run a structured candidate set (dispatch and doctor report it)
 TRITON_REASON = ("the fused Triton kernels compute one candidate block with the positive at column i and the "
                  "softmax over all other candidates; several blocks (directions), dropped candidates (masks, "
-                 "guides, duplicates), hardness offsets and several or soft targets change W and the candidate "
-                 "set per entry, which only the chunked torch engine implements")
+                 "guides, duplicates), hardness offsets on part of a row's negatives and several or soft targets "
+                 "change W and the candidate set per entry, which only the chunked torch engine implements (a "
+                 "tilt of every negative is a paradigm, info_nce_hardness, and runs on the kernels)")
 
 HARDNESS = (None, "own", "other", "all")
 
