@@ -99,13 +99,21 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
         if negatives is not None:
             raise ValueError("info_nce: give the hard negatives once (third argument or hard_negatives=)")
         negatives = kwargs.pop("hard_negatives")
+    is_global = normalizer != "batch" or state is not None or index is not None
+    if is_global and "stats" in kwargs:  # the global normaliser's own telemetry (gradsurg.normalizer._telemetry)
+        kwargs = dict(kwargs)
+        global_stats = kwargs.pop("stats")
+    else:
+        global_stats = None
     if isinstance(negatives, (list, tuple)) or any(k in kwargs for k in STRUCTURED_OPTIONS):
-        if normalizer != "batch" or state is not None or index is not None:
+        if is_global:
             raise ValueError("info_nce: normalizer='global' (state=, index=) does not combine with lists of hard "
                              "negatives or sentence-transformers' options, masks, guides, labels, soft targets")
         return _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs)
     tau, learn = _temperature(temperature, scale, "info_nce")
-    if normalizer != "batch" or state is not None or index is not None:
+    if is_global:
+        if global_stats is not None:
+            kwargs["stats"] = global_stats
         return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
     return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, caller="info_nce",
                          **kwargs)
@@ -342,6 +350,8 @@ class InfoNCELoss(_Softmax):
         per_batch = {k: v for k, v in per_batch.items() if v is not None}
         structured = bool(self.structured or per_batch or isinstance(negatives, (list, tuple)))
         if hasattr(self, "normalizer"):
+            stats = per_batch.pop("stats", None)  # the normaliser's telemetry, not a structured option here
+            structured = bool(self.structured or per_batch or isinstance(negatives, (list, tuple)))
             if structured:
                 raise ValueError("InfoNCELoss: normalizer='global' does not combine with lists of hard negatives, "
                                  "masks, guides, labels or soft targets")
@@ -349,7 +359,7 @@ class InfoNCELoss(_Softmax):
             if learn is not None and isinstance(anchors, Tensor):
                 learn = {k: v.to(anchors.device) for k, v in learn.items()}
             return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index,
-                           anchors, positives, negatives, dict(self.kwargs), "InfoNCELoss")
+                           anchors, positives, negatives, dict(self.kwargs, stats=stats), "InfoNCELoss")
         if index is not None:
             raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
         if not structured:

@@ -164,7 +164,7 @@ def _direction(x, pos, neg, state, tower, index, temp, m, kwargs):
     # share through autograd (the engine's rows carry the rest of d/dtau)
     pair = (ratio - 1.0).to(s.dtype) * s / temp if learnable else ((ratio - 1.0) / tau).to(s.dtype) * s
     grad_rows = c.to(rows.dtype) * rows + pair
-    return value.to(rows.dtype), grad_rows, log_u
+    return value.to(rows.dtype), grad_rows, log_u, ratio
 
 
 def _batch_layout(anchors, negatives, state, index, update, kwargs, where):
@@ -226,7 +226,7 @@ def _store(state, towers, index, every, n_r, group, like):
 
 def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
                     state: GlobalNormalizer, index, temperature: float | Tensor = 0.05, symmetric: bool = False,
-                    reduction: str = "mean", **kwargs) -> Tensor:
+                    reduction: str = "mean", stats: dict | None = None, **kwargs) -> Tensor:
     r"""InfoNCE with the global normaliser (module docstring): ``state`` holds ``u``, ``index`` (N,)
     names the batch's examples in it. ``symmetric=True`` (two towers, CLIP): the positives ->
     anchors direction uses tower 1 of ``state`` (``towers=2``) with the same indices.
@@ -241,6 +241,8 @@ def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None
     its own anchors' rows, and every rank's ``state`` receives the new estimates of the whole global
     batch (the ranks' states stay equal: any rank's checkpoint holds all of ``u``). Reductions follow
     the gather path's scaling (:mod:`gradsurg.api`: ``'mean'`` returns ``(W/N) sum_{i in r} L_i``).
+    ``stats``: a dict filled with the normaliser's telemetry (``normalizer_ratio_*``, ``g_i/u_i``;
+    ``normalizer_first_seen``; :func:`_telemetry`), from numbers the loss computes anyway.
     Other keyword arguments (``backend``, ``check_finite``, ``chunk_bytes``, ``normalize``) pass to
     :func:`gradsurg.paradigm_loss`.
     """
@@ -257,17 +259,36 @@ def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None
         raise ValueError(f"{where}: symmetric=True needs GlobalNormalizer(towers=2), got towers={state.log_u.shape[0]}")
     update = torch.is_grad_enabled() and state.training
     index, every, m1, m2, n_r, world, n_total = _batch_layout(anchors, negatives, state, index, update, kwargs, where)
-    value, grad, log_u = _direction(anchors, positives, negatives, state, 0, index, temp, m1, kwargs)
-    towers = {0: log_u}
+    value, grad, log_u, ratio = _direction(anchors, positives, negatives, state, 0, index, temp, m1, kwargs)
+    towers, ratios = {0: log_u}, [ratio]
     if symmetric:
-        v2, g2, towers[1] = _direction(positives, anchors, None, state, 1, index, temp, m2, kwargs)
+        v2, g2, towers[1], ratio2 = _direction(positives, anchors, None, state, 1, index, temp, m2, kwargs)
         value, grad = 0.5 * (value + v2), 0.5 * (grad + g2)
+        ratios.append(ratio2)
+    if stats is not None:  # before the store: "first seen" reads the estimates as they were
+        _telemetry(stats, torch.cat(ratios), torch.cat([state.log_u[t, index] for t in towers]))
     if update:
         _store(state, towers, index, every, n_r, kwargs.get("group"), anchors)
     rows = value + (grad - grad.detach())
     if reduction == "none":
         return rows
     return rows.sum() if reduction == "sum" else rows.sum() * (world / n_total)
+
+
+def _telemetry(stats: dict, ratio: Tensor, old_log_u: Tensor) -> None:
+    """``stats``: how far this batch's estimate sits from the moving one, ``g_i / u_i`` (``u_i`` after
+    this batch's update; the row sum of W, 1 where the estimate has caught up) as ``normalizer_ratio_mean``
+    / ``_q10`` / ``_q50`` / ``_q90`` over this rank's anchors (both towers when symmetric), and
+    ``normalizer_first_seen``, the share of them seen for the first time (their ``u_i`` is their ``g_i``)."""
+    if not isinstance(stats, dict):
+        raise TypeError(f"info_nce(normalizer='global'): stats must be a dict to fill, got {type(stats).__name__}")
+    r = ratio.detach().double().cpu()
+    if r.numel() == 0:
+        return
+    q = torch.quantile(r, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    stats.update(normalizer_ratio_mean=float(r.mean()), normalizer_ratio_q10=float(q[0]),
+                 normalizer_ratio_q50=float(q[1]), normalizer_ratio_q90=float(q[2]),
+                 normalizer_first_seen=float((torch.isinf(old_log_u) & (old_log_u < 0)).double().mean()))
 
 
 def _check_temperature(temperature, where: str):

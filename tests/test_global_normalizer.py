@@ -220,3 +220,40 @@ def test_errors():
         gradsurg.InfoNCELoss(normalizer="global")
     with pytest.raises(ValueError, match="index= is only used"):
         gradsurg.InfoNCELoss()(a, p, index=torch.arange(4))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_telemetry_against_an_independent_formula(symmetric):
+    """stats=: g_i/u_i (u after the update) and the share seen for the first time, from float64 sums
+    written here (the gamma mix done by hand, not through the state's log-space arithmetic)."""
+    torch.manual_seed(3)
+    n, d, tau, gamma = 6, 8, 0.1, 0.3
+
+    def g_of(x, y):
+        s = F.normalize(x.double(), dim=1) @ F.normalize(y.double(), dim=1).T
+        e = torch.exp(s / tau)
+        return (e.sum(1) - e.diagonal()) / (n - 1)
+
+    loss = gradsurg.InfoNCELoss(temperature=tau, normalizer="global", dataset_size=10, gamma=gamma,
+                                symmetric=symmetric).double()
+    first_index, second_index = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([3, 4, 5, 6, 7, 8])
+    a1, p1 = torch.randn(n, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+    stats: dict = {}
+    loss(a1, p1, index=first_index, stats=stats)
+    assert stats["normalizer_first_seen"] == 1.0
+    assert stats["normalizer_ratio_mean"] == pytest.approx(1.0, abs=1e-12)  # u_i = g_i the first time
+    a2, p2 = torch.randn(n, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+    stats = {}
+    loss(a2, p2, index=second_index, stats=stats)
+    assert stats["normalizer_first_seen"] == pytest.approx(0.5)  # 6, 7, 8 new; 3, 4, 5 seen before
+    ratios = []
+    for g_old, g_new in ((g_of(a1, p1), g_of(a2, p2)),) + (((g_of(p1, a1), g_of(p2, a2)),) if symmetric else ()):
+        u = g_new.clone()
+        u[:3] = (1 - gamma) * g_old[3:] + gamma * g_new[:3]  # rows 3, 4, 5 of the first batch
+        ratios.append(g_new / u)
+    r = torch.cat(ratios)
+    assert stats["normalizer_ratio_mean"] == pytest.approx(float(r.mean()), rel=1e-12)
+    assert stats["normalizer_ratio_q50"] == pytest.approx(float(r.quantile(0.5)), rel=1e-12)
+    assert stats["normalizer_ratio_q10"] <= stats["normalizer_ratio_q50"] <= stats["normalizer_ratio_q90"]
+    with pytest.raises(TypeError, match="stats must be a dict"):
+        loss(a2, p2, index=second_index, stats=[])

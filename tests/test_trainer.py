@@ -253,3 +253,18 @@ def test_labelled_corpus_errors_in_the_trainer(tiny, tmp_path):
         Trainer(_labelled_config(tiny, path, loss="vicreg", loss_params={}, label_column=None), corpus=corpus)
     with pytest.raises(ConfigError, match="the training corpus has 2 labels for 3 sentences"):
         Trainer(_labelled_config(tiny, path), corpus=Corpus(["a b", "c d", "e f"], labels=[0, 1]))
+
+
+def test_the_trainer_logs_the_global_normaliser_telemetry(tiny, tmp_path):
+    """stats.csv carries g_i/u_i and the first-seen share: all new in epoch 1, none in epoch 2."""
+    import csv
+
+    from gradsurg.train.trainer import train
+
+    out = tmp_path / "run"
+    train(_global_config(tiny, output_dir=str(out)))
+    rows = list(csv.DictReader(open(out / "stats.csv")))
+    assert len(rows) == 8
+    assert [float(r["normalizer_first_seen"]) for r in rows] == [1.0] * 4 + [0.0] * 4
+    assert all(float(r["normalizer_ratio_mean"]) == pytest.approx(1.0) for r in rows[:4])
+    assert all(float(r["normalizer_ratio_mean"]) > 0 for r in rows[4:])

@@ -227,7 +227,9 @@ class Trainer:
     def _call_loss(self, anchors, positives, negatives=None, keys=None, stats=None, idx=None):
         """The loss of one batch; with duplicate keys the hard negatives go as a column (structured candidates).
         ``stats``: a dict that a loss on the structured path (sentence-transformers' options, masks) fills
-        with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks.
+        with the telemetry of the W it trains with (hardness-tilted, masked), from its own chunks; the
+        global normaliser (``index=``) fills it with ``normalizer_ratio_*`` (g_i/u_i) and
+        ``normalizer_first_seen``.
         ``idx``: the batch's corpus positions, passed as ``index=`` to a loss that keeps per-example
         state (:attr:`loss_uses_index`: the global normaliser's estimates u_i), and used to pass
         ``labels=`` (the batch's corpus labels, int64) when the corpus has labels (``label_column``)."""
@@ -240,7 +242,7 @@ class Trainer:
         if keys is not None:
             per_batch["keys"] = keys
             negatives = [] if negatives is None else [negatives]
-        if stats is not None and (keys is not None or "labels" in per_batch or getattr(self.loss, "structured", None)):
+        if stats is not None and (keys is not None or per_batch or getattr(self.loss, "structured", None)):
             per_batch["stats"] = stats
         return self.loss(anchors, positives, negatives, **per_batch)
 
