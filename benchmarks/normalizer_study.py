@@ -53,6 +53,31 @@ def label(key: tuple) -> str:
     return f"B={b} {normalizer}" + (f" gamma={gamma:g}" if gamma is not None else "")
 
 
+TELEMETRY = ("normalizer_ratio_mean", "normalizer_ratio_q10", "normalizer_ratio_q90", "normalizer_first_seen")
+
+
+def telemetry(store: str, row: dict) -> dict | None:
+    """Per epoch, the means over steps of the global normaliser's logged telemetry (``stats.csv`` of the
+    run's folder under the store, where the run logged it), else None."""
+    import csv
+    import glob
+
+    found = glob.glob(os.path.join(store, "runs", f"*-{row['key']}", "stats.csv"))
+    if not found:
+        return None
+    with open(found[0], newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or TELEMETRY[0] not in rows[0]:
+        return None
+    cfg = row["config"]
+    per_epoch = max(cfg["max_train_sentences"] // cfg["batch_size"], 1)
+    out = {}
+    for r in rows:
+        epoch = (int(r["step"]) - 1) // per_epoch + 1
+        out.setdefault(epoch, []).append([float(r[k]) for k in TELEMETRY])
+    return {e: dict(zip(TELEMETRY, (statistics.mean(col) for col in zip(*v)))) for e, v in sorted(out.items())}
+
+
 def collect(stores: list[str]) -> tuple[dict, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     untrained = []
@@ -66,6 +91,7 @@ def collect(stores: list[str]) -> tuple[dict, list[dict]]:
             if row["config"]["loss"] == "untrained":
                 untrained.append(row)
                 continue
+            row["telemetry"] = telemetry(store, row) if os.path.isdir(store) else None
             groups.setdefault(setting(row), []).append(row)
     return groups, untrained
 
@@ -83,6 +109,7 @@ def summarise(groups: dict) -> list[dict]:
             "runs": [{"seed": r["config"]["seed"], "spearman": r["spearman"], "best_dev_subset": r["best_dev"],
                       "best_step": r["best_step"], "examples_at_best": r["best_step"] * key[0],
                       "steps": r["steps"], "dev_subset_last": r["evals"][-1]["spearman"],
+                      "telemetry_per_epoch": r.get("telemetry"),
                       "minutes": r["train_seconds"] / 60, "key": r["key"]} for r in runs],
         })
     return out
@@ -101,6 +128,16 @@ def table(summary: list[dict], untrained: list[dict]) -> str:
         mins = ", ".join(f"{r['minutes']:.1f}" for r in s["runs"])
         lines.append(f"| {s['setting']} | {s['mean']:.2f} +- {s['std']:.2f} | {len(s['runs'])} | {per} | {at} "
                      f"| {last:.2f} | {mins} |")
+    logged = [(s["setting"], r["seed"], r["telemetry_per_epoch"]) for s in summary for r in s["runs"]
+              if r["telemetry_per_epoch"]]
+    if logged:
+        lines += ["", "The global normaliser's telemetry (stats.csv, means over each epoch's steps; runs that logged it):",
+                  "", "| setting | seed | epoch | g/u mean | g/u q10 | g/u q90 | first seen |", "|---|---|---|---|---|---|---|"]
+        for name, seed, per in logged:
+            for epoch, t in per.items():
+                lines.append(f"| {name} | {seed} | {epoch} | {t['normalizer_ratio_mean']:.3f} | "
+                             f"{t['normalizer_ratio_q10']:.3f} | {t['normalizer_ratio_q90']:.3f} | "
+                             f"{t['normalizer_first_seen']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
