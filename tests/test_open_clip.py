@@ -13,7 +13,6 @@ Tolerances (relative to the reference's largest entry): float64 1e-10, float32 1
 """
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 
@@ -26,7 +25,7 @@ from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss, open_clip_loss
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import run_ranks  # noqa: E402
+from test_distributed import init, run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CLIP_SETTINGS = [(local, grad) for local in (False, True) for grad in (False, True)]
@@ -204,9 +203,7 @@ def make(kind, setting, rank, world, lib):
 def worker(rank, world, port, outdir):
     import gradsurg.integrations.open_clip as ours
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init(rank, world, port)
     oc = open_clip_loss_module()
     results = {}
     for dtype in (torch.float64, torch.float32):
@@ -337,9 +334,7 @@ def test_global_normalizer_default_unchanged_and_errors():
 def gn_worker(rank, world, port, outdir):
     import gradsurg.integrations.open_clip as ours
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init(rank, world, port)
     results = {}
     for setting in GN_SETTINGS:
         local, with_grad = setting

@@ -8,7 +8,6 @@ hyper-parameters' gradients summed over ranks). Float32: the ring equals the gat
 """
 from __future__ import annotations
 
-import datetime
 import itertools
 import os
 import sys
@@ -21,7 +20,7 @@ import gradsurg
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import run_ranks  # noqa: E402
+from test_distributed import init, run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 SIZES = {2: ([3, 5], [2, 1]), 3: ([2, 4, 3], [0, 3, 1])}  # anchors and hard negatives per rank (uneven)
@@ -83,9 +82,7 @@ def run(case, a, p, z, w, dtype, **kw):
 
 
 def worker(rank, world, port, outdir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init(rank, world, port)
     out = {}
     for case in CASES:
         n_r, k_r, a, p, z, w = batch(world, case)
@@ -219,9 +216,7 @@ def hard_run(case, a, p, z, w, **kw):
 
 
 def hard_worker(rank, world, port, outdir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init(rank, world, port)
     out = {}
     for case in HARD_CASES:
         n_r, k_r, a, p, z, w = hard_batch(case)

@@ -3,7 +3,6 @@ gathered losses in the same processes: MNRL (directions, partition modes, hardne
 and GIST, each rank's loss and gradients (float64, 1e-10); and masks from keys gathered with the rows."""
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import warnings
@@ -16,7 +15,7 @@ pytest.importorskip("sentence_transformers")
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import bare_st_gist  # noqa: E402
-from test_distributed import run_ranks  # noqa: E402
+from test_distributed import init, run_ranks  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 MNRL_CASES = [
@@ -61,9 +60,7 @@ def record(ref, ours, grads, grads_ref):
 
 
 def worker(rank, world, port, outdir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init(rank, world, port)
     import gradsurg
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
