@@ -268,3 +268,10 @@ def test_the_trainer_logs_the_global_normaliser_telemetry(tiny, tmp_path):
     assert [float(r["normalizer_first_seen"]) for r in rows] == [1.0] * 4 + [0.0] * 4
     assert all(float(r["normalizer_ratio_mean"]) == pytest.approx(1.0) for r in rows[:4])
     assert all(float(r["normalizer_ratio_mean"]) > 0 for r in rows[4:])
+    from gradsurg.analysis.plots import telemetry_panels
+    from gradsurg.cli import main as cli_main
+
+    assert [k for k, _ in telemetry_panels(rows[0])][-1] == "normalizer_ratio"
+    assert "normalizer_ratio" not in [k for k, _ in telemetry_panels(["entropy_mean"])]
+    assert cli_main(["plot", "--stats", str(out / "stats.csv"), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "w_telemetry.png").stat().st_size > 0

@@ -132,11 +132,19 @@ def make_figures(out_dir: str, *, grid: int = 100, num_batches: int = 1000, batc
 #: the W telemetry of a training run's ``stats.csv`` (trainer's StatsCollector), one panel each
 W_TELEMETRY = (("entropy", "entropy of W, H (nats)"), ("effective_negatives", "effective negatives exp(H)"),
                ("max_weight", "largest weight max_j W_ij"))
+#: the global normaliser's panel, drawn when the run logged it (``normalizer='global'``)
+NORMALIZER_TELEMETRY = (("normalizer_ratio", "global normaliser g_i / u_i (row sum of W)"),)
+
+
+def telemetry_panels(columns) -> tuple:
+    """The ``(key, label)`` panels that a ``stats.csv`` with these ``columns`` can draw."""
+    return W_TELEMETRY + (NORMALIZER_TELEMETRY if "normalizer_ratio_mean" in columns else ())
 
 
 def plot_w_telemetry(stats_csv: str, path: str) -> str:
     """W over training from a run's ``stats.csv``: the mean over anchors and the 10-90 % band of W's
-    entropy, effective number of negatives and largest weight, against the step. Raises ``ValueError``
+    entropy, effective number of negatives and largest weight, against the step (and the global
+    normaliser's ``g_i / u_i`` where the run logged it). Raises ``ValueError``
     naming the file when it has no such columns (a run logged before the telemetry existed)."""
     import csv
 
@@ -147,8 +155,9 @@ def plot_w_telemetry(stats_csv: str, path: str) -> str:
                          "trainer's per-step statistics of this version")
     plt = _pyplot()
     step = [float(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, len(W_TELEMETRY), figsize=(4.2 * len(W_TELEMETRY), 3.4))
-    for ax, (key, label) in zip(axes, W_TELEMETRY):
+    panels = telemetry_panels(rows[0])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, label) in zip(axes, panels):
         col = lambda name: [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]  # noqa: E731
         ax.fill_between(step, col(f"{key}_q10"), col(f"{key}_q90"), alpha=0.25, label="10-90 % of anchors")
         ax.plot(step, col(f"{key}_mean"), label="mean over anchors")
