@@ -4,7 +4,8 @@ The runs are made by ``gradsurg ablate`` (commands in docs/reports/global-normal
 store per process; this script reads any number of stores through :func:`gradsurg.train.store.read_results`,
 groups the trained runs by (batch size, normaliser, gamma), and writes to ``--out``:
 
-Settings: ``batch`` (InfoNCE), ``global`` (``normalizer='global'``, per gamma) and the control
+Settings: ``batch`` (InfoNCE), ``global`` (``normalizer='global'``, per gamma), ``global, GD kept``
+(``keep_dissipation=True``: the positive stays in the normaliser) and the control
 ``batch, constant GD`` (loss ``paradigm``: InfoNCE's softmax W over the negatives with GD = 1/tau and
 R = 1, the global normaliser's gradient when u is the batch's own estimate, gamma = 1).
 
@@ -34,6 +35,8 @@ from gradsurg.train.store import read_results  # noqa: E402
 
 #: the control setting's name: the batch normaliser's W (softmax over the negatives) with GD = 1/tau
 CONTROL = "batch, constant GD"
+#: the global normaliser with the positive kept in it (keep_dissipation=True: InfoNCE's GD)
+KEPT = "global, GD kept"
 
 
 def setting(row: dict) -> tuple:
@@ -45,6 +48,8 @@ def setting(row: dict) -> tuple:
         return cfg["batch_size"], CONTROL, None
     normalizer = params.get("normalizer", "batch")
     gamma = params.get("gamma", 0.9) if normalizer == "global" else None
+    if normalizer == "global" and params.get("keep_dissipation"):
+        normalizer = KEPT
     return cfg["batch_size"], normalizer, gamma
 
 
@@ -98,7 +103,7 @@ def collect(stores: list[str]) -> tuple[dict, list[dict]]:
 
 def summarise(groups: dict) -> list[dict]:
     out = []
-    order = {"batch": 0, CONTROL: 1, "global": 2}
+    order = {"batch": 0, CONTROL: 1, "global": 2, KEPT: 3}
     for key in sorted(groups, key=lambda k: (k[0], order[k[1]], -(k[2] or 0))):
         runs = sorted(groups[key], key=lambda r: r["config"]["seed"])
         scores = [r["spearman"] for r in runs]
@@ -148,7 +153,7 @@ def plots(summary: list[dict], groups: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style in (("batch", "o-"), (CONTROL, "^:"), ("global", "s--")):
+    for name, style in (("batch", "o-"), (CONTROL, "^:"), ("global", "s--"), (KEPT, "D-.")):
         for gamma in sorted({s["gamma"] for s in summary if s["normalizer"] == name}, key=lambda g: g or 0):
             pts = [(s["batch_size"], s["mean"], s["std"]) for s in summary
                    if s["normalizer"] == name and s["gamma"] == gamma]

@@ -69,6 +69,7 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     per-example moving estimate kept in ``state`` (a :class:`gradsurg.GlobalNormalizer`)
     instead of its batch; ``index`` (N,) names the batch's examples
     (:func:`gradsurg.normalizer.info_nce_global`, docs/paradigm.md "Global normaliser").
+    ``keep_dissipation=True`` keeps the positive in that normaliser (InfoNCE's GD).
 
     sentence-transformers' ``MultipleNegativesRankingLoss`` options (same names, defaults,
     rules and errors; docs/api.md, "Structured candidates") select the structured engine
@@ -100,6 +101,9 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
             raise ValueError("info_nce: give the hard negatives once (third argument or hard_negatives=)")
         negatives = kwargs.pop("hard_negatives")
     is_global = normalizer != "batch" or state is not None or index is not None
+    if "keep_dissipation" in kwargs and not is_global:
+        raise ValueError("info_nce: keep_dissipation is an option of normalizer='global' (the batch normaliser "
+                         "always keeps InfoNCE's dissipation)")
     if is_global and "stats" in kwargs:  # the global normaliser's own telemetry (gradsurg.normalizer._telemetry)
         kwargs = dict(kwargs)
         global_stats = kwargs.pop("stats")
@@ -308,7 +312,8 @@ class InfoNCELoss(_Softmax):
     def __init__(self, temperature: float | Tensor | None = None, learnable: bool = False,
                  scale: float | Tensor | None = None, normalizer: str = "batch", dataset_size: int | None = None,
                  gamma: float = 0.9, directions=None, partition_mode: str | None = None,
-                 hardness_mode: str | None = None, hardness_strength: float | None = None, **kwargs):
+                 hardness_mode: str | None = None, hardness_strength: float | None = None,
+                 keep_dissipation: bool | None = None, **kwargs):
         tau, tensor = self._setup(temperature, scale, learnable, "InfoNCELoss")
         super().__init__(_p.info_nce(tau), **kwargs)
         self._finish(tau, tensor, learnable)
@@ -333,7 +338,13 @@ class InfoNCELoss(_Softmax):
             if self.structured:
                 raise ValueError("InfoNCELoss: normalizer='global' does not combine with sentence-transformers' "
                                  "options (directions, partition_mode, hardness)")
+            if keep_dissipation is not None and not isinstance(keep_dissipation, bool):
+                raise TypeError(f"InfoNCELoss: keep_dissipation must be True or False, got {keep_dissipation!r}")
             self.normalizer = GlobalNormalizer(dataset_size, gamma, 2 if self.kwargs["symmetric"] else 1)
+            self.keep_dissipation = bool(keep_dissipation)
+        elif keep_dissipation is not None:
+            raise ValueError("InfoNCELoss: keep_dissipation is an option of normalizer='global' (the batch "
+                             "normaliser always keeps InfoNCE's dissipation)")
         elif normalizer != "batch":
             from .normalizer import NORMALIZERS
 
@@ -359,7 +370,8 @@ class InfoNCELoss(_Softmax):
             if learn is not None and isinstance(anchors, Tensor):
                 learn = {k: v.to(anchors.device) for k, v in learn.items()}
             return _global("global", self.paradigm.dissipation.temperature, learn, self.normalizer, index,
-                           anchors, positives, negatives, dict(self.kwargs, stats=stats), "InfoNCELoss")
+                           anchors, positives, negatives,
+                           dict(self.kwargs, stats=stats, keep_dissipation=self.keep_dissipation), "InfoNCELoss")
         if index is not None:
             raise ValueError("InfoNCELoss: index= is only used with normalizer='global'")
         if not structured:

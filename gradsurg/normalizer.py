@@ -141,10 +141,11 @@ def _similarity(x: Tensor, y: Tensor, unit: bool) -> Tensor:
     return (x * y).sum(dim=1)
 
 
-def _direction(x, pos, neg, state, tower, index, temp, m, kwargs):
-    """``(value rows, gradient rows, new log u rows)`` of one direction: equal values, the gradient rows'
-    gradient is the global normaliser's. ``temp``: the temperature (float, or a 0-dim tensor: learnable);
-    ``m``: the number of candidates per anchor (over every rank's when gathered)."""
+def _direction(x, pos, neg, state, tower, index, temp, m, kwargs, keep_dissipation=False):
+    """``(value rows, gradient rows, new log u rows, g/u)`` of one direction: equal values, the gradient
+    rows' gradient is the global normaliser's. ``temp``: the temperature (float, or a 0-dim tensor:
+    learnable); ``m``: the number of candidates per anchor (over every rank's when gathered);
+    ``keep_dissipation``: the positive stays in the normaliser (InfoNCE's GD, see :func:`info_nce_global`)."""
     learnable = isinstance(temp, Tensor)
     tau = float(temp.detach()) if learnable else temp
     paradigm, learn = (_p.info_nce(1.0), {"temperature": temp}) if learnable else (_p.info_nce(tau), None)
@@ -164,6 +165,13 @@ def _direction(x, pos, neg, state, tower, index, temp, m, kwargs):
     # share through autograd (the engine's rows carry the rest of d/dtau)
     pair = (ratio - 1.0).to(s.dtype) * s / temp if learnable else ((ratio - 1.0) / tau).to(s.dtype) * s
     grad_rows = c.to(rows.dtype) * rows + pair
+    if keep_dissipation:
+        # L_i = -s_ii/tau + log(e^{s_ii/tau} + (M-1) u_i): the gradient above times 1 - p'_ii (a constant
+        # factor: its derivative is not taken, which is also right for a learnable temperature)
+        log_d = torch.logaddexp(sd / tau, log_m + lu)
+        dissipation = -torch.expm1(sd / tau - log_d)  # 1 - p'_ii
+        value = -sd / tau + log_d + dissipation * (ratio - 1.0)
+        grad_rows = dissipation.to(rows.dtype) * grad_rows
     return value.to(rows.dtype), grad_rows, log_u, ratio
 
 
@@ -226,7 +234,8 @@ def _store(state, towers, index, every, n_r, group, like):
 
 def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
                     state: GlobalNormalizer, index, temperature: float | Tensor = 0.05, symmetric: bool = False,
-                    reduction: str = "mean", stats: dict | None = None, **kwargs) -> Tensor:
+                    reduction: str = "mean", stats: dict | None = None, keep_dissipation: bool = False,
+                    **kwargs) -> Tensor:
     r"""InfoNCE with the global normaliser (module docstring): ``state`` holds ``u``, ``index`` (N,)
     names the batch's examples in it. ``symmetric=True`` (two towers, CLIP): the positives ->
     anchors direction uses tower 1 of ``state`` (``towers=2``) with the same indices.
@@ -241,12 +250,21 @@ def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None
     its own anchors' rows, and every rank's ``state`` receives the new estimates of the whole global
     batch (the ranks' states stay equal: any rank's checkpoint holds all of ``u``). Reductions follow
     the gather path's scaling (:mod:`gradsurg.api`: ``'mean'`` returns ``(W/N) sum_{i in r} L_i``).
+    ``keep_dissipation=True`` keeps the positive in the normaliser, ``L_i = -s_ii/tau +
+    log(e^{s_ii/tau} + (M-1) u_i)``: InfoNCE with the sum over the negatives replaced by its moving
+    estimate. Its gradient is the global one times ``1 - p'_ii``, ``p'_ii = e^{s_ii/tau} / (e^{s_ii/tau}
+    + (M-1) u_i)``: ``GD_i = (1 - p'_ii)/tau`` (InfoNCE's gradient dissipation, which the default form
+    drops: ``GD_i = 1/tau``), the same ``W`` and ``R = 1``. Its value is ``-s_ii/tau + log(e^{s_ii/tau}
+    + (M-1) u_i) + (1 - p'_ii)(g_i/u_i - 1)``, the loss with ``g_i`` in place of ``u_i`` to first order.
+
     ``stats``: a dict filled with the normaliser's telemetry (``normalizer_ratio_*``, ``g_i/u_i``;
     ``normalizer_first_seen``; :func:`_telemetry`), from numbers the loss computes anyway.
     Other keyword arguments (``backend``, ``check_finite``, ``chunk_bytes``, ``normalize``) pass to
     :func:`gradsurg.paradigm_loss`.
     """
     where = "info_nce(normalizer='global')"
+    if not isinstance(keep_dissipation, bool):
+        raise TypeError(f"{where}: keep_dissipation must be True or False, got {keep_dissipation!r}")
     if not isinstance(state, GlobalNormalizer):
         raise TypeError(f"{where}: state must be a gradsurg.GlobalNormalizer (the per-example estimates), "
                         f"got {type(state).__name__}")
@@ -259,10 +277,12 @@ def info_nce_global(anchors: Tensor, positives: Tensor, negatives: Tensor | None
         raise ValueError(f"{where}: symmetric=True needs GlobalNormalizer(towers=2), got towers={state.log_u.shape[0]}")
     update = torch.is_grad_enabled() and state.training
     index, every, m1, m2, n_r, world, n_total = _batch_layout(anchors, negatives, state, index, update, kwargs, where)
-    value, grad, log_u, ratio = _direction(anchors, positives, negatives, state, 0, index, temp, m1, kwargs)
+    value, grad, log_u, ratio = _direction(anchors, positives, negatives, state, 0, index, temp, m1, kwargs,
+                                           keep_dissipation)
     towers, ratios = {0: log_u}, [ratio]
     if symmetric:
-        v2, g2, towers[1], ratio2 = _direction(positives, anchors, None, state, 1, index, temp, m2, kwargs)
+        v2, g2, towers[1], ratio2 = _direction(positives, anchors, None, state, 1, index, temp, m2, kwargs,
+                                               keep_dissipation)
         value, grad = 0.5 * (value + v2), 0.5 * (grad + g2)
         ratios.append(ratio2)
     if stats is not None:  # before the store: "first seen" reads the estimates as they were

@@ -29,9 +29,9 @@ class Oracle:
     """The per-example estimates as a dictionary per tower, and one direction's (value, surrogate) rows:
     ``tau`` a float or a 0-dim tensor (a leaf: the surrogate's gradient to it is the learnable one)."""
 
-    def __init__(self, towers, tau=TAU, gamma=GAMMA):
+    def __init__(self, towers, tau=TAU, gamma=GAMMA, keep_dissipation=False):
         self.u = [dict() for _ in range(towers)]
-        self.tau, self.gamma = tau, gamma
+        self.tau, self.gamma, self.keep = tau, gamma, keep_dissipation
 
     def direction(self, x, c, tower, index, unit, update=True):
         tau, gamma = self.tau, self.gamma
@@ -51,8 +51,15 @@ class Oracle:
             u.append(new)
         u = torch.tensor(u, dtype=torch.float64)
         pos = s.diagonal()
+        t = float(tau.detach() if torch.is_tensor(tau) else tau)
+        if self.keep:  # the positive in the normaliser: log(e^{s_ii/tau} + (M-1) u) with u's gradient that of g
+            negatives = (m - 1) * u + (e.sum(dim=1) - e.sum(dim=1).detach())
+            surrogate = -pos / tau + torch.log(torch.exp(pos / tau) + negatives)
+            d = torch.exp(pos.detach() / t) + (m - 1) * u
+            value = -pos.detach() / t + torch.log(d) + (m - 1) * u / d * (g / u - 1)
+            return value, surrogate
         surrogate = -pos / tau + e.sum(dim=1) / ((m - 1) * u)
-        value = -pos.detach() / float(tau.detach() if torch.is_tensor(tau) else tau) + torch.log(u) + g / u - 1
+        value = -pos.detach() / t + torch.log(u) + g / u - 1
         return value, surrogate
 
 
@@ -65,19 +72,22 @@ def oracle_loss(oracle, a, p, z, index, symmetric, unit):
     return v.mean(), s.mean()
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["sogclr", "keep_gd"])
 @pytest.mark.parametrize("symmetric", [False, True], ids=["one", "sym"])
 @pytest.mark.parametrize("with_neg", [False, True], ids=["noneg", "neg"])
 @pytest.mark.parametrize("unit", [True, False], ids=["cos", "dot"])
-def test_steps_against_oracle(symmetric, with_neg, unit):
+def test_steps_against_oracle(symmetric, with_neg, unit, keep):
     g = torch.Generator().manual_seed(11)
     data_a = torch.randn(DATASET, 5, generator=g, dtype=torch.float64)
     data_p = data_a + 0.6 * torch.randn(DATASET, 5, generator=g, dtype=torch.float64)
     if not unit:
         data_a, data_p = 0.4 * data_a, 0.4 * data_p
     state = gradsurg.GlobalNormalizer(DATASET, gamma=GAMMA, towers=2 if symmetric else 1)
-    oracle = Oracle(2)
+    oracle = Oracle(2, keep_dissipation=keep)
     steps = [[0, 1, 2, 3], [2, 3, 4, 5, 6], [0, 5, 7, 8], [1, 2, 3, 9, 10, 11], [0, 2, 4, 6]]
     kw = {} if unit else {"normalize": False}
+    if keep:
+        kw["keep_dissipation"] = True
     for step, idx in enumerate(steps):
         index = torch.tensor(idx)
         drift = 0.05 * step  # the "model" moves between steps
@@ -100,9 +110,10 @@ def test_steps_against_oracle(symmetric, with_neg, unit):
         assert rel_err(state.log_u[0, seen].exp(), want_u) < TOL
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["sogclr", "keep_gd"])
 @pytest.mark.parametrize("symmetric", [False, True], ids=["one", "sym"])
 @pytest.mark.parametrize("form", ["temperature", "scale", "module"])
-def test_learnable_temperature_against_oracle(symmetric, form):
+def test_learnable_temperature_against_oracle(symmetric, form, keep):
     """A learnable temperature: its gradient is the surrogate's (u held constant), over three steps, with the
     features' gradients and the state; ``scale=`` (1/tau) and ``InfoNCELoss(learnable=True)`` reach it too."""
     g = torch.Generator().manual_seed(5)
@@ -110,9 +121,9 @@ def test_learnable_temperature_against_oracle(symmetric, form):
     data_p = data_a + 0.7 * torch.randn(DATASET, 4, generator=g, dtype=torch.float64)
     towers = 2 if symmetric else 1
     module = gradsurg.InfoNCELoss(temperature=TAU, learnable=True, normalizer="global", dataset_size=DATASET,
-                                  gamma=GAMMA, symmetric=symmetric).double()
+                                  gamma=GAMMA, symmetric=symmetric, keep_dissipation=keep).double()
     state = module.normalizer if form == "module" else gradsurg.GlobalNormalizer(DATASET, GAMMA, towers)
-    oracle = Oracle(2)
+    oracle = Oracle(2, keep_dissipation=keep)
     for step, idx in enumerate([[0, 1, 2, 3, 4], [3, 4, 5, 6], [0, 6, 7, 1, 2, 8]]):
         index = torch.tensor(idx)
         tau0 = TAU * (1 + 0.2 * step)  # the temperature moves between steps
@@ -127,11 +138,11 @@ def test_learnable_temperature_against_oracle(symmetric, form):
         elif form == "scale":
             hyper = torch.tensor(1 / tau0, dtype=torch.float64, requires_grad=True)
             loss = gradsurg.info_nce(a, p, z, scale=hyper, normalizer="global", state=state, index=index,
-                                     symmetric=symmetric)
+                                     symmetric=symmetric, keep_dissipation=keep)
         else:
             hyper = torch.tensor(tau0, dtype=torch.float64, requires_grad=True)
             loss = gradsurg.info_nce(a, p, z, temperature=hyper, normalizer="global", state=state, index=index,
-                                     symmetric=symmetric)
+                                     symmetric=symmetric, keep_dissipation=keep)
         grads = torch.autograd.grad(loss, [a, p, z, hyper])
         ra, rp, rz = (t.detach().clone().requires_grad_() for t in (a, p, z))
         rh = hyper.detach().clone().requires_grad_()
@@ -145,6 +156,40 @@ def test_learnable_temperature_against_oracle(symmetric, form):
         seen = torch.tensor(sorted(oracle.u[0]))
         want_u = torch.tensor([oracle.u[0][k] for k in seen.tolist()], dtype=torch.float64)
         assert rel_err(state.log_u[0, seen].exp(), want_u) < TOL
+
+
+def test_first_step_with_dissipation_kept_is_info_nce():
+    """keep_dissipation=True with u_i = g_i (first sight) is InfoNCE itself: loss and gradients equal
+    torch's cross-entropy over s/tau; the second visit differs (the estimate mixes in the first)."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    state = gradsurg.GlobalNormalizer(6, gamma=0.5)
+    loss = gradsurg.info_nce(a, p, temperature=0.2, normalizer="global", state=state, index=torch.arange(6),
+                             keep_dissipation=True)
+    s = F.normalize(a, dim=1) @ F.normalize(p, dim=1).T
+    ce = F.cross_entropy(s / 0.2, torch.arange(6))
+    assert rel_err(loss, ce) < TOL
+    for got, want in zip(torch.autograd.grad(loss, [a, p]), torch.autograd.grad(ce, [a, p])):
+        assert rel_err(got, want) < TOL
+    with torch.no_grad():
+        again = gradsurg.info_nce(a + 0.3, p, temperature=0.2, normalizer="global", state=state,
+                                  index=torch.arange(6), keep_dissipation=True)
+        plain = F.cross_entropy(F.normalize(a + 0.3, dim=1) @ F.normalize(p, dim=1).T / 0.2, torch.arange(6))
+    assert rel_err(again, plain) > 1e-3
+
+
+def test_keep_dissipation_errors():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="keep_dissipation is an option of normalizer='global'"):
+        gradsurg.info_nce(x, x, keep_dissipation=True)
+    with pytest.raises(ValueError, match="keep_dissipation is an option of normalizer='global'"):
+        gradsurg.InfoNCELoss(keep_dissipation=True)
+    with pytest.raises(TypeError, match="keep_dissipation must be True or False"):
+        gradsurg.InfoNCELoss(normalizer="global", dataset_size=3, keep_dissipation="yes")
+    with pytest.raises(TypeError, match="keep_dissipation must be True or False"):
+        gradsurg.info_nce(x, x, normalizer="global", state=gradsurg.GlobalNormalizer(3), index=torch.arange(3),
+                          keep_dissipation=1)
 
 
 def test_first_step_is_the_decoupled_batch_loss():

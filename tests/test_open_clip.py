@@ -288,10 +288,11 @@ def assert_state(log_u, oracle, tol, what):
         assert torch.isinf(log_u[tower, rest]).all(), (what, tower, "never seen")
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["sogclr", "keep_gd"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-def test_global_normalizer_one_process(dtype):
-    loss_fn = ClipLoss(normalizer="global", dataset_size=GN_DATASET, gamma=GN_GAMMA)
-    oracle = Oracle(2, gamma=GN_GAMMA)
+def test_global_normalizer_one_process(dtype, keep):
+    loss_fn = ClipLoss(normalizer="global", dataset_size=GN_DATASET, gamma=GN_GAMMA, keep_dissipation=keep)
+    oracle = Oracle(2, gamma=GN_GAMMA, keep_dissipation=keep)
     for step, idx in enumerate(GN_STEPS):
         img, txt, scale, bias = gn_batch(step, dtype)
         index = torch.tensor(idx)
@@ -329,6 +330,8 @@ def test_global_normalizer_default_unchanged_and_errors():
     with pytest.raises(IndexError, match="out of range"):
         loss_fn(img, txt, scale, index=torch.tensor([0, 1, 4]))
     ClipLoss(local_loss=True, normalizer="global", dataset_size=4)  # one process: the flags do not matter
+    with pytest.raises(ValueError, match="keep_dissipation is an option of normalizer='global'"):
+        ClipLoss(keep_dissipation=True)
 
 
 def gn_worker(rank, world, port, outdir):

@@ -166,7 +166,8 @@ class ClipLoss(nn.Module):
     exponential (``self.normalizer``, a :class:`gradsurg.GlobalNormalizer` with two
     towers, saved in the ``state_dict``); ``forward`` then takes ``index=``, the
     dataset indices of this rank's pairs (row i of the features is example
-    ``index[i]``). The learnable ``logit_scale`` gets the gradient of the same
+    ``index[i]``); ``keep_dissipation=True`` keeps the positive in the normaliser
+    (InfoNCE's GD, docs/paradigm.md). The learnable ``logit_scale`` gets the gradient of the same
     surrogate (u held constant). Across processes: ``local_loss`` with
     ``gather_with_grad`` (FastCLIP's setting: each rank its own rows, W times the
     global mean's gradient), or the global loss on every rank (``local_loss=False``,
@@ -176,7 +177,7 @@ class ClipLoss(nn.Module):
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
                  rank: int = 0, world_size: int = 1, use_horovod: bool = False, normalizer: str = "batch",
-                 dataset_size: int | None = None, gamma: float = 0.9):
+                 dataset_size: int | None = None, gamma: float = 0.9, keep_dissipation: bool | None = None):
         super().__init__()
         if use_horovod:
             raise ValueError("ClipLoss: use_horovod=True is not supported: gradsurg gathers through "
@@ -196,7 +197,12 @@ class ClipLoss(nn.Module):
                                  "(FastCLIP's setting); without it the gradient leaves out this rank's features "
                                  "as the other ranks' negatives, which the global normaliser's estimator does "
                                  "not allow for; or use local_loss=False")
+            if keep_dissipation is not None and not isinstance(keep_dissipation, bool):
+                raise TypeError(f"ClipLoss: keep_dissipation must be True or False, got {keep_dissipation!r}")
             self.normalizer = GlobalNormalizer(dataset_size, gamma, towers=2)
+            self.keep_dissipation = bool(keep_dissipation)
+        elif keep_dissipation is not None:
+            raise ValueError("ClipLoss: keep_dissipation is an option of normalizer='global'")
         elif normalizer != "batch":
             raise ValueError(f"ClipLoss: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
 
@@ -208,7 +214,7 @@ class ClipLoss(nn.Module):
         _check_features(where, image_features, text_features)
         scale = _hyper(where, "logit_scale", logit_scale)
         if hasattr(self, "normalizer"):
-            glob = dict(normalizer="global", state=self.normalizer, index=index)
+            glob = dict(normalizer="global", state=self.normalizer, index=index, keep_dissipation=self.keep_dissipation)
         elif index is not None:
             raise ValueError("ClipLoss: index= is only used with normalizer='global'")
         else:
