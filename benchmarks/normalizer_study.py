@@ -45,17 +45,22 @@ def setting(row: dict) -> tuple:
     if cfg["loss"] == "paradigm":  # the control: InfoNCE's softmax W with a constant GD (= gamma 1)
         if params.get("dissipation") != "constant" or params.get("weight") != "softmax":
             raise ValueError(f"run {row['key']}: not the study's control paradigm: {params}")
-        return cfg["batch_size"], CONTROL, None
+        return cfg["batch_size"], CONTROL, None, cfg["lr"]
     normalizer = params.get("normalizer", "batch")
     gamma = params.get("gamma", 0.9) if normalizer == "global" else None
     if normalizer == "global" and params.get("keep_dissipation"):
         normalizer = KEPT
-    return cfg["batch_size"], normalizer, gamma
+    return cfg["batch_size"], normalizer, gamma, cfg["lr"]
+
+
+#: the study's learning rate (the report preset's); another one is named in the setting
+LR = 3e-5
 
 
 def label(key: tuple) -> str:
-    b, normalizer, gamma = key
-    return f"B={b} {normalizer}" + (f" gamma={gamma:g}" if gamma is not None else "")
+    b, normalizer, gamma, lr = key
+    return f"B={b} {normalizer}" + (f" gamma={gamma:g}" if gamma is not None else "") + \
+        (f" lr={lr:g}" if lr != LR else "")
 
 
 TELEMETRY = ("normalizer_ratio_mean", "normalizer_ratio_q10", "normalizer_ratio_q90", "normalizer_first_seen")
@@ -104,11 +109,11 @@ def collect(stores: list[str]) -> tuple[dict, list[dict]]:
 def summarise(groups: dict) -> list[dict]:
     out = []
     order = {"batch": 0, CONTROL: 1, "global": 2, KEPT: 3}
-    for key in sorted(groups, key=lambda k: (k[0], order[k[1]], -(k[2] or 0))):
+    for key in sorted(groups, key=lambda k: (k[0], order[k[1]], -(k[2] or 0), -k[3])):
         runs = sorted(groups[key], key=lambda r: r["config"]["seed"])
         scores = [r["spearman"] for r in runs]
         out.append({
-            "setting": label(key), "batch_size": key[0], "normalizer": key[1], "gamma": key[2],
+            "setting": label(key), "batch_size": key[0], "normalizer": key[1], "gamma": key[2], "lr": key[3],
             "mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "seeds": [r["config"]["seed"] for r in runs],
             "runs": [{"seed": r["config"]["seed"], "spearman": r["spearman"], "best_dev_subset": r["best_dev"],
@@ -154,13 +159,15 @@ def plots(summary: list[dict], groups: dict, out: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, style in (("batch", "o-"), (CONTROL, "^:"), ("global", "s--"), (KEPT, "D-.")):
-        for gamma in sorted({s["gamma"] for s in summary if s["normalizer"] == name}, key=lambda g: g or 0):
+        for gamma, lr in sorted({(s["gamma"], s["lr"]) for s in summary if s["normalizer"] == name},
+                                key=lambda gl: (gl[0] or 0, gl[1])):
             pts = [(s["batch_size"], s["mean"], s["std"]) for s in summary
-                   if s["normalizer"] == name and s["gamma"] == gamma]
+                   if s["normalizer"] == name and s["gamma"] == gamma and s["lr"] == lr]
             if pts:
                 xs, ys, es = zip(*sorted(pts))
-                ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3,
-                            label=name + (f" gamma={gamma:g}" if gamma is not None else ""))
+                ax.errorbar(xs, ys, yerr=es, fmt=style if lr == LR else "v-", capsize=3,
+                            label=name + (f" gamma={gamma:g}" if gamma is not None else "")
+                            + (f" lr={lr:g}" if lr != LR else ""))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("STS-B dev Spearman x100")
