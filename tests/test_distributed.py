@@ -85,6 +85,15 @@ def run_ranks(worker, world):
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 
+def raised(fn, kind=ValueError):
+    """The message of the ``kind`` error ``fn()`` raises, or None (a worker's record of its errors)."""
+    try:
+        fn()
+    except kind as err:
+        return str(err)
+    return None
+
+
 def init(rank, world, port):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)

@@ -20,7 +20,7 @@ import gradsurg
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import init, run_ranks  # noqa: E402
+from test_distributed import init, raised, run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 SIZES = {2: ([3, 5], [2, 1]), 3: ([2, 4, 3], [0, 3, 1])}  # anchors and hard negatives per rank (uneven)
@@ -37,7 +37,13 @@ def batch(world, case):
     n_r, k_r = SIZES[world]
     if not case[2]:
         k_r = [0] * world
-    g = torch.Generator().manual_seed(100 + CASES.index(case))
+    return features(n_r, k_r, 100 + CASES.index(case))
+
+
+def features(n_r, k_r, seed):
+    """``(n_r, k_r, anchors, positives, hard negatives, row weights)`` of a global batch with ``n_r``
+    anchors and ``k_r`` hard negatives per rank (float64, seeded)."""
+    g = torch.Generator().manual_seed(seed)
     n, k = sum(n_r), sum(k_r)
     a = torch.randn(n, D, generator=g, dtype=torch.float64)
     p = a + 0.7 * torch.randn(n, D, generator=g, dtype=torch.float64)
@@ -190,13 +196,7 @@ def hard_ids(case):
 def hard_batch(case):
     n_r, k_r = SIZES[2]
     k_r = (n_r if case[4] == "mnrl" else k_r) if case[1] else [0, 0]
-    g = torch.Generator().manual_seed(500 + HARD_CASES.index(case))
-    n, k = sum(n_r), sum(k_r)
-    a = torch.randn(n, D, generator=g, dtype=torch.float64)
-    p = a + 0.7 * torch.randn(n, D, generator=g, dtype=torch.float64)
-    z = torch.randn(k, D, generator=g, dtype=torch.float64)
-    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
-    return n_r, k_r, a, p, z, w
+    return features(n_r, k_r, 500 + HARD_CASES.index(case))
 
 
 def hard_run(case, a, p, z, w, **kw):
@@ -224,15 +224,10 @@ def hard_worker(rank, world, port, outdir):
         for how in ("ring", "gather"):
             out[(case, how)] = hard_run(case, *mine, distributed=how)
     x = torch.randn(3, D, dtype=torch.float64)
-    errors = {}
-    for what, kw in (("tilt on part", dict(hardness_mode="hard_negatives")),
-                     ("per-entry", dict(hardness_mode="all_negatives", labels=torch.arange(3)))):
-        try:
-            gradsurg.info_nce(x, x + 1, x - 1, hardness_strength=ALPHA, distributed="ring", **kw)
-            errors[what] = None
-        except ValueError as err:
-            errors[what] = str(err)
-    out["errors"] = errors
+    out["errors"] = {what: raised(lambda: gradsurg.info_nce(x, x + 1, x - 1, hardness_strength=ALPHA,
+                                                             distributed="ring", **kw))
+                     for what, kw in (("tilt on part", dict(hardness_mode="hard_negatives")),
+                                      ("per-entry", dict(hardness_mode="all_negatives", labels=torch.arange(3))))}
     dist.barrier()
     dist.destroy_process_group()
     torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))

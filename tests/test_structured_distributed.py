@@ -15,7 +15,7 @@ pytest.importorskip("sentence_transformers")
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import bare_st_gist  # noqa: E402
-from test_distributed import init, run_ranks  # noqa: E402
+from test_distributed import init, raised, run_ranks  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 MNRL_CASES = [
@@ -99,21 +99,14 @@ def worker(rank, world, port, outdir):
     grads = torch.autograd.grad(ours, cols)
     out["labels"] = (float(ours.detach()), [g.detach() for g in grads])
     # an invalid input on one rank: every rank raises (no hang), rank 1 with its own message
-    errors = {}
     bad = cols[2][:2] if rank == 1 else cols[2]
-    for name, fn in (("shape", lambda: gradsurg.info_nce(cols[0], cols[1], [bad], directions=ALL,
-                                                         gather_across_devices=True)),
-                     ("mask", lambda: gradsurg.info_nce(cols[0], cols[1], [cols[2]], gather_across_devices=True,
-                                                        negative_mask=torch.zeros(N, 2 * N * 2 - rank,
-                                                                                  dtype=torch.bool))),
-                     ("gist", lambda: gradsurg.gist(cols[0], cols[1], [bad], guide=guide_of(cols, 1),
-                                                    gather_across_devices=True))):
-        try:
-            fn()
-            errors[name] = None
-        except ValueError as err:
-            errors[name] = str(err)
-    out["errors"] = errors
+    calls = {
+        "shape": lambda: gradsurg.info_nce(cols[0], cols[1], [bad], directions=ALL, gather_across_devices=True),
+        "mask": lambda: gradsurg.info_nce(cols[0], cols[1], [cols[2]], gather_across_devices=True,
+                                          negative_mask=torch.zeros(N, 2 * N * 2 - rank, dtype=torch.bool)),
+        "gist": lambda: gradsurg.gist(cols[0], cols[1], [bad], guide=guide_of(cols, 1), gather_across_devices=True),
+    }
+    out["errors"] = {name: raised(fn) for name, fn in calls.items()}
     dist.barrier()
     dist.destroy_process_group()
     torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
