@@ -94,6 +94,14 @@ def raised(fn, kind=ValueError):
     return None
 
 
+def finish(rank, outdir, results):
+    """The end of a worker: wait for every rank, leave the process group, save ``results`` for
+    :func:`run_ranks`."""
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+
+
 def init(rank, world, port):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -209,9 +217,7 @@ def worker(rank, world, port, outdir):
     with torch.no_grad():  # evaluation: every rank without gradients, no collective in backward
         results["no_grad"] = run_case_no_grad(world, rank, CASES[0])
     results["errors"] = error_cases(world, rank)
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, results)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")

@@ -19,7 +19,7 @@ import gradsurg
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import free_port  # noqa: E402
+from test_distributed import finish, free_port  # noqa: E402
 
 WORLD = 2
 N_R, K_R = [3, 5], [2, 1]
@@ -65,9 +65,7 @@ def worker(rank, port, outdir):
         loss = loss_of(name, symmetric, leaves[0], leaves[1], zl, hyper, gather_across_devices=True)
         wrt = leaves + ([zl] if neg_grad else []) + hyper
         out[case] = (loss.detach(), [g.detach() for g in torch.autograd.grad(loss, wrt)])
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, out)
 
 
 def test_learnable_hyper_parameters_gathered():

@@ -18,14 +18,13 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from gradsurg.integrations.open_clip import ClipLoss, SigLipLoss, open_clip_loss_module
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import init, run_ranks  # noqa: E402
+from test_distributed import finish, init, run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CLIP_SETTINGS = [(local, grad) for local in (False, True) for grad in (False, True)]
@@ -215,9 +214,7 @@ def worker(rank, world, port, outdir):
             results[(dtype, case, "ours")] = run_loss(make(kind, setting, rank, world, ours), *mine, scale, b)
             if oc is not None:
                 results[(dtype, case, "open_clip")] = run_loss(make(kind, setting, rank, world, oc), *mine, scale, b)
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, results)
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
@@ -350,9 +347,7 @@ def gn_worker(rank, world, port, outdir):
             out = run_loss(lambda *a: loss_fn(*a, index=index), img[rows], txt[rows], scale, bias)
             out["log_u"] = loss_fn.normalizer.log_u.clone()
             results[(setting, step)] = out
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, results)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,12 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import gradsurg
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import rel_err  # noqa: E402
-from test_distributed import init, raised, run_ranks  # noqa: E402
+from test_distributed import finish, init, raised, run_ranks  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 SIZES = {2: ([3, 5], [2, 1]), 3: ([2, 4, 3], [0, 3, 1])}  # anchors and hard negatives per rank (uneven)
@@ -114,9 +113,7 @@ def worker(rank, world, port, outdir):
         out["error"] = None
     except ValueError as err:
         out["error"] = str(err)
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, out)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
@@ -228,9 +225,7 @@ def hard_worker(rank, world, port, outdir):
                                                              distributed="ring", **kw))
                      for what, kw in (("tilt on part", dict(hardness_mode="hard_negatives")),
                                       ("per-entry", dict(hardness_mode="all_negatives", labels=torch.arange(3))))}
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, out)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
 
 pytest.importorskip("sentence_transformers")
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import bare_st_gist  # noqa: E402
-from test_distributed import init, raised, run_ranks  # noqa: E402
+from test_distributed import finish, init, raised, run_ranks  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 MNRL_CASES = [
@@ -107,9 +106,7 @@ def worker(rank, world, port, outdir):
         "gist": lambda: gradsurg.gist(cols[0], cols[1], [bad], guide=guide_of(cols, 1), gather_across_devices=True),
     }
     out["errors"] = {name: raised(fn) for name, fn in calls.items()}
-    dist.barrier()
-    dist.destroy_process_group()
-    torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finish(rank, outdir, out)
 
 
 @pytest.fixture(scope="module")
