@@ -24,11 +24,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = dict(vocab_size=8000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -66,32 +64,22 @@ def worker(mode: str, batch: int, mbs: int, steps: int, warmup: int, device: str
         p.grad = torch.zeros_like(p)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated() / 2**20
-    from gradsurg.bench import rss_mb
+    from gradsurg.bench import timed_steps
 
-    baseline = rss_mb()
-    times = []
-    for step in range(warmup + steps):
-        b = make_batch(step)
-        t0 = time.perf_counter()
+    def step(b):
         cached_step(encode, [b, b], gradsurg.info_nce, mini_batch_size=mbs if mode == "cached" else None)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    m = timed_steps(step, warmup, steps, dev, prepare=lambda k: (make_batch(k),))
+    times, peak, baseline = m["times_s"], m["peak_rss_mb"], m["baseline_rss_mb"]
     rec = dict(mode=mode, batch_size=batch, mini_batch_size=mbs if mode == "cached" else None,
                peak_rss_mb=round(peak, 1), baseline_rss_mb=round(baseline, 1),
                peak_delta_mb=round(peak - baseline, 1),
                time_per_step_s=round(statistics.median(times), 4), step_times_s=[round(t, 4) for t in times])
     if dev.type == "cuda":
-        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
-        rec.update(peak_cuda_mb=round(cuda_peak, 1), peak_cuda_delta_mb=round(cuda_peak - base_cuda, 1))
+        rec.update(peak_cuda_mb=round(m["peak_cuda_mb"], 1),
+                   peak_cuda_delta_mb=round(m["peak_cuda_mb"] - m["base_cuda_mb"], 1))
     return rec
 
 

@@ -18,11 +18,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 D = 384
@@ -59,27 +57,14 @@ def worker(impl: str, config: str, batch: int, steps: int, warmup: int, device: 
         grads = torch.autograd.grad(loss, cols)
         return loss, grads
 
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated() / 2**20
-    from gradsurg.bench import rss_mb
+    from gradsurg.bench import timed_steps
 
-    baseline = rss_mb()
-    times = []
-    for k in range(warmup + steps):
-        t0 = time.perf_counter()
-        out = step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        del out
-        if k >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    m = timed_steps(step, warmup, steps, dev)
+    times = m["times_s"]
     rec = dict(impl=impl, config=config, batch_size=batch, time_s=round(statistics.median(times), 5),
-               times_s=[round(t, 5) for t in times], peak_delta_mb=round(peak - baseline, 1))
+               times_s=[round(t, 5) for t in times], peak_delta_mb=round(m["peak_rss_mb"] - m["baseline_rss_mb"], 1))
     if dev.type == "cuda":
-        rec["peak_cuda_delta_mb"] = round(torch.cuda.max_memory_allocated() / 2**20 - base_cuda, 1)
+        rec["peak_cuda_delta_mb"] = round(m["peak_cuda_mb"] - m["base_cuda_mb"], 1)
     return rec
 
 

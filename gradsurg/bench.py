@@ -51,6 +51,42 @@ def reset_peak() -> bool:
         return False
 
 
+def timed_steps(step, warmup: int, steps: int, device, prepare=None) -> dict:
+    """Run ``step(*prepare(k))`` for ``k`` in ``range(warmup + steps)``, timing the steps after the
+    warm-up (``prepare``, outside the timing, gives each step's arguments; none by default).
+
+    Returns ``times_s`` (the timed steps, CUDA synchronised after each), ``baseline_rss_mb`` (the
+    resident memory before the first step), ``peak_rss_mb`` (the process's peak resident memory,
+    ``ru_maxrss``, at the end) and, on CUDA, ``base_cuda_mb`` / ``peak_cuda_mb`` (allocated memory
+    before the first step, and its peak since then). The benchmarks' one loop of measured steps.
+    """
+    import resource
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    out = {}
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        out["base_cuda_mb"] = torch.cuda.memory_allocated() / 2**20
+    out["baseline_rss_mb"] = rss_mb()
+    times = []
+    for k in range(warmup + steps):
+        args = prepare(k) if prepare is not None else ()
+        t0 = time.perf_counter()
+        step(*args)
+        if cuda:
+            torch.cuda.synchronize()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    out["times_s"] = times
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if cuda:
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
 def _make_step(method: str, n: int, d: int, dtype, temperature: float):
     import torch
     import torch.nn.functional as F
