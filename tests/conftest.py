@@ -30,6 +30,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / scale)
 
 
+def model_grads(model) -> dict:
+    """The parameters' gradients of ``model`` by name (those that have one), copied."""
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def grads_rel(a: dict, b: dict) -> float:
+    """The largest difference between two gradient dicts (same names) relative to ``b``'s largest entry."""
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in b) / max(float(g.abs().max()) for g in b.values())
+
+
+def st_loss_step(model, loss, feats, seed=0):
+    """One forward + backward of a sentence-transformers-style ``loss(features, labels)`` on copies of
+    ``feats`` under ``seed``: ``(loss value, model_grads(model))``."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    value = loss([dict(f) for f in feats], None)
+    value.backward()
+    return float(value.detach()), model_grads(model)
+
+
 def batch(n, k, d, dtype=torch.float64, seed=0, scale=1.0):
     """``[anchors (n, d), correlated positives (n, d)]`` plus ``negatives (k, d)`` when k > 0: leaves
     requiring grad, drawn in float64 and cast to ``dtype``."""

