@@ -104,20 +104,15 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None
     if "keep_dissipation" in kwargs and not is_global:
         raise ValueError("info_nce: keep_dissipation is an option of normalizer='global' (the batch normaliser "
                          "always keeps InfoNCE's dissipation)")
-    if is_global and "stats" in kwargs:  # the global normaliser's own telemetry (gradsurg.normalizer._telemetry)
-        kwargs = dict(kwargs)
-        global_stats = kwargs.pop("stats")
-    else:
-        global_stats = None
-    if isinstance(negatives, (list, tuple)) or any(k in kwargs for k in STRUCTURED_OPTIONS):
+    # with the global normaliser, stats= is its own telemetry (gradsurg.normalizer._telemetry), not a structured option
+    structured = [k for k in STRUCTURED_OPTIONS if k in kwargs and not (is_global and k == "stats")]
+    if isinstance(negatives, (list, tuple)) or structured:
         if is_global:
             raise ValueError("info_nce: normalizer='global' (state=, index=) does not combine with lists of hard "
                              "negatives or sentence-transformers' options, masks, guides, labels, soft targets")
         return _structured_info_nce(anchors, positives, negatives, temperature, scale, kwargs)
     tau, learn = _temperature(temperature, scale, "info_nce")
     if is_global:
-        if global_stats is not None:
-            kwargs["stats"] = global_stats
         return _global(normalizer, tau, learn, state, index, anchors, positives, negatives, kwargs, "info_nce")
     return paradigm_loss(anchors, positives, negatives, paradigm=_p.info_nce(tau), learn=learn, caller="info_nce",
                          **kwargs)
