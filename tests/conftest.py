@@ -30,6 +30,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / scale)
 
 
+def assert_same_loss(ours, ref, ours_leaves, ref_leaves, tol: float = 1e-10) -> None:
+    """Two scalar losses and their gradients to their leaves agree to ``tol`` (absolute, float64)."""
+    assert abs(float((ours - ref).detach())) < tol
+    for x, y in zip(torch.autograd.grad(ours, ours_leaves), torch.autograd.grad(ref, ref_leaves), strict=True):
+        assert float((x - y).abs().max()) < tol
+
+
 def model_grads(model) -> dict:
     """The parameters' gradients of ``model`` by name (those that have one), copied."""
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
